@@ -1,0 +1,1 @@
+"""Reusable pyinfra ``@deploy`` functions, one per component."""

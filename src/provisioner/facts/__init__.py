@@ -1,0 +1,1 @@
+"""pyinfra facts, one module per subject (paired with ``provisioner.operations``)."""

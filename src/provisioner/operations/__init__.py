@@ -1,0 +1,1 @@
+"""pyinfra operations, one module per subject (paired with ``provisioner.facts``)."""

@@ -1,0 +1,157 @@
+"""Host data keys: their types, defaults and documentation, read from ``data/keys/*.toml``.
+
+Every key an inventory or ``group_data`` file may set is declared once, in the TOML file of
+the component that reads it (``core.toml``, ``ollama.toml``, ...). This module loads those
+declarations, gives each component its defaults (for ``@deploy(data_defaults=...)``) and
+validates an inventory's host data before any connection is opened.
+
+Declaration format (one TOML table per key)::
+
+    [ollama_num_parallel]
+    type = "int"            # str | int | float | bool | list | dict | any
+    default = 1             # omitted: the key defaults to None (unset)
+    min = 1                 # optional bounds for int/float
+    max = 256
+    choices = ["f16", "q8_0", "q4_0"]   # optional, for str
+    items = "str"           # optional, element type of a list
+    doc = "What the key does, in one sentence."
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+# Data keys that belong to pyinfra itself (connectors, global arguments): never validated here.
+PYINFRA_KEY_PREFIXES = (
+    "_",
+    "ssh_",
+    "local_",
+    "fake_",
+    "vagrant_",
+    "chroot_",
+    "docker_",
+    "dockerssh_",
+    "podman_",
+    "terraform_",
+    "winrm_",
+)
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list, tuple),
+    "dict": (dict,),
+    "any": (object,),
+}
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One documented host data key."""
+
+    name: str
+    component: str
+    type: str
+    doc: str
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    items: str | None = None
+    min: float | None = None
+    max: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, value: Any) -> str | None:
+        """Return a human message when ``value`` does not fit this key, else None."""
+        if value is None:
+            return None
+        expected = _TYPES[self.type]
+        if self.type in ("int", "float") and isinstance(value, bool):
+            return f"expected {self.type}, got bool {value!r}"
+        if not isinstance(value, expected):
+            return f"expected {self.type}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+        if self.min is not None and value < self.min:
+            return f"{value!r} is below the minimum {self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"{value!r} is above the maximum {self.max:g}"
+        if self.items and isinstance(value, (list, tuple)):
+            allowed = tuple(t for name in self.items.split("|") for t in _TYPES[name])
+            for i, item in enumerate(value):
+                if not isinstance(item, allowed) or isinstance(item, bool) and bool not in allowed:
+                    return f"item {i} is {type(item).__name__} {item!r}, expected {self.items}"
+        return None
+
+
+@cache
+def all_keys() -> dict[str, KeySpec]:
+    """Every declared key, by name, from every ``data/keys/*.toml`` file."""
+    keys: dict[str, KeySpec] = {}
+    folder = resources.files("provisioner") / "data" / "keys"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".toml"):
+            continue
+        component = entry.name[: -len(".toml")]
+        table = tomllib.loads(entry.read_text(encoding="utf-8"))
+        for name, spec in table.items():
+            if name in keys:
+                raise ValueError(f"data key {name!r} declared twice ({component}, {keys[name].component})")
+            spec = dict(spec)
+            choices = spec.pop("choices", None)
+            keys[name] = KeySpec(
+                name=name,
+                component=component,
+                type=spec.pop("type"),
+                doc=spec.pop("doc", ""),
+                default=spec.pop("default", None),
+                choices=tuple(choices) if choices is not None else None,
+                items=spec.pop("items", None),
+                min=spec.pop("min", None),
+                max=spec.pop("max", None),
+                extra=spec,
+            )
+    return keys
+
+
+def defaults(component: str) -> dict[str, Any]:
+    """The defaults of one component's keys, for ``@deploy(data_defaults=...)``."""
+    return {k.name: k.default for k in all_keys().values() if k.component == component}
+
+
+def all_defaults() -> dict[str, Any]:
+    """The defaults of every declared key."""
+    return {k.name: k.default for k in all_keys().values()}
+
+
+def is_pyinfra_key(name: str) -> bool:
+    return name.startswith(PYINFRA_KEY_PREFIXES)
+
+
+def validate(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Check host data against the declarations; return ``(key, message)`` pairs."""
+    keys = all_keys()
+    problems: list[tuple[str, str]] = []
+    for name, value in sorted(data.items()):
+        if is_pyinfra_key(name):
+            continue
+        spec = keys.get(name)
+        if spec is None:
+            problems.append((name, "unknown data key (documented keys: docs/data-keys.md)"))
+            continue
+        message = spec.check(value)
+        if message:
+            problems.append((name, message))
+    return problems
+
+
+def resolve(data: dict[str, Any]) -> dict[str, Any]:
+    """Host data merged over every declared default (the values a deploy will see)."""
+    merged = all_defaults()
+    merged.update({k: v for k, v in data.items() if v is not None or k not in merged})
+    return merged
