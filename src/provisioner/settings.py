@@ -155,3 +155,38 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
     merged = all_defaults()
     merged.update({k: v for k, v in data.items() if v is not None or k not in merged})
     return merged
+
+
+def markdown() -> str:
+    """The data key reference (docs/data-keys.md), generated from the declarations."""
+    lines = [
+        "# Host data keys",
+        "",
+        "Generated from `src/provisioner/data/keys/*.toml` by `python -m provisioner.settings`;",
+        "do not edit by hand. Set these in an inventory (per host or per group) or in",
+        "`group_data/<group>.py`. Keys starting with `_`, `ssh_`, `local_`, `vagrant_`... belong to",
+        "pyinfra and are passed through. Any other key not listed here is an error (exit 2).",
+    ]
+    component = None
+    for spec in sorted(all_keys().values(), key=lambda k: (k.component, k.name)):
+        if spec.component != component:
+            component = spec.component
+            lines += ["", f"## {component}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        kind = spec.type + (f" of {spec.items}" if spec.items else "")
+        if spec.choices:
+            kind += ": " + " / ".join(f"`{c}`" for c in spec.choices)
+        if spec.min is not None or spec.max is not None:
+            kind += f" ({'' if spec.min is None else f'{spec.min:g}'}..{'' if spec.max is None else f'{spec.max:g}'})"
+        default = "unset" if spec.default is None else f"`{spec.default!r}`"
+        doc = spec.doc.replace("|", "\\|")
+        lines.append(f"| `{spec.name}` | {kind} | {default} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/data-keys.md")
+    target.write_text(markdown(), encoding="utf-8")
+    print(f"wrote {target}")

@@ -1,0 +1,46 @@
+# provisioner: the two set-up commands of the README, and developer shortcuts.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test test-unit lint demo lab-up lab-down bench vagrant-validate vagrant-smoke
+
+deps:
+	scripts/install-system-deps.sh
+
+$(PY): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(PY)
+
+venv: $(PY)
+
+# The whole test suite: unit tests, then the lab (real SSH hosts; needs root on Linux).
+test: deps venv
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+# Fast unit tests only (no root, no lab).
+test-unit: venv
+	$(PY) -m pytest -q -m "not lab" $(PYTEST_ARGS) tests
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+lab-up: deps venv
+	$(PY) -m tests.lab up
+
+lab-down: venv
+	$(PY) -m tests.lab down
+
+# The main job on the built-in default: bring the lab up, provision it, verify it, tear it down.
+demo: deps venv
+	set -o pipefail; trap '$(PY) -m tests.lab down' EXIT; \
+	$(PY) -m tests.lab up && \
+	$(VENV)/bin/provision plan inventories/lab.py && \
+	$(VENV)/bin/provision apply inventories/lab.py && \
+	$(VENV)/bin/provision verify inventories/lab.py
+
+bench: deps venv
+	$(PY) -m bench

@@ -1,0 +1,152 @@
+"""Run a packaged deploy over an inventory with pyinfra's own CLI, and summarise the result.
+
+``provision apply`` runs ``pyinfra INVENTORY provisioner/entrypoints/site.py`` as a subprocess
+so that group_data, ``--limit``, ordering and failure handling are exactly pyinfra's. pyinfra's
+progress goes straight to the terminal (stderr); its ``--json`` result (stdout) is turned into a
+per-host summary: changed / unchanged / failed operations.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from provisioner.inventory import LoadedInventory
+
+
+@dataclass
+class HostRun:
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return "failed"
+        return "changed" if self.changed else "unchanged"
+
+
+@dataclass
+class RunResult:
+    """What a pyinfra run did on each host."""
+
+    deploy: str
+    dry: bool
+    returncode: int
+    hosts: dict[str, HostRun]
+    failed_hosts: list[str]
+    raw: dict[str, Any] | None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.returncode or self.failed_hosts else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deploy": self.deploy,
+            "dry": self.dry,
+            "hosts": {
+                name: {
+                    "status": run.status,
+                    "changed": run.changed,
+                    "unchanged": len(run.unchanged),
+                    "failed": run.failed,
+                }
+                for name, run in self.hosts.items()
+            },
+            "failed_hosts": self.failed_hosts,
+            "exit_code": self.exit_code,
+        }
+
+    def advice(self) -> list[str]:
+        lines = []
+        for name in self.failed_hosts:
+            run = self.hosts.get(name)
+            where = f" at '{run.failed[0]}'" if run and run.failed else ""
+            lines.append(
+                f"provision: host {name} failed{where}; the reason is in pyinfra's output above. "
+                f"Fix it and re-run with --limit {name}."
+            )
+        return lines
+
+
+def entrypoint(deploy: str) -> str:
+    """Path of a packaged pyinfra deploy file (``site``, ``models``)."""
+    return str(resources.files("provisioner") / "entrypoints" / f"{deploy}.py")
+
+
+def pyinfra_command(
+    loaded: LoadedInventory,
+    deploy: str,
+    *,
+    limit: tuple[str, ...] = (),
+    dry: bool = False,
+    serial: bool = False,
+    batch: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> list[str]:
+    command = [sys.executable, "-m", "pyinfra", loaded.source, entrypoint(deploy), "--json"]
+    # --dry without -y: pyinfra detects changes, prints the plan and executes nothing.
+    command.append("--dry" if dry else "-y")
+    for pattern in limit:
+        command += ["--limit", pattern]
+    if serial:
+        command.append("--serial")
+    if batch:
+        command += ["--parallel", str(batch)]
+    for key, value in (data or {}).items():
+        command += ["--data", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return command
+
+
+def parse_results(raw: dict[str, Any], host_names: list[str]) -> tuple[dict[str, HostRun], list[str]]:
+    hosts = {name: HostRun() for name in host_names}
+    results = raw.get("results") or {}
+    for op in results.get("operations", []):
+        name = op.get("name", "?")
+        for host in op.get("success", []):
+            hosts.setdefault(host, HostRun()).changed.append(name)
+        for host in op.get("no_change", []):
+            hosts.setdefault(host, HostRun()).unchanged.append(name)
+        for host in op.get("error", []):
+            hosts.setdefault(host, HostRun()).failed.append(name)
+    if not results:  # --dry: only the plan
+        for op in raw.get("plan", []):
+            for host in op.get("hosts_with_change", []):
+                hosts.setdefault(host, HostRun()).changed.append(op.get("name", "?"))
+    failed = sorted(set(results.get("failed_hosts", [])) | {n for n, r in hosts.items() if r.failed})
+    return hosts, failed
+
+
+def run_deploy(
+    loaded: LoadedInventory,
+    deploy: str,
+    *,
+    limit: tuple[str, ...] = (),
+    dry: bool = False,
+    serial: bool = False,
+    batch: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run a packaged deploy with pyinfra over ``loaded``; pyinfra's log streams to stderr."""
+    command = pyinfra_command(
+        loaded, deploy, limit=limit, dry=dry, serial=serial, batch=batch, data=data
+    )
+    proc = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    names = [host.name for host in loaded.hosts]
+    try:
+        raw = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except json.JSONDecodeError:
+        sys.stderr.write(proc.stdout)
+        raw = None
+    if raw is None:
+        hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
+        return RunResult(deploy, dry, proc.returncode or 1, hosts, names, None)
+    hosts, failed = parse_results(raw, names)
+    return RunResult(deploy, dry, proc.returncode, hosts, failed, raw)

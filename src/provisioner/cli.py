@@ -1,0 +1,280 @@
+"""The ``provision`` command line.
+
+Exit status, for scripts: 0 success; 1 a host failed or was unreachable (the others were still
+served); 2 bad input (inventory, data keys, options) — reported before any host is touched.
+
+Imports stay inside the commands so that ``provision --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+EXIT_OK, EXIT_HOST_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+limit_option = click.option(
+    "--limit",
+    "limit",
+    multiple=True,
+    metavar="HOST",
+    help="Restrict to these hosts or groups (globs allowed, repeatable, comma-separated), as pyinfra's --limit.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (documented in the README).")
+
+
+def _fail_input(message: str) -> NoReturn:
+    click.echo(f"provision: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _load(inventory: str, limit: tuple[str, ...], data: dict[str, Any] | None = None):
+    from provisioner.inventory import InventoryError, load
+
+    try:
+        return load(inventory, limit, data)
+    except InventoryError as exc:
+        for problem in exc.problems:
+            click.echo(f"provision: error: {problem}", err=True)
+        click.echo("provision: nothing was changed and no host was contacted.", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=False))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="provisioner")
+def main() -> None:
+    """Provision NVIDIA GPU servers into private LLM/ML servers.
+
+    INVENTORY is a pyinfra inventory file (inventories/prod.py) or a pyinfra host string
+    such as @local. Run `provision COMMAND --help` for each command.
+    """
+
+
+@main.command()
+@click.argument("inventory")
+@limit_option
+@json_option
+def facts(inventory: str, limit: tuple[str, ...], as_json: bool) -> None:
+    """Show each host's GPUs, driver, CUDA version and OS."""
+    from provisioner.gather import gather
+
+    loaded = _load(inventory, limit)
+    results = gather(loaded)
+    if as_json:
+        _print_json({"hosts": results})
+    else:
+        from provisioner.report import facts_table
+
+        _console().print(facts_table(results))
+    _exit_for_unreachable(results)
+
+
+def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
+    bad = [name for name, facts in results.items() if facts.get("gpu_state") == "unreachable"]
+    for name in bad:
+        click.echo(f"provision: host {name} unreachable: {results[name]['error']}", err=True)
+    sys.exit(EXIT_HOST_FAILED if bad else EXIT_OK)
+
+
+@main.command()
+@click.argument("inventory", required=False)
+@limit_option
+@click.option(
+    "--what-if",
+    "what_if",
+    multiple=True,
+    metavar="SPEC",
+    help="Plan for an imaginary host with these GPUs, '[N x ]GPU-NAME:MiB' (repeatable: one host each).",
+)
+@click.option("--profile", default=None, help="Model profile for --what-if hosts (default: general).")
+@json_option
+def plan(
+    inventory: str | None,
+    limit: tuple[str, ...],
+    what_if: tuple[str, ...],
+    profile: str | None,
+    as_json: bool,
+) -> None:
+    """Show which models each host will serve, sized to its GPUs' memory."""
+    from provisioner import planner, settings
+
+    if what_if:
+        if inventory:
+            _fail_input("give either INVENTORY or --what-if, not both")
+        data = {"model_profile": profile} if profile else {}
+        problems = settings.validate(data)
+        if problems:
+            _fail_input(f"--profile: {problems[0][1]}")
+        hosts = {}
+        for number, spec in enumerate(what_if, start=1):
+            try:
+                gpus = planner.parse_what_if(spec)
+            except planner.WhatIfError as exc:
+                _fail_input(f"--what-if {spec!r}: {exc}")
+            facts = {"gpu_state": "ok", "gpus": gpus, "os": {}, "memory_total_mib": None, "pci_devices": []}
+            hosts[f"what-if-{number}"] = (facts, settings.resolve(data))
+        result = planner.plan_fleet(hosts)
+        _show_plan(result, as_json)
+        sys.exit(EXIT_OK)
+
+    if not inventory:
+        _fail_input("give an INVENTORY or at least one --what-if SPEC (see provision plan --help)")
+    if profile:
+        _fail_input("--profile applies to --what-if; set model_profile in the inventory's data instead")
+    from provisioner.gather import gather
+
+    loaded = _load(inventory, limit)
+    gathered = gather(loaded)
+    result = planner.plan_fleet(
+        {
+            host.name: (gathered[host.name], settings.resolve(loaded.data_of(host)))
+            for host in loaded.hosts
+        }
+    )
+    _show_plan(result, as_json)
+    _exit_for_unreachable(gathered)
+
+
+def _show_plan(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+        return
+    from provisioner.report import plan_table
+
+    _console().print(plan_table(result))
+
+
+@main.command()
+@click.argument("inventory")
+@limit_option
+@click.option("--dry", is_flag=True, help="Show what would change without changing anything.")
+@click.option("--no-reboot", is_flag=True, help="Never reboot; hosts that need one are reported as pending reboot.")
+@click.option("--serial", is_flag=True, help="Run host by host (pyinfra --serial).")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hosts worked on at once (pyinfra --parallel); reboots happen at most this many at a time.",
+)
+@json_option
+def apply(
+    inventory: str,
+    limit: tuple[str, ...],
+    dry: bool,
+    no_reboot: bool,
+    serial: bool,
+    batch: int | None,
+    as_json: bool,
+) -> None:
+    """Install driver, CUDA toolkit, PyTorch, Ollama and the planned models on every host."""
+    from provisioner.apply import run_deploy
+
+    override = {"nvidia_reboot": False} if no_reboot else None
+    loaded = _load(inventory, limit, override)
+    result = run_deploy(
+        loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override or {}
+    )
+    _report_run(result, as_json)
+
+
+def _report_run(result, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        from provisioner.report import run_table
+
+        _console().print(run_table(result))
+        for line in result.advice():
+            click.echo(line, err=True)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("inventory")
+@limit_option
+@json_option
+@click.option("--junit", type=click.Path(dir_okay=False, writable=True), default=None, help="Write JUnit XML here.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Hosts checked in parallel (default: all).")
+def verify(inventory: str, limit: tuple[str, ...], as_json: bool, junit: str | None, workers: int | None) -> None:
+    """Prove with testinfra checks that every layer works on every host."""
+    from pathlib import Path
+
+    from provisioner.verify_cli import verify_inventory
+
+    loaded = _load(inventory, limit)
+    report = verify_inventory(loaded, workers=workers, junit=Path(junit) if junit else None)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        console = _console()
+        console.print(report.table())
+        failures = report.failures()
+        if failures:
+            console.print(failures)
+    sys.exit(report.exit_code)
+
+
+@main.group()
+def models() -> None:
+    """Keep each host's models in line with its plan (sync, scheduled update, site mirror)."""
+
+
+@models.command("sync")
+@click.argument("inventory")
+@limit_option
+@click.option("--prune", is_flag=True, help="Also remove models that are no longer planned (pinned ones stay).")
+@click.option("--dry", is_flag=True, help="Show what would change without changing anything.")
+@json_option
+def models_sync(inventory: str, limit: tuple[str, ...], prune: bool, dry: bool, as_json: bool) -> None:
+    """Pull the planned models that are missing on each host."""
+    from provisioner.apply import run_deploy
+
+    override = {"ollama_prune": True} if prune else None
+    loaded = _load(inventory, limit, override)
+    _report_run(run_deploy(loaded, "models", limit=limit, dry=dry, data=override or {}), as_json)
+
+
+@models.command("update")
+@click.argument("inventory")
+@limit_option
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Hosts updated at once (default: all).")
+@json_option
+def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_json: bool) -> None:
+    """Re-pull every planned tag whose registry digest changed, then check each host's models."""
+    from provisioner.apply import run_deploy
+
+    override = {"ollama_update": True}
+    loaded = _load(inventory, limit, override)
+    _report_run(run_deploy(loaded, "models", limit=limit, batch=batch, data=override), as_json)
+
+
+@models.command("mirror")
+@click.argument("inventory")
+@limit_option
+@click.option("--to", "registry", required=True, help="Site registry URL, e.g. http://registry.example:5000")
+@click.option("--from", "upstream", default=None, help="Upstream registry (default: each host's ollama_registry or the public library).")
+@json_option
+def models_mirror(inventory: str, limit: tuple[str, ...], registry: str, upstream: str | None, as_json: bool) -> None:
+    """Copy the planned models of an inventory into a site registry, once."""
+    from provisioner.mirror_cli import mirror_inventory
+
+    loaded = _load(inventory, limit)
+    code = mirror_inventory(loaded, registry=registry, upstream=upstream, as_json=as_json)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

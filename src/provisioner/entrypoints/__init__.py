@@ -1,0 +1,1 @@
+"""pyinfra deploy files that ``provision`` runs with pyinfra's CLI (not imported as modules)."""

@@ -1,0 +1,167 @@
+"""Bad input never touches a host: exit 2, one clear message naming file, host and key."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+PROVISION = [sys.executable, "-m", "provisioner.cli"]
+
+
+class ConnectionRecorder:
+    """A TCP listener on loopback that counts every connection made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def recorder():
+    rec = ConnectionRecorder()
+    yield rec
+    rec.close()
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(PROVISION + args, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def write_inventory(tmp_path: Path, port: int, host_data: str = "{}", extra: str = "") -> Path:
+    inv = tmp_path / "inventories" / "site.py"
+    inv.parent.mkdir(parents=True, exist_ok=True)
+    inv.write_text(
+        textwrap.dedent(
+            f"""
+            gpu_servers = [
+                ("good-1", {{"ssh_hostname": "127.0.0.1", "ssh_port": {port}}}),
+                ("bad-1", dict({{"ssh_hostname": "127.0.0.1", "ssh_port": {port}}}, **{host_data})),
+            ]
+            """
+        )
+        + extra
+    )
+    return inv
+
+
+@pytest.mark.parametrize("command", ["facts", "plan", "apply", "verify"])
+@pytest.mark.parametrize(
+    ("host_data", "key", "needle"),
+    [
+        ('{"gpu_memry_mib": 24564}', "gpu_memry_mib", "unknown data key"),
+        ('{"ollama_num_parallel": "four"}', "ollama_num_parallel", "expected int"),
+        ('{"model_profile": "gaming"}', "model_profile", "'gaming' is not one of"),
+        ('{"models": ["Not A Model!!"]}', "models", "neither in the model catalog nor a valid Ollama"),
+        ('{"models": "llama3.1:8b"}', "models", "expected list"),
+        ('{"vram_headroom": 7}', "vram_headroom", "above the maximum"),
+    ],
+)
+def test_bad_host_data_exits_2_naming_file_host_key(tmp_path, recorder, command, host_data, key, needle):
+    inv = write_inventory(tmp_path, recorder.port, host_data)
+    result = run([command, str(inv)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{inv}: host bad-1: key {key}: " in result.stderr
+    assert needle in result.stderr
+    assert "good-1" not in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_group_data_problem_names_the_group_data_file(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    group_data = tmp_path / "inventories" / "group_data" / "gpu_servers.py"
+    group_data.parent.mkdir()
+    group_data.write_text("ollama_kv_cache_type = 'q2'\n")
+    result = run(["plan", str(inv)], tmp_path)
+    assert result.returncode == 2
+    assert f"{group_data}: host good-1: key ollama_kv_cache_type: 'q2' is not one of" in result.stderr
+    assert f"{group_data}: host bad-1: key ollama_kv_cache_type" in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_python_error_in_inventory(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port, extra="\nboom = 1 / 0\n")
+    result = run(["facts", str(inv)], tmp_path)
+    assert result.returncode == 2
+    assert str(inv) in result.stderr and "ZeroDivisionError" in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_syntax_error_in_inventory(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port, extra="\nthis is not python\n")
+    result = run(["plan", str(inv)], tmp_path)
+    assert result.returncode == 2
+    assert str(inv) in result.stderr and "syntax error" in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_missing_inventory_file(tmp_path):
+    result = run(["plan", "inventories/nope.py"], tmp_path)
+    assert result.returncode == 2
+    assert "inventories/nope.py: inventory file not found" in result.stderr
+
+
+def test_limit_matching_nothing(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["facts", str(inv), "--limit", "nosuchhost"], tmp_path)
+    assert result.returncode == 2
+    assert "--limit nosuchhost matches no host" in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_catalog_extra_entry_is_validated(tmp_path, recorder):
+    inv = write_inventory(
+        tmp_path, recorder.port, '{"model_catalog_extra": [{"tag": "mine:1b", "size_bytes": -5}]}'
+    )
+    result = run(["plan", str(inv)], tmp_path)
+    assert result.returncode == 2
+    assert f"{inv}: host bad-1: key model_catalog_extra:" in result.stderr
+    assert recorder.accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("NVIDIA A100:-81920", "--what-if 'NVIDIA A100:-81920'"),
+        ("NVIDIA A100:0", "--what-if 'NVIDIA A100:0'"),
+        ("NVIDIA A100:99999999999", "--what-if 'NVIDIA A100:99999999999'"),
+        ("0x NVIDIA A100:81920", "--what-if '0x NVIDIA A100:81920'"),
+        ("NVIDIA A100", "--what-if 'NVIDIA A100'"),
+    ],
+)
+def test_bad_what_if(tmp_path, spec, needle):
+    result = run(["plan", "--what-if", spec], tmp_path)
+    assert result.returncode == 2
+    assert needle in result.stderr
+
+
+def test_what_if_unknown_profile(tmp_path):
+    result = run(["plan", "--what-if", "NVIDIA L4:23034", "--profile", "gaming"], tmp_path)
+    assert result.returncode == 2
+    assert "--profile" in result.stderr and "gaming" in result.stderr

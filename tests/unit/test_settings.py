@@ -1,0 +1,48 @@
+"""The host data key declarations: loading, validation, and the generated reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_key_is_documented_and_has_a_valid_type():
+    keys = settings.all_keys()
+    assert "ollama_context_length" in keys and "models" in keys
+    for spec in keys.values():
+        assert spec.doc, f"{spec.name} has no doc"
+        assert spec.type in settings._TYPES, spec.name
+        assert spec.check(spec.default) is None, f"default of {spec.name} fails its own check"
+
+
+def test_docs_data_keys_is_up_to_date():
+    assert (ROOT / "docs" / "data-keys.md").read_text() == settings.markdown(), (
+        "docs/data-keys.md is stale: run `python -m provisioner.settings`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"ollama_num_parallel": 4}, []),
+        ({"ollama_num_parallel": 0}, [("ollama_num_parallel", "0 is below the minimum 1")]),
+        ({"ollama_num_parallel": True}, [("ollama_num_parallel", "expected int, got bool True")]),
+        ({"gpu": "yes"}, [("gpu", "expected bool, got str 'yes'")]),
+        ({"models": ["a:1", 3]}, [("models", "item 1 is int 3, expected str")]),
+        ({"ssh_hostname": "x", "_sudo": True, "vagrant_x": 1}, []),
+        ({"nosuchkey": 1}, [("nosuchkey", "unknown data key (documented keys: docs/data-keys.md)")]),
+    ],
+)
+def test_validate(data, expected):
+    assert settings.validate(data) == expected
+
+
+def test_resolve_applies_defaults_under_host_data():
+    resolved = settings.resolve({"ollama_num_parallel": 3})
+    assert resolved["ollama_num_parallel"] == 3
+    assert resolved["ollama_context_length"] == settings.all_keys()["ollama_context_length"].default
