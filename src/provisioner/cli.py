@@ -212,9 +212,9 @@ def verify(inventory: str, limit: tuple[str, ...], as_json: bool, junit: str | N
     """Prove with testinfra checks that every layer works on every host."""
     from pathlib import Path
 
+    loaded = _load(inventory, limit)
     from provisioner.verify_cli import verify_inventory
 
-    loaded = _load(inventory, limit)
     report = verify_inventory(loaded, workers=workers, junit=Path(junit) if junit else None)
     if as_json:
         _print_json(report.to_json())
@@ -269,9 +269,9 @@ def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_
 @json_option
 def models_mirror(inventory: str, limit: tuple[str, ...], registry: str, upstream: str | None, as_json: bool) -> None:
     """Copy the planned models of an inventory into a site registry, once."""
+    loaded = _load(inventory, limit)
     from provisioner.mirror_cli import mirror_inventory
 
-    loaded = _load(inventory, limit)
     code = mirror_inventory(loaded, registry=registry, upstream=upstream, as_json=as_json)
     sys.exit(code)
 

@@ -75,13 +75,8 @@ def load(source: str, limit: Iterable[str] = (), data: dict[str, Any] | None = N
     try:
         with ctx_state.use(State()):
             inventory = make_inventory(source, override_data=data, cwd=os.getcwd())
-    except SyntaxError as exc:
-        raise InventoryError(
-            [f"{exc.filename or source}:{exc.lineno}: Python syntax error: {exc.msg}"]
-        ) from exc
     except Exception as exc:  # any error while executing the user's inventory/group_data code
-        where = _traceback_file(exc) or source
-        raise InventoryError([f"{where}: cannot load inventory: {type(exc).__name__}: {exc}"]) from exc
+        raise InventoryError([_describe_load_error(exc, source)]) from exc
 
     hosts = list(inventory)
     if not hosts:
@@ -96,8 +91,18 @@ def load(source: str, limit: Iterable[str] = (), data: dict[str, Any] | None = N
     return loaded
 
 
+def _describe_load_error(exc: BaseException, source: str) -> str:
+    # pyinfra wraps errors raised by the user's files: unwrap to name the file and line.
+    filename = getattr(exc, "filename", None)
+    exc = getattr(exc, "exception", exc)
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename or filename or source}:{exc.lineno}: Python syntax error: {exc.msg}"
+    where = _traceback_file(exc) or filename or source
+    return f"{where}: cannot load inventory: {type(exc).__name__}: {exc}"
+
+
 def _traceback_file(exc: BaseException) -> str | None:
-    tb = exc.__traceback__
+    tb = getattr(exc, "_traceback", None) or exc.__traceback__
     where = None
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
@@ -142,31 +147,16 @@ def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
 
 def validate(loaded: LoadedInventory) -> None:
     """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
-    from provisioner.catalog import CatalogError, is_valid_ollama_name, load_catalog, normalise_tag
+    from provisioner.catalog import check_host_data
 
     problems: list[str] = []
     for host in loaded.hosts:
         data = loaded.data_of(host)
-        bad_keys = set()
-        for key, message in settings.validate(data):
-            bad_keys.add(key)
+        found = settings.validate(data)
+        typed_wrong = {key for key, _ in found}
+        if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
+            found += check_host_data(data)
+        for key, message in found:
             problems.append(f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}")
-        if bad_keys & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
-            continue
-        try:
-            catalog = load_catalog(data.get("model_catalog_extra") or [])
-        except CatalogError as exc:
-            key = "model_catalog_extra"
-            problems.append(f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {exc}")
-            continue
-        for key in ("models", "models_always", "models_pinned"):
-            for tag in data.get(key) or []:
-                if normalise_tag(tag) in catalog:
-                    continue
-                if not is_valid_ollama_name(tag):
-                    problems.append(
-                        f"{key_source(loaded, host, key)}: host {host.name}: key {key}: "
-                        f"{tag!r} is neither in the model catalog nor a valid Ollama model name"
-                    )
     if problems:
         raise InventoryError(problems)

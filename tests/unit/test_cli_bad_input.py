@@ -114,7 +114,7 @@ def test_python_error_in_inventory(tmp_path, recorder):
 
 
 def test_syntax_error_in_inventory(tmp_path, recorder):
-    inv = write_inventory(tmp_path, recorder.port, extra="\nthis is not python\n")
+    inv = write_inventory(tmp_path, recorder.port, extra="\ndef broken(:\n")
     result = run(["plan", str(inv)], tmp_path)
     assert result.returncode == 2
     assert str(inv) in result.stderr and "syntax error" in result.stderr

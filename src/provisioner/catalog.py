@@ -1,0 +1,361 @@
+"""The model catalog: what the planner knows about each Ollama tag.
+
+The packaged catalog is ``data/models.csv`` (its header comments document every column, the
+sources and how ``rank`` is set). Operators add their own models, or other quantisations, with
+the host data key ``model_catalog_extra``: a list of dicts with the same column names. An extra
+entry whose tag is already in the packaged catalog replaces that row.
+
+Required columns of an extra entry: ``tag``, ``size_bytes``, ``context``, ``layers``,
+``kv_heads``, ``head_dim``. The others default to: ``family`` the model part of the tag,
+``category`` ``chat``, ``params_b`` 0, ``quant`` ``unknown``, ``rank`` 0 (never preferred over a
+packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``source`` ``model_catalog_extra``.
+
+Ollama model names follow ``[host[:port]/][namespace/]model[:tag]``
+(``ollama/types/model/name.go``): the default host is ``registry.ollama.ai``, the default
+namespace ``library`` and the default tag ``latest``. Catalog keys are normalised names: the
+short form ``model:tag`` for the library of the default registry, ``namespace/model:tag`` for
+other namespaces there, and the full ``host/namespace/model:tag`` otherwise; all lower case, as
+Ollama compares names case-insensitively.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+
+CATEGORIES = ("chat", "code", "reasoning", "vision", "embedding")
+
+COLUMNS = (
+    "tag",
+    "family",
+    "category",
+    "params_b",
+    "quant",
+    "size_bytes",
+    "context",
+    "rank",
+    "layers",
+    "kv_heads",
+    "head_dim",
+    "swa_layers",
+    "swa_window",
+    "source",
+)
+REQUIRED_EXTRA = ("tag", "size_bytes", "context", "layers", "kv_heads", "head_dim")
+
+EXTRA_KEY = "model_catalog_extra"
+PACKAGED = "data/models.csv"
+
+# Sanity bounds: anything outside is a typo, not a model.
+_MAX_SIZE_BYTES = 4 * 10**12  # 4 TB
+_MAX_CONTEXT = 16 * 2**20  # 16 Mi tokens
+_MAX_LAYERS = 1024
+_MAX_HEADS = 1024
+_MAX_HEAD_DIM = 4096
+
+
+class CatalogError(ValueError):
+    """A catalog entry is malformed; ``key`` names the data key (or file) it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One Ollama tag with what the estimator needs to size it."""
+
+    tag: str
+    family: str
+    categories: tuple[str, ...]
+    params_b: float
+    quant: str
+    size_bytes: int
+    context: int
+    rank: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    swa_layers: int = 0
+    swa_window: int = 0
+    source: str = ""
+
+    @property
+    def full_layers(self) -> int:
+        """Layers that cache the whole context (the others cache a sliding window)."""
+        return self.layers - self.swa_layers
+
+
+# --- Ollama names -------------------------------------------------------------------------------
+
+
+def _valid_part(kind: str, part: str) -> bool:
+    # Mirrors isValidPart in ollama/types/model/name.go.
+    limit = 350 if kind == "host" else 80
+    if not 1 <= len(part) <= limit:
+        return False
+    for i, ch in enumerate(part):
+        if ch.isascii() and (ch.isalnum() or ch == "_"):
+            continue
+        if i == 0:
+            return False
+        if ch == "-":
+            continue
+        if ch == "." and kind != "namespace":
+            continue
+        if ch == ":" and kind == "host":
+            continue
+        return False
+    return True
+
+
+def _split_name(name: str) -> tuple[str, str, str, str] | None:
+    """``(host, namespace, model, tag)`` of an Ollama name, or None when it is malformed."""
+    if not isinstance(name, str) or not name or name != name.strip() or "@" in name:
+        return None
+    rest, tag = name, DEFAULT_TAG
+    colon = rest.rfind(":")
+    if colon >= 0 and "/" not in rest[colon + 1 :]:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+    parts = rest.split("/")
+    if len(parts) == 1:
+        host, namespace, model = DEFAULT_HOST, DEFAULT_NAMESPACE, parts[0]
+    elif len(parts) == 2:
+        host, (namespace, model) = DEFAULT_HOST, parts
+    elif len(parts) == 3:
+        host, namespace, model = parts
+    else:
+        return None
+    if not (
+        _valid_part("host", host)
+        and _valid_part("namespace", namespace)
+        and _valid_part("model", model)
+        and _valid_part("tag", tag)
+    ):
+        return None
+    return host.lower(), namespace.lower(), model.lower(), tag.lower()
+
+
+def is_valid_ollama_name(name: object) -> bool:
+    """True when ``name`` is a valid ``[host[:port]/][namespace/]model[:tag]`` Ollama name."""
+    return isinstance(name, str) and _split_name(name) is not None
+
+
+def normalise_tag(name: str) -> str:
+    """The catalog key of an Ollama name (``llama3.1`` → ``llama3.1:latest``).
+
+    Raises ``ValueError`` when ``name`` is not a valid Ollama name.
+    """
+    parts = _split_name(name)
+    if parts is None:
+        raise ValueError(f"{name!r} is not a valid Ollama model name")
+    host, namespace, model, tag = parts
+    if host == DEFAULT_HOST:
+        if namespace == DEFAULT_NAMESPACE:
+            return f"{model}:{tag}"
+        return f"{namespace}/{model}:{tag}"
+    return f"{host}/{namespace}/{model}:{tag}"
+
+
+# --- entries ------------------------------------------------------------------------------------
+
+
+def _int(value: Any, column: str, low: int, high: int) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{column} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{column} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(value: Any, column: str, low: float, high: float) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{column} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{column} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{column} must be between {low:g} and {high:g}, got {value:g}")
+    return float(value)
+
+
+def _str(value: Any, column: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{column} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _categories(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [c.strip() for c in value.split(";")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"category must be a string like 'chat;vision' or a list, got {value!r}")
+    cats: list[str] = []
+    for item in items:
+        if item not in CATEGORIES:
+            raise ValueError(f"category {item!r} is not one of {', '.join(CATEGORIES)}")
+        if item not in cats:
+            cats.append(item)
+    if not cats:
+        raise ValueError("category is empty")
+    return tuple(cats)
+
+
+def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> ModelEntry:
+    """Build and check one entry; raises ``ValueError`` with a message naming the column."""
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"unknown column(s) {', '.join(map(repr, unknown))} (columns: {', '.join(COLUMNS)})"
+        )
+    required = COLUMNS if packaged else REQUIRED_EXTRA
+    missing = [c for c in required if c not in row or row[c] is None or row[c] == ""]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    raw_tag = row["tag"]
+    if not is_valid_ollama_name(raw_tag):
+        raise ValueError(f"tag {raw_tag!r} is not a valid Ollama model name")
+    tag = normalise_tag(raw_tag)
+    model_part = tag.rsplit("/", 1)[-1].split(":", 1)[0]
+    layers = _int(row["layers"], "layers", 1, _MAX_LAYERS)
+    swa_layers = _int(row.get("swa_layers", 0) or 0, "swa_layers", 0, layers)
+    swa_window = _int(row.get("swa_window", 0) or 0, "swa_window", 0, _MAX_CONTEXT)
+    if swa_layers and not swa_window:
+        raise ValueError("swa_window must be set (tokens) when swa_layers is not 0")
+    return ModelEntry(
+        tag=tag,
+        family=_str(row.get("family") or model_part, "family"),
+        categories=_categories(row.get("category") or "chat"),
+        params_b=_float(row.get("params_b") or 0, "params_b", 0, 100_000),
+        quant=_str(row.get("quant") or "unknown", "quant"),
+        size_bytes=_int(row["size_bytes"], "size_bytes", 1, _MAX_SIZE_BYTES),
+        context=_int(row["context"], "context", 1, _MAX_CONTEXT),
+        rank=_int(row.get("rank") or 0, "rank", 0, 100),
+        layers=layers,
+        kv_heads=_int(row["kv_heads"], "kv_heads", 1, _MAX_HEADS),
+        head_dim=_int(row["head_dim"], "head_dim", 1, _MAX_HEAD_DIM),
+        swa_layers=swa_layers,
+        swa_window=swa_window,
+        source=_str(row.get("source") or EXTRA_KEY, "source"),
+    )
+
+
+def _csv_rows(text: str) -> Iterable[tuple[int, dict[str, str]]]:
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if not line.startswith("#")]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    if not lines:
+        return
+    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    header = next(reader)
+    if tuple(header) != COLUMNS:
+        raise CatalogError(PACKAGED, f"header must be {','.join(COLUMNS)}")
+    for (lineno, _), values in zip(lines[1:], reader, strict=True):
+        if len(values) != len(header):
+            raise CatalogError(
+                PACKAGED, f"line {lineno}: {len(values)} fields, expected {len(header)}"
+            )
+        yield lineno, dict(zip(header, values, strict=True))
+
+
+@cache
+def _packaged() -> dict[str, ModelEntry]:
+    text = (resources.files("provisioner") / "data" / "models.csv").read_text(encoding="utf-8")
+    entries: dict[str, ModelEntry] = {}
+    for lineno, row in _csv_rows(text):
+        try:
+            entry = entry_from_mapping(row, packaged=True)
+        except ValueError as exc:
+            raise CatalogError(PACKAGED, f"line {lineno}: {exc}") from None
+        if entry.tag in entries:
+            raise CatalogError(PACKAGED, f"line {lineno}: tag {entry.tag!r} listed twice")
+        entries[entry.tag] = entry
+    return entries
+
+
+def load_catalog(extra: list[dict] | None = None) -> dict[str, ModelEntry]:
+    """The packaged catalog plus the operator's ``model_catalog_extra`` entries, by tag.
+
+    Raises ``CatalogError("model_catalog_extra", message)`` for a malformed extra entry.
+    """
+    catalog = dict(_packaged())
+    if not extra:
+        return catalog
+    if not isinstance(extra, (list, tuple)):
+        raise CatalogError(EXTRA_KEY, f"expected a list of dicts, got {type(extra).__name__}")
+    seen: set[str] = set()
+    for i, item in enumerate(extra):
+        label = f"entry {i}"
+        if isinstance(item, Mapping) and isinstance(item.get("tag"), str):
+            label += f" (tag {item['tag']!r})"
+        if not isinstance(item, Mapping):
+            raise CatalogError(EXTRA_KEY, f"{label}: expected a dict, got {type(item).__name__}")
+        try:
+            entry = entry_from_mapping(item)
+        except ValueError as exc:
+            raise CatalogError(EXTRA_KEY, f"{label}: {exc}") from None
+        if entry.tag in seen:
+            raise CatalogError(EXTRA_KEY, f"{label}: tag {entry.tag!r} is listed twice")
+        seen.add(entry.tag)
+        catalog[entry.tag] = entry
+    return catalog
+
+
+_catalog_cache: dict[str, dict[str, ModelEntry]] = {}
+
+
+def cached_catalog(extra: list[dict] | None) -> dict[str, ModelEntry]:
+    """``load_catalog`` memoised on the content of ``extra``; the result must not be mutated."""
+    if not extra:
+        return _packaged()
+    key = json.dumps(extra, sort_keys=True, default=repr)
+    catalog = _catalog_cache.get(key)
+    if catalog is None:
+        catalog = _catalog_cache[key] = load_catalog(extra)
+    return catalog
+
+
+MODEL_LIST_KEYS = ("models", "models_always", "models_pinned")
+
+
+def check_host_data(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each model-related problem in one host's data.
+
+    Checks ``model_catalog_extra`` and that every tag in ``models``, ``models_always`` and
+    ``models_pinned`` is either in the catalog or a valid Ollama name (an unknown but valid
+    name is not an error here: the planner reports it as skipped, since it cannot be sized).
+    """
+    problems: list[tuple[str, str]] = []
+    try:
+        catalog = cached_catalog(data.get(EXTRA_KEY) or None)
+    except CatalogError as exc:
+        problems.append((exc.key, exc.message))
+        catalog = _packaged()
+    for key in MODEL_LIST_KEYS:
+        for item in data.get(key) or ():
+            if item in catalog or is_valid_ollama_name(item):
+                continue
+            problems.append(
+                (key, f"{item!r} is neither in the model catalog nor a valid Ollama model name")
+            )
+    return problems

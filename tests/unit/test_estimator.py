@@ -1,0 +1,171 @@
+"""The VRAM estimator and GPU placement, against the reference figures (model-sizing.md §2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from provisioner.catalog import load_catalog
+from provisioner.estimator import (
+    GRAPH_BASE_MIB,
+    MIB,
+    estimate,
+    graph_mib,
+    kv_cache_bytes,
+    largest_offer,
+    place,
+    usable_mib,
+)
+
+GIB = 1024 * MIB
+CATALOG = load_catalog()
+
+
+def kv_gib(tag: str, ctx: int, parallel: int = 1, kv: str = "f16", batch: int = 512) -> float:
+    return kv_cache_bytes(CATALOG[tag], ctx, parallel, kv, batch) / GIB
+
+
+def test_llama31_8b_caches_128_kib_per_token():
+    assert kv_cache_bytes(CATALOG["llama3.1:8b"], 1, 1, "f16", 512) == 128 * 1024
+    assert kv_gib("llama3.1:8b", 8192) == 1.0
+    assert kv_gib("llama3.1:8b", 32768) == 4.0
+    assert kv_gib("llama3.1:8b", 131072) == 16.0
+
+
+def test_llama33_70b_at_8k_needs_2_5_gib_of_kv():
+    assert kv_gib("llama3.3:70b", 8192) == 2.5
+    assert kv_gib("llama3.3:70b", 131072) == 40.0
+
+
+def test_context_is_capped_at_the_trained_context():
+    # qwen2.5-coder:7b was trained for 32K: 56 KiB per token, 1.75 GiB at 32K, no more beyond.
+    assert kv_cache_bytes(CATALOG["qwen2.5-coder:7b"], 1, 1, "f16", 512) == 56 * 1024
+    assert kv_gib("qwen2.5-coder:7b", 32768) == 1.75
+    assert kv_gib("qwen2.5-coder:7b", 131072) == 1.75
+
+
+def test_moe_kv_uses_its_attention_geometry():
+    assert kv_cache_bytes(CATALOG["qwen3:30b-a3b"], 1, 1, "f16", 512) == 96 * 1024
+    assert kv_gib("qwen3:30b-a3b", 131072) == 12.0
+
+
+@pytest.mark.parametrize(
+    ("tag", "ctx", "reference_gib"),
+    [
+        # the reference table: sliding-window layers keep window + one batch, not the context
+        ("gemma3:27b", 8192, 1.2),
+        ("gemma3:27b", 32768, 3.1),
+        ("gemma3:27b", 131072, 10.6),
+        ("gpt-oss:20b", 8192, 0.2),
+        ("gpt-oss:20b", 32768, 0.76),
+        ("gpt-oss:20b", 131072, 3.0),
+    ],
+)
+def test_sliding_window_models_match_the_reference(tag, ctx, reference_gib):
+    assert kv_gib(tag, ctx) == pytest.approx(reference_gib, abs=0.06)
+
+
+def test_sliding_window_is_far_below_the_naive_size():
+    entry = CATALOG["gemma3:27b"]
+    naive = 2 * entry.layers * entry.kv_heads * entry.head_dim * 2 * 131072 / GIB
+    assert naive == 62.0
+    assert kv_gib("gemma3:27b", 131072) < naive / 5
+
+
+def test_sliding_window_never_exceeds_the_full_cache():
+    # starcoder2 slides on every layer; below its window it caches the context itself
+    entry = CATALOG["starcoder2:3b"]
+    full = 2 * entry.layers * entry.kv_heads * entry.head_dim * 2
+    assert kv_cache_bytes(entry, 1024, 1, "f16", 512) == full * 1024
+    assert kv_cache_bytes(entry, 16384, 1, "f16", 512) == full * (4096 + 512)
+
+
+def test_parallel_multiplies_the_cache():
+    one = kv_cache_bytes(CATALOG["llama3.1:8b"], 8192, 1, "f16", 512)
+    assert kv_cache_bytes(CATALOG["llama3.1:8b"], 8192, 4, "f16", 512) == 4 * one
+
+
+def test_quantised_kv_uses_ggml_block_sizes():
+    f16 = kv_cache_bytes(CATALOG["llama3.3:70b"], 8192, 1, "f16", 512)
+    assert kv_cache_bytes(CATALOG["llama3.3:70b"], 8192, 1, "q8_0", 512) == f16 * 17 // 32
+    assert kv_cache_bytes(CATALOG["llama3.3:70b"], 8192, 1, "q4_0", 512) == f16 * 9 // 32
+
+
+def test_unknown_kv_type_and_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="unknown KV cache type 'q2'"):
+        kv_cache_bytes(CATALOG["llama3.1:8b"], 8192, 1, "q2", 512)
+    with pytest.raises(ValueError, match="positive"):
+        kv_cache_bytes(CATALOG["llama3.1:8b"], 0, 1, "f16", 512)
+
+
+@pytest.mark.parametrize(
+    ("batch", "graph"),
+    [(1, 384), (512, 384), (1023, 384), (1024, 384 + 768), (2047, 1152), (2048, 384 + 2048)],
+)
+def test_graph_includes_ollamas_batch_surcharge(batch, graph):
+    assert graph_mib(batch) == graph
+
+
+def test_estimate_is_weights_plus_kv_plus_graph_for_every_model():
+    for entry in CATALOG.values():
+        est = estimate(entry, 8192, 1, "f16", 512)
+        assert est.weights_mib == math.ceil(entry.size_bytes / MIB)
+        assert est.total_mib == est.weights_mib + est.kv_mib + est.graph_mib
+        assert est.total_mib >= est.weights_mib
+        assert est.graph_mib == GRAPH_BASE_MIB
+        assert est.footprint_mib(2) == est.total_mib + est.graph_mib
+
+
+def test_llama33_70b_at_8k_is_about_43_gib():
+    est = estimate(CATALOG["llama3.3:70b"], 8192, 1, "f16", 512)
+    assert (est.weights_mib, est.kv_mib) == (41008, 2560)
+    assert est.total_mib / 1024 == pytest.approx(42.9, abs=0.1)
+
+
+def test_usable_memory():
+    assert usable_mib(81559, 457, 0.9) == 72991
+    assert usable_mib(400, 457, 0.9) == 0
+    assert usable_mib(8192, 0, 1.0) == 8192
+
+
+def _est(total_weights_kv: int, graph: int = 384):
+    from provisioner.estimator import Estimate
+
+    return Estimate(
+        weights_mib=total_weights_kv, kv_mib=0, graph_mib=graph, total_mib=total_weights_kv + graph
+    )
+
+
+def test_place_prefers_one_gpu_the_one_with_most_memory():
+    est = _est(10_000)
+    assert place(est, [(0, 16384), (1, 24576)], 457, 0.9) == [1]
+    # ties go to the lower index, whatever the input order
+    assert place(est, [(3, 24576), (1, 24576)], 457, 0.9) == [1]
+
+
+def test_place_fits_within_headroom_of_memory_minus_reserve():
+    usable = usable_mib(24576, 457, 0.9)
+    assert place(_est(usable - 384), [(0, 24576)], 457, 0.9) == [0]
+    assert place(_est(usable - 383), [(0, 24576)], 457, 0.9) is None
+
+
+def test_place_splits_over_the_fewest_largest_gpus():
+    gpus = [(0, 24576), (1, 81920), (2, 81920), (3, 81920)]
+    est = _est(130_000)
+    assert place(est, gpus, 457, 0.9) == [1, 2]
+    assert place(_est(200_000), gpus, 457, 0.9) == [1, 2, 3]
+
+
+def test_every_gpu_of_a_split_pays_its_own_graph():
+    usable = usable_mib(81920, 457, 0.9)
+    gpus = [(0, 81920), (1, 81920)]
+    assert place(_est(2 * (usable - 1000), graph=1000), gpus, 457, 0.9) == [0, 1]
+    assert place(_est(2 * (usable - 1000) + 1, graph=1000), gpus, 457, 0.9) is None
+    assert largest_offer(gpus, 457, 0.9, 1000) == 2 * usable - 1000
+
+
+def test_place_returns_none_when_nothing_holds_the_model():
+    assert place(_est(10_000), [], 457, 0.9) is None
+    assert place(_est(10_000), [(0, 8192)], 457, 0.9) is None
+    assert largest_offer([], 457, 0.9, 384) == 0
