@@ -37,7 +37,8 @@ def shape(
 ) -> dict[str, Any]:
     """Combine raw fact values into the ``provision facts --json`` host shape."""
     state = smi.get("state", "error")
-    if state == "no-driver" and smi.get("binary_missing", False) and not _gpu_devices(pci):
+    # nvidia-smi absent (no error text) and no NVIDIA GPU on the PCI bus: a CPU-only host.
+    if state == "no-driver" and smi.get("error") is None and not _gpu_devices(pci):
         state = "no-gpu"
     return {
         "gpu_state": state,

@@ -1,0 +1,135 @@
+"""
+System facts the GPU stack depends on: the distribution, the architecture, the memory
+and the running kernel. None of them raises from ``process()``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from pyinfra.api import FactBase
+
+__all__ = ["OsInfo", "MemoryTotal", "KernelRelease", "parse_os_release"]
+
+_ARCH_MARK = "##arch "
+_OS_KEYS = ("id", "version_id", "codename", "arch", "pretty_name", "id_like")
+_CODENAME_IN_VERSION = re.compile(r"\(([a-z]+)\)")
+
+
+def _unquote(value: str) -> str:
+    try:
+        parts = shlex.split(value, comments=False, posix=True)
+    except ValueError:
+        return value.strip().strip("\"'")
+    return " ".join(parts)
+
+
+def parse_os_release(lines: list[str]) -> dict[str, str]:
+    """``KEY=value`` pairs of an os-release(5) file, values unquoted."""
+    values: dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key.replace("_", "").isalnum():
+            values[key] = _unquote(value)
+    return values
+
+
+class OsInfo(FactBase[dict[str, Any]]):
+    """
+    Returns the distribution (from ``/etc/os-release``, else ``/usr/lib/os-release``)
+    and the machine architecture (``uname -m``):
+
+    .. code:: python
+
+        {
+            "id": "debian",
+            "version_id": "12",
+            "codename": "bookworm",
+            "arch": "x86_64",
+            "pretty_name": "Debian GNU/Linux 12 (bookworm)",
+            "id_like": None,  # e.g. "debian" on Ubuntu, "rhel centos fedora" on Rocky
+        }
+
+    A value the host does not report is None (Debian testing has no ``VERSION_ID``).
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return dict.fromkeys(_OS_KEYS)
+
+    def command(self) -> str:
+        return (
+            "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null; "
+            f'echo "{_ARCH_MARK}$(uname -m)"'
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        info = self.default()
+        try:
+            arch_lines = [line for line in output if line.startswith(_ARCH_MARK)]
+            release = parse_os_release([line for line in output if line not in arch_lines])
+            codename = release.get("VERSION_CODENAME") or release.get("UBUNTU_CODENAME")
+            if not codename:
+                match = _CODENAME_IN_VERSION.search(release.get("VERSION", ""))
+                codename = match.group(1) if match else None
+            arch = arch_lines[-1][len(_ARCH_MARK) :].strip() if arch_lines else ""
+            info.update(
+                {
+                    "id": release.get("ID") or None,
+                    "version_id": release.get("VERSION_ID") or None,
+                    "codename": codename or None,
+                    "arch": arch or None,
+                    "pretty_name": release.get("PRETTY_NAME") or None,
+                    "id_like": release.get("ID_LIKE") or None,
+                }
+            )
+        except Exception:  # a fact must never abort the run
+            pass
+        return info
+
+
+class MemoryTotal(FactBase[int | None]):
+    """
+    Returns the host's memory in MiB (``MemTotal`` of ``/proc/meminfo``), or None.
+    """
+
+    def command(self) -> str:
+        return "cat /proc/meminfo"
+
+    def process(self, output: list[str]) -> int | None:
+        try:
+            for line in output:
+                key, _, value = line.partition(":")
+                if key.strip() == "MemTotal":
+                    amount, _, unit = value.strip().partition(" ")
+                    kib = int(amount)
+                    if unit.strip().lower() not in ("kb", ""):
+                        return None
+                    return kib // 1024
+        except Exception:  # a fact must never abort the run
+            return None
+        return None
+
+
+class KernelRelease(FactBase[str | None]):
+    """
+    Returns the running kernel's release (``uname -r``), e.g. ``6.1.0-28-amd64``.
+    """
+
+    def command(self) -> str:
+        return "uname -r"
+
+    def process(self, output: list[str]) -> str | None:
+        try:
+            for line in output:
+                if line.strip():
+                    return line.strip()
+        except Exception:  # a fact must never abort the run
+            return None
+        return None

@@ -1,0 +1,1 @@
+"""Test doubles: stand-ins for the GPU, its driver tools and other things a test host lacks."""
