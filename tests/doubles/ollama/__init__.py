@@ -1,0 +1,1 @@
+"""Test double of Ollama: the stand-in binary, its release builder and model pushes."""
