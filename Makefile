@@ -44,3 +44,11 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) -m bench
+
+# `vagrant validate` of the Vagrantfile (installs Debian's vagrant without recommends).
+vagrant-validate:
+	scripts/vagrant-validate.sh
+
+# The Vagrant smoke run: vagrant up -> provision apply -> provision verify -> vagrant destroy -f.
+vagrant-smoke: venv
+	scripts/vagrant-smoke.sh

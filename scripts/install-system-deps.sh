@@ -13,6 +13,7 @@ PACKAGES=(
   gnupg                   # signs that repository with a throwaway test key
   docker-registry         # CNCF Distribution: the lab's OCI model registry
   curl ca-certificates zstd
+  vagrant vagrant-libvirt # `vagrant validate` of the Vagrantfile (no VMs run here)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
