@@ -23,7 +23,9 @@ limit_option = click.option(
     metavar="HOST",
     help="Restrict to these hosts or groups (globs allowed, repeatable, comma-separated), as pyinfra's --limit.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (documented in the README).")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout (documented in the README)."
+)
 
 
 def _fail_input(message: str) -> NoReturn:
@@ -99,7 +101,9 @@ def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
     metavar="SPEC",
     help="Plan for an imaginary host with these GPUs, '[N x ]GPU-NAME:MiB' (repeatable: one host each).",
 )
-@click.option("--profile", default=None, help="Model profile for --what-if hosts (default: general).")
+@click.option(
+    "--profile", default=None, help="Model profile for --what-if hosts (default: general)."
+)
 @json_option
 def plan(
     inventory: str | None,
@@ -124,7 +128,13 @@ def plan(
                 gpus = planner.parse_what_if(spec)
             except planner.WhatIfError as exc:
                 _fail_input(f"--what-if {spec!r}: {exc}")
-            facts = {"gpu_state": "ok", "gpus": gpus, "os": {}, "memory_total_mib": None, "pci_devices": []}
+            facts = {
+                "gpu_state": "ok",
+                "gpus": gpus,
+                "os": {},
+                "memory_total_mib": None,
+                "pci_devices": [],
+            }
             hosts[f"what-if-{number}"] = (facts, settings.resolve(data))
         result = planner.plan_fleet(hosts)
         _show_plan(result, as_json)
@@ -133,7 +143,9 @@ def plan(
     if not inventory:
         _fail_input("give an INVENTORY or at least one --what-if SPEC (see provision plan --help)")
     if profile:
-        _fail_input("--profile applies to --what-if; set model_profile in the inventory's data instead")
+        _fail_input(
+            "--profile applies to --what-if; set model_profile in the inventory's data instead"
+        )
     from provisioner.gather import gather
 
     loaded = _load(inventory, limit)
@@ -161,7 +173,11 @@ def _show_plan(result: dict[str, Any], as_json: bool) -> None:
 @click.argument("inventory")
 @limit_option
 @click.option("--dry", is_flag=True, help="Show what would change without changing anything.")
-@click.option("--no-reboot", is_flag=True, help="Never reboot; hosts that need one are reported as pending reboot.")
+@click.option(
+    "--no-reboot",
+    is_flag=True,
+    help="Never reboot; hosts that need one are reported as pending reboot.",
+)
 @click.option("--serial", is_flag=True, help="Run host by host (pyinfra --serial).")
 @click.option(
     "--batch",
@@ -206,9 +222,21 @@ def _report_run(result, as_json: bool) -> None:
 @click.argument("inventory")
 @limit_option
 @json_option
-@click.option("--junit", type=click.Path(dir_okay=False, writable=True), default=None, help="Write JUnit XML here.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Hosts checked in parallel (default: all).")
-def verify(inventory: str, limit: tuple[str, ...], as_json: bool, junit: str | None, workers: int | None) -> None:
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write JUnit XML here.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hosts checked in parallel (default: all).",
+)
+def verify(
+    inventory: str, limit: tuple[str, ...], as_json: bool, junit: str | None, workers: int | None
+) -> None:
     """Prove with testinfra checks that every layer works on every host."""
     from pathlib import Path
 
@@ -232,19 +260,30 @@ def models() -> None:
     """Keep each host's models in line with its plan (sync, scheduled update, site mirror)."""
 
 
+def _report_models(result, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _console().print(result.table())
+    sys.exit(result.exit_code)
+
+
 @models.command("sync")
 @click.argument("inventory")
 @limit_option
 @click.option("--prune", is_flag=True, help="Also remove models that are no longer planned (pinned ones stay).")
 @click.option("--dry", is_flag=True, help="Show what would change without changing anything.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Hosts synced at once (default: all).")
 @json_option
-def models_sync(inventory: str, limit: tuple[str, ...], prune: bool, dry: bool, as_json: bool) -> None:
-    """Pull the planned models that are missing on each host."""
-    from provisioner.apply import run_deploy
+def models_sync(
+    inventory: str, limit: tuple[str, ...], prune: bool, dry: bool, batch: int | None, as_json: bool
+) -> None:
+    """Pull the planned models that are missing (or changed) on each host."""
+    loaded = _load(inventory, limit)
+    from provisioner import models_sync as sync_lib
 
-    override = {"ollama_prune": True} if prune else None
-    loaded = _load(inventory, limit, override)
-    _report_run(run_deploy(loaded, "models", limit=limit, dry=dry, data=override or {}), as_json)
+    result = sync_lib.sync(loaded, prune=prune, dry=dry, batch=batch, show_progress=not as_json)
+    _report_models(result, as_json)
 
 
 @models.command("update")
@@ -254,26 +293,38 @@ def models_sync(inventory: str, limit: tuple[str, ...], prune: bool, dry: bool, 
 @json_option
 def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_json: bool) -> None:
     """Re-pull every planned tag whose registry digest changed, then check each host's models."""
-    from provisioner.apply import run_deploy
+    loaded = _load(inventory, limit)
+    from provisioner import models_sync as sync_lib
 
-    override = {"ollama_update": True}
-    loaded = _load(inventory, limit, override)
-    _report_run(run_deploy(loaded, "models", limit=limit, batch=batch, data=override), as_json)
+    _report_models(sync_lib.update(loaded, batch=batch, show_progress=not as_json), as_json)
 
 
 @models.command("mirror")
 @click.argument("inventory")
 @limit_option
-@click.option("--to", "registry", required=True, help="Site registry URL, e.g. http://registry.example:5000")
-@click.option("--from", "upstream", default=None, help="Upstream registry (default: each host's ollama_registry or the public library).")
+@click.option("--to", "registry", default=None, help="Site registry URL (default: each host's ollama_registry).")
+@click.option("--from", "upstream", default=None, help="Upstream registry (default: the public library).")
 @json_option
-def models_mirror(inventory: str, limit: tuple[str, ...], registry: str, upstream: str | None, as_json: bool) -> None:
-    """Copy the planned models of an inventory into a site registry, once."""
+def models_mirror(
+    inventory: str, limit: tuple[str, ...], registry: str | None, upstream: str | None, as_json: bool
+) -> None:
+    """Copy the planned models of an inventory into the site registry, once."""
     loaded = _load(inventory, limit)
-    from provisioner.mirror_cli import mirror_inventory
+    from provisioner import models_sync as sync_lib
 
-    code = mirror_inventory(loaded, registry=registry, upstream=upstream, as_json=as_json)
-    sys.exit(code)
+    kwargs = {"registry": registry, "show_progress": not as_json}
+    if upstream:
+        kwargs["upstream"] = upstream
+    results = sync_lib.mirror_inventory(loaded, **kwargs)
+    if as_json:
+        _print_json({"registries": [r.to_json() for r in results]})
+    else:
+        for result in results:
+            _console().print(result.table())
+    if not results:
+        click.echo("provision: no host has a site registry (ollama_registry) and no --to was given", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(max(r.exit_code for r in results))
 
 
 if __name__ == "__main__":  # pragma: no cover

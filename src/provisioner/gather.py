@@ -79,8 +79,13 @@ def make_state(loaded: LoadedInventory, parallel: int = 0) -> State:
 
 def gather(loaded: LoadedInventory, parallel: int = 0) -> dict[str, dict[str, Any]]:
     """Facts of every selected host, by host name, in inventory order."""
+    import logging
+
     import gevent
     from pyinfra.context import ctx_host, ctx_state
+
+    # pyinfra's own warnings (e.g. unknown host keys) would interleave with our report.
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)
 
     state = make_state(loaded, parallel)
     results: dict[str, dict[str, Any]] = {}

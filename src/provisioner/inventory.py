@@ -57,7 +57,9 @@ def _looks_like_file(source: str) -> bool:
     return source.endswith(".py") or os.sep in source and "@" not in source and "," not in source
 
 
-def load(source: str, limit: Iterable[str] = (), data: dict[str, Any] | None = None) -> LoadedInventory:
+def load(
+    source: str, limit: Iterable[str] = (), data: dict[str, Any] | None = None
+) -> LoadedInventory:
     """Load and validate INVENTORY; raise :class:`InventoryError` on any bad input.
 
     + source: an inventory file or a pyinfra host string such as ``@local``
@@ -148,6 +150,7 @@ def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
 def validate(loaded: LoadedInventory) -> None:
     """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
     from provisioner.catalog import check_host_data
+    from provisioner.deploys.ollama import check_settings
 
     problems: list[str] = []
     for host in loaded.hosts:
@@ -156,7 +159,11 @@ def validate(loaded: LoadedInventory) -> None:
         typed_wrong = {key for key, _ in found}
         if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
             found += check_host_data(data)
+        if not typed_wrong:
+            found += check_settings(settings.resolve(data))
         for key, message in found:
-            problems.append(f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}")
+            problems.append(
+                f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}"
+            )
     if problems:
         raise InventoryError(problems)

@@ -1,0 +1,37 @@
+"""Data for every lab host: connection, and every source pointed at the lab's mirrors.
+
+This is also the worked example of an air-gapped site: only URLs (and the checksums that pin
+what they serve) change; the deploy code is the same as for production.
+"""
+
+import json
+import os
+from pathlib import Path
+
+_LAB = json.loads(
+    (Path(os.environ.get("LAB_RUN", "/var/tmp/provisioner-lab")) / "lab.json").read_text()
+)
+_MIRROR = "http://169.254.100.1:8080"
+
+# Connection: root over SSH with the lab's key; host keys are throwaway.
+ssh_user = _LAB["ssh_user"]
+ssh_key = _LAB["ssh_key"]
+ssh_strict_host_key_checking = "off"
+ssh_known_hosts_file = "/dev/null"
+
+# NVIDIA's CUDA repository (the lab's signed stand-in, same layout as NVIDIA's URLs).
+nvidia_repo_url = f"{_MIRROR}/cuda"
+nvidia_repo_key_url = _LAB["key"]["url_asc"]
+nvidia_repo_key_fingerprint = _LAB["key"]["fingerprint"]
+
+# PyTorch wheel indexes (PEP 503; <url>/cu130, <url>/cpu).
+pytorch_index_url = f"{_MIRROR}/whl"
+
+# Ollama release archive and its pinned checksum.
+ollama_version = "0.32.15"
+ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.tgz"
+ollama_sha256 = _LAB["ollama"]["releases"][ollama_version]["sha256"]
+
+# Models come from the site registry (CNCF Distribution over plain HTTP).
+ollama_registry = "http://169.254.100.1:5000"
+ollama_registry_insecure = True

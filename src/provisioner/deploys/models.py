@@ -1,0 +1,79 @@
+"""The models each host serves: the planner's choice, synced into the host's Ollama store.
+
+``ollama_models`` is the last step of ``provision apply`` and the whole of ``provision models
+sync|update``. The plan is made when the operation runs, from facts gathered at that moment,
+so a host whose driver was installed earlier in the same run is planned with its GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from provisioner import settings
+from provisioner.deploys.ollama import settings_from
+from provisioner.operations import ollama
+
+__all__ = ["DEFAULTS", "ollama_models", "planned_models", "source_settings"]
+
+DEFAULTS = {**settings.defaults("core"), **settings.defaults("ollama")}
+
+
+def _host_data(target: Any) -> dict[str, Any]:
+    try:
+        from provisioner.inventory import host_data_dict
+    except ImportError:  # pragma: no cover - the lead's inventory module is always there
+        return {key: target.data.get(key) for key in DEFAULTS}
+    return host_data_dict(target)
+
+
+def planned_models(target: Any) -> list[str]:
+    """The tags the planner chooses for ``target`` (a connected pyinfra host), from live facts."""
+    from provisioner.gather import host_facts
+    from provisioner.planner import plan_host
+
+    data = settings.resolve(_host_data(target))
+    plan = plan_host(target.name, host_facts(target), data)
+    return [entry["tag"] for entry in plan.get("models", [])]
+
+
+def source_settings(data: Any) -> dict[str, Any]:
+    """The ``ollama.models`` arguments that say where models come from, from host data."""
+    cfg, _ = settings_from(data)
+    api = cfg.api_url if cfg is not None else ollama.DEFAULT_API
+    models_dir = cfg.models_dir if cfg is not None else data.get("ollama_models_dir")
+    return {
+        "registry": data.get("ollama_registry") or None,
+        "namespace": data.get("ollama_registry_namespace") or "library",
+        "insecure": bool(data.get("ollama_registry_insecure")),
+        "transport": data.get("ollama_registry_transport") or "place",
+        "api": api,
+        "models_dir": models_dir,
+    }
+
+
+@deploy("Ollama models", data_defaults=DEFAULTS)
+def ollama_models(
+    models: list[str] | None = None,
+    prune: bool | None = None,
+    refresh: bool | None = None,
+) -> None:
+    """Make each host hold the models planned for it.
+
+    + models: the tags to serve; None (the default) asks the planner, per host, at run time
+    + prune: remove unplanned, unpinned models (None: data key ``ollama_models_prune``)
+    + refresh: re-pull tags whose registry digest changed (None: ``ollama_models_refresh``)
+    """
+    wanted: list[str] | Callable[[], list[str]]
+    wanted = list(models) if models is not None else (lambda: planned_models(host))
+    ollama.models(
+        name="Sync the planned models",
+        models=wanted,
+        pinned=list(host.data.get("models_pinned") or []),
+        prune=bool(host.data.get("ollama_models_prune") if prune is None else prune),
+        refresh=bool(host.data.get("ollama_models_refresh") if refresh is None else refresh),
+        **source_settings(host.data),
+    )

@@ -1,0 +1,599 @@
+"""The Ollama server: a verified release, a locked-down service, and how others may reach it.
+
+``install_ollama`` installs the pinned release (sha256-checked before unpacking, refused below
+the CVE floor), the ``ollama`` system user, the model store, the systemd unit and the drop-in
+with every server setting from host data, and then, by ``ollama_expose``: nothing more
+(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The
+service restarts only when the release or its rendered configuration changed, and the run
+goes on only once the API answers (an upgrade that does not is rolled back).
+
+Every key it reads is declared in ``data/keys/ollama.toml``; cross-key rules (no public
+address without an allowlist, ...) are checked by :func:`check_settings`, which ``provision``
+also runs before connecting to anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from io import StringIO
+from typing import Any
+
+import jinja2
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Groups
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from provisioner import ollama_release, settings
+from provisioner.facts.system import OsInfo
+from provisioner.ollama_api import site_name
+from provisioner.operations import ollama
+
+__all__ = [
+    "DEFAULTS",
+    "OllamaSettings",
+    "check_settings",
+    "install_ollama",
+    "render",
+    "settings_from",
+]
+
+DEFAULTS = settings.defaults("ollama")
+
+USER = "ollama"
+HOME = "/var/lib/ollama"
+INSTALL_DIR = "/opt/ollama"
+UNIT = "/etc/systemd/system/ollama.service"
+DROPIN = "/etc/systemd/system/ollama.service.d/10-provisioner.conf"
+NGINX_SITE = "/etc/nginx/conf.d/ollama.conf"
+NGINX_DIR = "/etc/nginx/ollama"
+FIREWALL_TABLE = "provisioner_ollama"
+FIREWALL_UNIT = "provisioner-ollama-firewall.service"
+FIREWALL_RULES = "/etc/provisioner/ollama.nft"
+
+LOOPBACK_NAMES = ("localhost",)
+# Variables the keys set; ollama_extra_env may not change them behind the plan's back.
+MANAGED_ENV = (
+    "OLLAMA_HOST",
+    "OLLAMA_MODELS",
+    "OLLAMA_CONTEXT_LENGTH",
+    "OLLAMA_NUM_PARALLEL",
+    "OLLAMA_KEEP_ALIVE",
+    "OLLAMA_MAX_LOADED_MODELS",
+    "OLLAMA_FLASH_ATTENTION",
+    "OLLAMA_KV_CACHE_TYPE",
+    "CUDA_VISIBLE_DEVICES",
+    "HOME",
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class OllamaSettings:
+    """The Ollama keys of one host, checked."""
+
+    version: str
+    release_url: str
+    sha256: str | None
+    allow_vulnerable: bool
+    start_timeout: int
+    models_dir: str
+    listen_address: str
+    port: int
+    context_length: int
+    num_parallel: int
+    kv_cache_type: str
+    flash_attention: bool
+    keep_alive: str
+    max_loaded_models: int
+    cuda_visible_devices: str | None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    expose: str = "loopback"
+    allow_networks: tuple[str, ...] = ()
+    proxy_port: int = 443
+    proxy_server_name: str = "_"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    htpasswd_file: str | None = None
+    htpasswd_env: str | None = None
+
+    @property
+    def proxy(self) -> bool:
+        return self.expose in ("proxy", "proxy+allowlist")
+
+    @property
+    def allowlist(self) -> bool:
+        return self.expose in ("allowlist", "proxy+allowlist")
+
+    @property
+    def ollama_host(self) -> str:
+        address = self.listen_address
+        if ":" in address:
+            address = f"[{address}]"
+        return f"{address}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """Where the API answers from the host itself."""
+        address = self.listen_address
+        if address in ("0.0.0.0", ""):
+            address = "127.0.0.1"
+        elif address == "::":
+            address = "::1"
+        if ":" in address:
+            address = f"[{address}]"
+        return f"http://{address}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "OLLAMA_HOST": self.ollama_host,
+            "OLLAMA_MODELS": self.models_dir,
+            "OLLAMA_CONTEXT_LENGTH": str(self.context_length),
+            "OLLAMA_NUM_PARALLEL": str(self.num_parallel),
+            "OLLAMA_KEEP_ALIVE": self.keep_alive,
+            "OLLAMA_MAX_LOADED_MODELS": str(self.max_loaded_models),
+            "OLLAMA_FLASH_ATTENTION": "1" if self.flash_attention else "0",
+            "OLLAMA_KV_CACHE_TYPE": self.kv_cache_type,
+        }
+        if self.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+        env.update(sorted(self.extra_env.items()))
+        return env
+
+    def networks(self) -> tuple[list[str], list[str]]:
+        """The allowlist split into IPv4 and IPv6 networks (normalised)."""
+        v4, v6 = [], []
+        for entry in self.allow_networks:
+            network = ipaddress.ip_network(entry, strict=False)
+            (v4 if network.version == 4 else v6).append(str(network))
+        return v4, v6
+
+
+def _is_loopback(address: str) -> bool:
+    if address in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _get(data: Any, key: str) -> Any:
+    if isinstance(data, Mapping):
+        return data.get(key, DEFAULTS.get(key))
+    return data.get(key)
+
+
+def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str]]]:
+    """Build the host's :class:`OllamaSettings` from its data; return it and the problems.
+
+    ``data`` is a mapping of host data (missing keys take their defaults) or pyinfra's
+    ``host.data``. Problems are ``(key, message)`` pairs; with any problem the settings are None.
+    """
+    problems: list[tuple[str, str]] = []
+
+    def val(key: str) -> Any:
+        return _get(data, key)
+
+    listen = str(val("ollama_listen_address") or "").strip()
+    expose = val("ollama_expose")
+    networks = tuple(val("ollama_allow_networks") or ())
+    models_dir = str(val("ollama_models_dir") or "")
+    extra = dict(val("ollama_extra_env") or {})
+
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        if listen not in LOOPBACK_NAMES:
+            problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
+    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+        problems.append(
+            (
+                "ollama_listen_address",
+                f"{listen} is not loopback, and ollama_expose is {expose!r}: Ollama has no "
+                "authentication, so it listens elsewhere only behind an allowlist "
+                '(ollama_expose = "allowlist" or "proxy+allowlist")',
+            )
+        )
+    if expose in ("allowlist", "proxy+allowlist"):
+        if not networks:
+            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
+        for entry in networks:
+            try:
+                ipaddress.ip_network(str(entry), strict=False)
+            except ValueError:
+                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
+    if expose in ("proxy", "proxy+allowlist"):
+        file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
+        if not file and not env:
+            problems.append(
+                (
+                    "ollama_htpasswd_file",
+                    f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
+                    "(the proxy never runs without authentication)",
+                )
+            )
+        elif file and not os.path.isfile(os.path.expanduser(str(file))):
+            problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
+        elif not file and not os.environ.get(str(env)):
+            problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
+        cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
+        if bool(cert) != bool(key):
+            problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
+        for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
+            if path and not os.path.isfile(os.path.expanduser(str(path))):
+                problems.append((name, f"{path} does not exist on this machine"))
+        if val("ollama_proxy_port") == val("ollama_port"):
+            problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
+    if not models_dir.startswith("/") or re.search(r"\s", models_dir):
+        problems.append(
+            ("ollama_models_dir", f"{models_dir!r} must be an absolute path without spaces")
+        )
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
+        elif key in MANAGED_ENV:
+            problems.append(
+                ("ollama_extra_env", f"{key} is set by its own key (docs/data-keys.md)")
+            )
+        elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
+            problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
+    keep_alive = str(val("ollama_keep_alive"))
+    if not re.fullmatch(r"-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|-?\d+", keep_alive):
+        problems.append(("ollama_keep_alive", f"{keep_alive!r} is not a duration such as 5m"))
+    cuda = val("ollama_cuda_visible_devices")
+    if cuda is not None and re.search(r"\s", str(cuda)):
+        problems.append(("ollama_cuda_visible_devices", "no spaces: GPU-uuid,GPU-uuid or -1"))
+    registry = val("ollama_registry")
+    if registry:
+        try:
+            source = site_name("library/probe:latest", str(registry))
+        except ValueError as exc:
+            problems.append(("ollama_registry", str(exc)))
+        else:
+            if source.scheme == "http" and not val("ollama_registry_insecure"):
+                problems.append(
+                    (
+                        "ollama_registry_insecure",
+                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
+                    )
+                )
+    try:
+        ollama_release.parse_version(str(val("ollama_version")))
+    except ollama_release.ReleaseError as exc:
+        problems.append(("ollama_version", str(exc)))
+    if problems:
+        return None, problems
+    return (
+        OllamaSettings(
+            version=str(val("ollama_version")),
+            release_url=str(val("ollama_release_url")),
+            sha256=val("ollama_sha256"),
+            allow_vulnerable=bool(val("ollama_allow_vulnerable_version")),
+            start_timeout=int(val("ollama_start_timeout")),
+            models_dir=models_dir.rstrip("/") or "/",
+            listen_address=listen,
+            port=int(val("ollama_port")),
+            context_length=int(val("ollama_context_length")),
+            num_parallel=int(val("ollama_num_parallel")),
+            kv_cache_type=str(val("ollama_kv_cache_type")),
+            flash_attention=bool(val("ollama_flash_attention")),
+            keep_alive=keep_alive,
+            max_loaded_models=int(val("ollama_max_loaded_models")),
+            cuda_visible_devices=None if cuda is None else str(cuda),
+            extra_env={
+                k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()
+            },
+            expose=str(expose),
+            allow_networks=tuple(str(n) for n in networks),
+            proxy_port=int(val("ollama_proxy_port")),
+            proxy_server_name=str(val("ollama_proxy_server_name")),
+            tls_cert=val("ollama_tls_cert"),
+            tls_key=val("ollama_tls_key"),
+            htpasswd_file=val("ollama_htpasswd_file"),
+            htpasswd_env=val("ollama_htpasswd_env"),
+        ),
+        [],
+    )
+
+
+def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Cross-key problems in one host's data, as ``(key, message)``; for ``provision`` to run
+    before it connects to anything (exit 2)."""
+    return settings_from(data)[1]
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+def _systemd_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("provisioner") / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["systemd_quote"] = _systemd_quote
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` (jinja2, undefined names are errors)."""
+    return _environment().get_template(template).render(**context)
+
+
+def render_unit(cfg: OllamaSettings) -> str:
+    return render(
+        "ollama/ollama.service.j2",
+        user=USER,
+        group=USER,
+        home=HOME,
+        install_dir=INSTALL_DIR,
+        models_dir=cfg.models_dir,
+        firewall_unit=FIREWALL_UNIT if cfg.allowlist else None,
+    )
+
+
+def render_dropin(cfg: OllamaSettings) -> str:
+    return render("ollama/ollama-dropin.conf.j2", environment=cfg.environment())
+
+
+def render_nginx(cfg: OllamaSettings) -> str:
+    return render(
+        "ollama/nginx-ollama.conf.j2",
+        proxy_port=cfg.proxy_port,
+        server_name=cfg.proxy_server_name,
+        cert=f"{NGINX_DIR}/tls.crt",
+        key=f"{NGINX_DIR}/tls.key",
+        htpasswd=f"{NGINX_DIR}/htpasswd",
+        upstream=cfg.api_url.removeprefix("http://"),
+        upstream_port=cfg.port,
+    )
+
+
+def render_nft(cfg: OllamaSettings) -> str:
+    v4, v6 = cfg.networks()
+    return render(
+        "ollama/ollama.nft.j2",
+        table=FIREWALL_TABLE,
+        unit=FIREWALL_UNIT,
+        port=cfg.proxy_port if cfg.proxy else cfg.port,
+        what="the TLS proxy" if cfg.proxy else "Ollama",
+        networks_v4=v4,
+        networks_v6=v6,
+    )
+
+
+def render_firewall_unit() -> str:
+    return render("ollama/ollama-firewall.service.j2", rules=FIREWALL_RULES, table=FIREWALL_TABLE)
+
+
+def config_digest(*rendered: str) -> str:
+    return hashlib.sha256("\0".join(rendered).encode()).hexdigest()
+
+
+def fetch_helper_path() -> str:
+    return str(resources.files("provisioner") / "templates" / "ollama" / "ollama-fetch-model.sh")
+
+
+def _htpasswd(cfg: OllamaSettings) -> str:
+    if cfg.htpasswd_file:
+        with open(os.path.expanduser(cfg.htpasswd_file), encoding="utf-8") as handle:
+            return handle.read()
+    return os.environ.get(cfg.htpasswd_env or "", "")
+
+
+def _debian_like(os_info: Mapping[str, Any]) -> bool:
+    names = f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}"
+    return any(word in names.split() for word in ("debian", "ubuntu"))
+
+
+# --- the deploy -------------------------------------------------------------------------------
+
+
+@deploy("Install Ollama", data_defaults=DEFAULTS)
+def install_ollama() -> None:
+    """Install and configure Ollama from host data (``data/keys/ollama.toml``)."""
+    cfg, problems = settings_from(host.data)
+    if cfg is None:
+        ollama.refuse(
+            name="Check the Ollama settings",
+            reason="; ".join(f"{key}: {message}" for key, message in problems),
+        )
+        return
+    os_info = host.get_fact(OsInfo)
+    try:
+        release = ollama_release.resolve(
+            cfg.version, os_info.get("arch"), cfg.release_url, cfg.sha256, cfg.allow_vulnerable
+        )
+    except ollama_release.ReleaseError as exc:
+        ollama.refuse(name="Check the Ollama release", reason=str(exc))
+        return
+
+    packages = ["curl", "ca-certificates", "tar", "gzip"]
+    if release.format == "zst":
+        packages.append("zstd")
+    if cfg.proxy:
+        packages += ["nginx", "openssl"]
+    if cfg.allowlist:
+        packages.append("nftables")
+    server.packages(name="Install Ollama's tools", packages=packages)
+
+    server.group(name="Create the ollama group", group=USER, system=True)
+    groups = [g for g in ("video", "render") if g in (host.get_fact(Groups) or [])]
+    server.user(
+        name="Create the ollama user",
+        user=USER,
+        group=USER,
+        groups=groups or None,
+        home=HOME,
+        shell="/usr/sbin/nologin",
+        system=True,
+        create_home=False,
+    )
+    ollama.store(name="Create Ollama's home", path=HOME, user=USER, group=USER)
+    ollama.store(name="Create the model store", path=cfg.models_dir, user=USER, group=USER)
+
+    ollama.release(
+        name=f"Unpack Ollama {release.version}",
+        version=release.version,
+        url=release.url,
+        sha256=release.sha256,
+        install_dir=INSTALL_DIR,
+        archive=release.format,
+    )
+    files.put(
+        name="Install the model fetch helper",
+        src=fetch_helper_path(),
+        dest=ollama.FETCH_HELPER,
+        mode="755",
+    )
+
+    unit, dropin = render_unit(cfg), render_dropin(cfg)
+    files.put(name="Install the Ollama unit", src=StringIO(unit), dest=UNIT, mode="644")
+    files.put(name="Install the Ollama settings", src=StringIO(dropin), dest=DROPIN, mode="644")
+
+    _firewall(cfg)
+    ollama.service(
+        name=f"Serve Ollama {release.version}",
+        version=release.version,
+        release_sha256=release.sha256,
+        config_sha256=config_digest(unit, dropin),
+        api_url=cfg.api_url,
+        start_timeout=cfg.start_timeout,
+        install_dir=INSTALL_DIR,
+    )
+    _proxy(cfg, os_info)
+
+
+def _firewall(cfg: OllamaSettings) -> None:
+    if not cfg.allowlist:
+        if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
+            server.shell(
+                name="Remove the Ollama allowlist",
+                commands=[
+                    f"systemctl disable --now {FIREWALL_UNIT}",
+                    f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
+                    "systemctl daemon-reload",
+                ],
+            )
+        return
+    rules = files.put(
+        name="Install the Ollama allowlist",
+        src=StringIO(render_nft(cfg)),
+        dest=FIREWALL_RULES,
+        mode="644",
+    )
+    unit = files.put(
+        name="Install the allowlist unit",
+        src=StringIO(render_firewall_unit()),
+        dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
+        mode="644",
+    )
+    systemd.service(
+        name="Load the Ollama allowlist",
+        service=FIREWALL_UNIT,
+        running=True,
+        enabled=True,
+        restarted=True,
+        daemon_reload=True,
+        _if=any_changed(rules, unit),
+    )
+    systemd.service(
+        name="Keep the Ollama allowlist loaded",
+        service=FIREWALL_UNIT,
+        running=True,
+        enabled=True,
+    )
+
+
+def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
+    if not cfg.proxy:
+        if host.get_fact(File, path=NGINX_SITE):
+            server.shell(
+                name="Remove the Ollama proxy",
+                commands=[f"rm -f {NGINX_SITE}", "systemctl reload nginx || true"],
+            )
+        return
+    web_group = "www-data" if _debian_like(os_info) else "nginx"
+    files.directory(
+        name="Create the proxy's directory",
+        path=NGINX_DIR,
+        mode="750",
+        user="root",
+        group=web_group,
+    )
+    changes = []
+    if cfg.tls_cert and cfg.tls_key:
+        changes.append(
+            files.put(
+                name="Install the proxy's certificate",
+                src=os.path.expanduser(cfg.tls_cert),
+                dest=f"{NGINX_DIR}/tls.crt",
+                mode="644",
+            )
+        )
+        changes.append(
+            files.put(
+                name="Install the proxy's key",
+                src=os.path.expanduser(cfg.tls_key),
+                dest=f"{NGINX_DIR}/tls.key",
+                mode="600",
+            )
+        )
+    elif not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
+        common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
+        changes.append(
+            server.shell(
+                name="Generate a self-signed certificate for the proxy",
+                commands=[
+                    "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
+                    f"-subj /CN={_shell_word(common_name)} "
+                    f"-keyout {NGINX_DIR}/tls.key -out {NGINX_DIR}/tls.crt "
+                    f"&& chmod 600 {NGINX_DIR}/tls.key",
+                ],
+            )
+        )
+    changes.append(
+        files.put(
+            name="Install the proxy's credentials",
+            src=StringIO(_htpasswd(cfg)),
+            dest=f"{NGINX_DIR}/htpasswd",
+            user="root",
+            group=web_group,
+            mode="640",
+        )
+    )
+    changes.append(
+        files.put(
+            name="Install the proxy site",
+            src=StringIO(render_nginx(cfg)),
+            dest=NGINX_SITE,
+            mode="644",
+        )
+    )
+    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    server.shell(
+        name="Reload nginx",
+        commands=["nginx -t -q && systemctl reload nginx"],
+        _if=any_changed(*changes),
+    )
+
+
+def _shell_word(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", value) or "ollama"

@@ -1,0 +1,31 @@
+"""The whole stack, in order: GPU stack (driver, CUDA toolkit, PyTorch), Ollama, models.
+
+This is what ``provision apply`` runs (through ``provisioner/entrypoints/site.py``) and what an
+operator's own pyinfra code can call.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from provisioner.deploys.gpu import gpu_stack
+from provisioner.deploys.models import ollama_models
+from provisioner.deploys.ollama import install_ollama
+
+
+@deploy("provisioner")
+def site() -> None:
+    """
+    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host.
+
+    **Example:**
+
+    .. code:: python
+
+        from provisioner.deploys.site import site
+
+        site()
+    """
+    gpu_stack()
+    install_ollama()
+    ollama_models()

@@ -1,0 +1,284 @@
+"""
+Facts about Ollama on a host: the installed releases and the service, the model store, a
+registry's manifest as the host sees it, and the directories above the store.
+
+None of them raises from ``process()``: a value that cannot be read is reported as such.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import shlex
+from typing import Any
+
+from pyinfra.api import FactBase
+
+from provisioner.ollama_api import (
+    DEFAULT_HOST,
+    MANIFEST_MEDIA_TYPE,
+    ManifestError,
+    ModelName,
+    parse_manifest,
+)
+
+__all__ = ["OllamaInstall", "OllamaModels", "OllamaRegistryManifest", "PathChain"]
+
+INSTALL_DIR = "/opt/ollama"
+MODELS_DIR = "/var/lib/ollama/models"
+RELEASE_MARKER = ".provisioner-sha256"
+APPLIED_STAMP = ".applied"
+# Where servers keep manifests, newest layout first (manifest/paths.go); in manifests-v2 the
+# public registry is filed under ollama.com.
+MANIFEST_ROOTS = ("manifests-v2", "manifests")
+V2_CANONICAL_HOST = "ollama.com"
+
+
+class OllamaInstall(FactBase[dict[str, Any]]):
+    """
+    Returns the Ollama releases unpacked under ``install_dir``, the one ``current`` points to,
+    the ``/usr/local/bin/ollama`` link, what the toolkit last applied and the service's state:
+
+    .. code:: python
+
+        {
+            "current": "0.32.15",  # target of install_dir/current, None when absent
+            "bin": "/opt/ollama/current/bin/ollama",  # target of /usr/local/bin/ollama
+            "releases": {"0.32.14": "<sha256>", "0.32.15": "<sha256>"},  # verified unpacks
+            "applied": "0.32.15 <release sha256> <config sha256>",  # None before the first
+            "active": "active",  # systemctl is-active
+            "enabled": "enabled",  # systemctl is-enabled
+        }
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {
+            "current": None,
+            "bin": None,
+            "releases": {},
+            "applied": None,
+            "active": None,
+            "enabled": None,
+        }
+
+    def command(self, install_dir: str = INSTALL_DIR, service: str = "ollama") -> str:
+        d = shlex.quote(install_dir)
+        s = shlex.quote(service)
+        return (
+            f"d={d}; "
+            'echo "current=$(readlink "$d/current" 2>/dev/null)"; '
+            'echo "bin=$(readlink /usr/local/bin/ollama 2>/dev/null)"; '
+            f'echo "applied=$(cat "$d/{APPLIED_STAMP}" 2>/dev/null)"; '
+            f'echo "active=$(systemctl is-active {s} 2>/dev/null)"; '
+            f'echo "enabled=$(systemctl is-enabled {s} 2>/dev/null)"; '
+            f'for f in "$d"/*/{RELEASE_MARKER}; do '
+            '[ -f "$f" ] && echo "release=$(basename "$(dirname "$f")") $(cat "$f")"; '
+            "done; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        info = self.default()
+        for line in output:
+            key, sep, value = line.partition("=")
+            if not sep:
+                continue
+            value = value.strip()
+            if key == "release":
+                version, _, sha = value.partition(" ")
+                if version:
+                    info["releases"][version] = sha.strip() or None
+            elif key == "current":
+                info["current"] = value.rstrip("/").rsplit("/", 1)[-1] or None
+            elif key in ("bin", "applied", "active", "enabled"):
+                info[key] = value or None
+        return info
+
+
+class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
+    """
+    Returns the models in an Ollama store, read from the files (the server need not run),
+    by the name ``/api/tags`` shows:
+
+    .. code:: python
+
+        {
+            "qwen2.5:7b": {
+                "path": "manifests/registry.ollama.ai/library/qwen2.5/7b",
+                "digest": "sha256:...",  # of the manifest file, as /api/tags shows it
+                "content": ["sha256:<config>", "sha256:<layer>", ...],
+                "size": 4683087332,
+                "complete": True,  # every blob present with its size
+                "missing": [],
+            },
+        }
+
+    A manifest that cannot be parsed is listed with ``"error"`` and ``"complete": False``.
+    """
+
+    @staticmethod
+    def default() -> dict[str, dict[str, Any]]:
+        return {}
+
+    def command(self, models_dir: str = MODELS_DIR) -> str:
+        d = shlex.quote(models_dir.rstrip("/") or "/")
+        return (
+            f"d={d}; for r in {' '.join(MANIFEST_ROOTS)}; do "
+            'if [ -d "$d/$r" ]; then find "$d/$r" -type f -size -1024k | '
+            "while IFS= read -r f; do "
+            'printf "manifest %s %s\\n" "${f#"$d/"}" "$(base64 -w0 "$f")"; done; fi; done; '
+            'if [ -d "$d/blobs" ]; then '
+            "find \"$d/blobs\" -maxdepth 1 -type f -name 'sha256-*' -printf 'blob %f %s\\n'; fi; "
+            "true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, dict[str, Any]]:
+        blobs: dict[str, int] = {}
+        manifests: list[tuple[str, str]] = []
+        for line in output:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "blob":
+                name, _, size = rest.partition(" ")
+                if name.startswith("sha256-") and len(name) == 71 and size.isdigit():
+                    blobs[name.replace("-", ":", 1)] = int(size)
+            elif kind == "manifest":
+                path, _, encoded = rest.partition(" ")
+                manifests.append((path, encoded))
+        models: dict[str, dict[str, Any]] = {}
+        # manifests-v2/ (newer servers) wins over the legacy manifests/ tree, as in the server
+        order = {root: i for i, root in enumerate(MANIFEST_ROOTS)}
+        manifests.sort(key=lambda item: (order.get(item[0].split("/", 1)[0], 9), item[0]))
+        for path, encoded in manifests:
+            root, _, relative = path.partition("/")
+            if root not in order or relative.rsplit("/", 1)[-1].startswith("."):
+                continue
+            try:
+                name = ModelName.from_manifest_path(relative)
+            except ValueError:
+                continue
+            if name.host.lower() == V2_CANONICAL_HOST:
+                name = ModelName(DEFAULT_HOST, name.namespace, name.model, name.tag)
+            if name.display in models:
+                continue
+            try:
+                manifest = parse_manifest(base64.b64decode(encoded, validate=True))
+            except (ManifestError, binascii.Error, ValueError) as exc:
+                models[name.display] = {"path": path, "error": str(exc), "complete": False}
+                continue
+            missing = [b.digest for b in manifest.blobs if blobs.get(b.digest) != b.size]
+            models[name.display] = {
+                "path": path,
+                "digest": manifest.digest,
+                "content": list(manifest.content),
+                "size": manifest.size,
+                "complete": not missing,
+                "missing": missing,
+            }
+        return models
+
+
+class OllamaRegistryManifest(FactBase[dict[str, Any]]):
+    """
+    Returns a model's manifest as the host fetches it from a registry (``curl``), or why not:
+
+    .. code:: python
+
+        {
+            "digest": "sha256:...",  # of the bytes the registry sent (Docker-Content-Digest)
+            "content": ["sha256:<config>", "sha256:<layer>", ...],
+            "blobs": [["sha256:...", 487], ...],
+            "size": 4683087332,
+            "raw": "<base64 of the manifest>",
+        }
+        # or
+        {"error": "curl: (7) Failed to connect to 10.0.0.5 port 5000 ..."}
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"error": "curl is not installed on the host"}
+
+    def requires_command(self, url: str) -> str:
+        return "curl"
+
+    def command(self, url: str) -> str:
+        accept = shlex.quote(f"Accept: {MANIFEST_MEDIA_TYPE}")
+        return (
+            "t=$(mktemp) || exit 0; "
+            f'if curl -fsSL --max-time 60 -H {accept} -o "$t" {shlex.quote(url)} 2>"$t.err"; '
+            'then echo "ok $(base64 -w0 "$t")"; '
+            "else echo \"error $(tr '\\n' ' ' <\"$t.err\")\"; fi; "
+            'rm -f "$t" "$t.err"'
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        text = "\n".join(output).strip()
+        kind, _, rest = text.partition(" ")
+        if kind == "error":
+            return {"error": rest.strip() or "the registry request failed"}
+        if kind != "ok":
+            return {"error": f"unexpected output: {text[:200]}"}
+        try:
+            raw = base64.b64decode(rest.strip(), validate=True)
+            manifest = parse_manifest(raw)
+        except (ManifestError, binascii.Error, ValueError) as exc:
+            return {"error": f"unusable manifest: {exc}"}
+        return {
+            "digest": manifest.digest,
+            "content": list(manifest.content),
+            "blobs": [[blob.digest, blob.size] for blob in manifest.blobs],
+            "size": manifest.size,
+            "raw": rest.strip(),
+        }
+
+
+class PathChain(FactBase[list[dict[str, Any]]]):
+    """
+    Returns every directory from ``/`` down to ``path`` with its owner and mode, so that a
+    store whose parent the service user cannot traverse is found before Ollama fails on it:
+
+    .. code:: python
+
+        [
+            {"path": "/", "exists": True, "mode": 0o755, "user": "root", "group": "root"},
+            {"path": "/srv", "exists": True, "mode": 0o700, "user": "root", "group": "root"},
+            {"path": "/srv/models", "exists": False, "mode": None, "user": None, "group": None},
+        ]
+    """
+
+    @staticmethod
+    def default() -> list[dict[str, Any]]:
+        return []
+
+    def command(self, path: str) -> str:
+        return (
+            f"p={shlex.quote(path)}; while :; do "
+            'stat -c \'%a %U %G %n\' "$p" 2>/dev/null || echo "missing - - $p"; '
+            '[ "$p" = / ] && break; p=$(dirname "$p"); done'
+        )
+
+    def process(self, output: list[str]) -> list[dict[str, Any]]:
+        chain = []
+        for line in output:
+            parts = line.strip().split(" ", 3)
+            if len(parts) != 4:
+                continue
+            mode, user, group, path = parts
+            if mode == "missing":
+                chain.append(
+                    {"path": path, "exists": False, "mode": None, "user": None, "group": None}
+                )
+                continue
+            try:
+                chain.append(
+                    {
+                        "path": path,
+                        "exists": True,
+                        "mode": int(mode, 8),
+                        "user": user,
+                        "group": group,
+                    }
+                )
+            except ValueError:
+                continue
+        return list(reversed(chain))

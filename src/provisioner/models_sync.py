@@ -1,0 +1,651 @@
+"""The control side of ``provision models sync | update | mirror``.
+
+* :func:`sync` runs the ``ollama_models`` deploy over an inventory with pyinfra's API, shows
+  each host's pulls with rich as they stream, and reports per host what changed, judged from
+  the store before and after (not from what the operation claimed);
+* :func:`update` is ``sync`` with every present tag compared to its registry manifest, host
+  by host or in batches, followed by a check of every host's models; one failing host leaves
+  the others updated and is named in the result (exit code 1);
+* :func:`mirror` copies models from an upstream registry (the public library by default) into a
+  site registry over the Docker v2 protocol, every blob checked, so N hosts fetch from the site
+  instead of N times from the internet; :func:`mirror_inventory` mirrors an inventory's plan.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyinfra.api.state import BaseStateCallback
+
+from provisioner.ollama_api import (
+    ManifestError,
+    ModelName,
+    Registry,
+    RegistryError,
+    site_name,
+)
+
+if TYPE_CHECKING:
+    from pyinfra.api import Host, State
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from provisioner.inventory import LoadedInventory
+
+__all__ = [
+    "HostResult",
+    "MirrorResult",
+    "ModelChange",
+    "PullProgress",
+    "SyncResult",
+    "diff_models",
+    "mirror",
+    "mirror_inventory",
+    "planned_by_host",
+    "sync",
+    "update",
+]
+
+PUBLIC_REGISTRY = "https://registry.ollama.ai"
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """One model that a run added, updated or removed on a host."""
+
+    model: str
+    action: str  # "added" | "updated" | "removed"
+    before: str | None = None  # manifest digest before the run
+    after: str | None = None  # manifest digest after the run
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "action": self.action,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+@dataclass
+class HostResult:
+    """What a sync or update did on one host."""
+
+    name: str
+    changes: list[ModelChange] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # from the check after the run
+    models: dict[str, str] = field(default_factory=dict)  # name -> manifest digest, after
+    would_change: bool = False  # --dry
+
+    @property
+    def status(self) -> str:
+        if self.errors or self.problems:
+            return "failed"
+        return "changed" if self.changes or self.would_change else "unchanged"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "changes": [change.to_json() for change in self.changes],
+            "errors": self.errors,
+            "problems": self.problems,
+            "models": self.models,
+        }
+
+
+@dataclass
+class SyncResult:
+    """The result of a sync or update over an inventory."""
+
+    action: str  # "sync" | "update"
+    dry: bool
+    hosts: dict[str, HostResult]
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [name for name, result in self.hosts.items() if result.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed_hosts else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "dry": self.dry,
+            "hosts": {name: result.to_json() for name, result in self.hosts.items()},
+            "failed_hosts": self.failed_hosts,
+            "exit_code": self.exit_code,
+        }
+
+    def table(self) -> Table:
+        from rich.table import Table
+
+        table = Table(title=f"provision models {self.action}" + (" (dry run)" if self.dry else ""))
+        table.add_column("host")
+        table.add_column("status")
+        table.add_column("changes")
+        table.add_column("errors")
+        colours = {"changed": "yellow", "unchanged": "green", "failed": "red"}
+        for name, result in self.hosts.items():
+            changes = "\n".join(
+                f"{c.action} {c.model}"
+                + (f" {_short(c.before)} -> {_short(c.after)}" if c.action == "updated" else "")
+                for c in result.changes
+            )
+            if result.would_change and not result.changes:
+                changes = "would change"
+            table.add_row(
+                name,
+                f"[{colours[result.status]}]{result.status}[/]",
+                changes or "-",
+                "\n".join(result.errors + result.problems) or "-",
+            )
+        return table
+
+
+def _short(digest: str | None) -> str:
+    return digest.split(":", 1)[-1][:12] if digest else "-"
+
+
+def diff_models(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]
+) -> list[ModelChange]:
+    """What changed between two ``OllamaModels`` facts (only complete models count)."""
+    changes = []
+    for name in sorted(set(before) | set(after)):
+        old = before.get(name) or {}
+        new = after.get(name) or {}
+        old_digest = old.get("digest") if old.get("complete") else None
+        new_digest = new.get("digest") if new.get("complete") else None
+        if old_digest == new_digest:
+            continue
+        if old_digest is None:
+            changes.append(ModelChange(name, "added", None, new_digest))
+        elif new_digest is None:
+            changes.append(ModelChange(name, "removed", old_digest, None))
+        elif old.get("content") != new.get("content"):
+            changes.append(ModelChange(name, "updated", old_digest, new_digest))
+    return changes
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+class PullProgress(BaseStateCallback):
+    """Shows every pull of a run as a rich progress bar, per host and model.
+
+    Also keeps the errors the pulls and refusals reported, per host, for the result.
+    """
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.progress = progress
+        self.tasks: dict[tuple[str, str], Any] = {}
+        self.errors: dict[str, list[str]] = {}
+
+    def ollama_pull_progress(
+        self, state: State, host: Host, model: str, event: Mapping[str, Any]
+    ) -> None:
+        if "error" in event:
+            self.errors.setdefault(host.name, []).append(str(event["error"]))
+        if self.progress is None or not model:
+            return
+        key = (host.name, model)
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(f"{host.name}  {model}", total=None)
+        task = self.tasks[key]
+        if "error" in event:
+            self.progress.update(task, description=f"[red]{host.name}  {model}: failed")
+            self.progress.stop_task(task)
+            return
+        total = int(event.get("total") or 0) or None
+        completed = int(event.get("completed") or 0)
+        if event.get("status") == "success":
+            self.progress.update(task, total=total or 1, completed=total or 1)
+            return
+        self.progress.update(task, total=total, completed=completed)
+
+
+def _rich_progress(console: Console | None) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+# --- running the deploy -----------------------------------------------------------------------
+
+
+def _make_state(loaded: LoadedInventory) -> State:
+    from pyinfra.api import Config, State
+
+    state = State()
+    state.init(loaded.inventory, Config(PARALLEL=0, FAIL_PERCENT=None), initial_limit=loaded.hosts)
+    return state
+
+
+def _connect(state: State, hosts: list[Host]) -> dict[str, str]:
+    """Connect to every host in parallel; return the error of each host that failed."""
+    import gevent
+
+    errors: dict[str, str] = {}
+
+    def one(target: Host) -> None:
+        try:
+            target.connect(raise_exceptions=True, show_errors=False)
+        except Exception as exc:  # refused, auth, DNS...: reported, the others go on
+            errors[target.name] = f"cannot connect: {type(exc).__name__}: {exc}".strip()
+            return
+        state.activate_host(target)
+
+    gevent.joinall([state.pool.spawn(one, target) for target in hosts])
+    return errors
+
+
+def _in_context(state: State, target: Host, func: Any, *args: Any, **kwargs: Any) -> Any:
+    from pyinfra.context import ctx_host, ctx_state
+
+    with ctx_state.use(state), ctx_host.use(target):
+        return func(*args, **kwargs)
+
+
+def _store(state: State, target: Host) -> dict[str, Any]:
+    from provisioner.deploys.models import source_settings
+    from provisioner.facts.ollama import OllamaModels
+    from provisioner.inventory import host_data_dict
+    from provisioner.settings import resolve
+
+    models_dir = source_settings(resolve(host_data_dict(target)))["models_dir"]
+    return _in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
+
+
+def _failed_op_output(state: State, target: Host) -> list[str]:
+    lines = []
+    for op_hash in state.ops.get(target, {}):
+        meta = state.get_op_data_for_host(target, op_hash).operation_meta
+        if meta.is_complete() and not meta.did_succeed():
+            names = ", ".join(state.get_op_meta(op_hash).names)
+            output = [line for line in (meta.stderr_lines or meta.stdout_lines) if line.strip()]
+            lines.append(f"{names} failed" + (f": {' / '.join(output[-3:])}" if output else ""))
+    return lines
+
+
+def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
+    """Every planned and pinned model present, complete and equal to its registry manifest."""
+    from provisioner.deploys.models import planned_models, source_settings
+    from provisioner.facts.ollama import OllamaRegistryManifest
+    from provisioner.inventory import host_data_dict
+    from provisioner.settings import resolve
+
+    data = resolve(host_data_dict(target))
+    src = source_settings(data)
+    wanted = _in_context(state, target, planned_models, target)
+    wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
+    problems = []
+    for tag in wanted:
+        name = ModelName.parse(tag).display
+        have = after.get(name)
+        if not have or not have.get("complete"):
+            problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
+            continue
+        source = (
+            site_name(name, src["registry"], src["namespace"])
+            if src["registry"]
+            else ModelName.parse(name)
+        )
+        remote = _in_context(
+            state, target, target.get_fact, OllamaRegistryManifest, url=source.manifest_url
+        )
+        if "error" in remote:
+            problems.append(f"{name}: cannot check the registry: {remote['error']}")
+        elif remote["content"] != have.get("content"):
+            problems.append(f"{name} differs from {source.display} in the registry")
+    return problems
+
+
+def sync(
+    loaded: LoadedInventory,
+    *,
+    prune: bool = False,
+    refresh: bool = True,
+    dry: bool = False,
+    batch: int | None = None,
+    check: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> SyncResult:
+    """Make every host of ``loaded`` hold its planned models.
+
+    + loaded: the inventory (``provisioner.inventory.load``)
+    + prune: remove models neither planned nor pinned
+    + refresh: re-pull present tags whose registry manifest changed
+    + dry: only say which hosts would change
+    + batch: hosts worked on at once (None: all; 1: host by host)
+    + check: after the run, check every host's planned models: present, complete and equal
+      to their registry manifest
+    + console: where the progress bars go (rich; stderr by default)
+    + show_progress: draw progress bars at all
+    """
+    import gevent
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_ops
+
+    from provisioner.deploys.models import ollama_models
+
+    state = _make_state(loaded)
+    results = {target.name: HostResult(target.name) for target in loaded.hosts}
+    for name, error in _connect(state, list(loaded.hosts)).items():
+        results[name].errors.append(error)
+    connected = [t for t in loaded.hosts if t in state.active_hosts]
+
+    before: dict[str, dict[str, Any]] = {}
+
+    def read_store(target: Host, into: dict[str, dict[str, Any]]) -> None:
+        try:
+            into[target.name] = _store(state, target)
+        except Exception as exc:
+            results[target.name].errors.append(f"cannot read the model store: {exc}")
+
+    gevent.joinall([state.pool.spawn(read_store, t, before) for t in connected])
+
+    progress = _rich_progress(console) if show_progress and not dry else None
+    handler = PullProgress(progress)
+    state.add_callback_handler(handler)
+    deploy_args: dict[str, Any] = {"prune": prune, "refresh": refresh}
+    if batch:
+        deploy_args["_parallel"] = batch
+    try:
+        add_deploy(state, ollama_models, **deploy_args)
+        if dry:
+            for target in connected:
+                for op_hash in state.ops.get(target, {}):
+                    meta = state.get_op_data_for_host(target, op_hash).operation_meta
+                    will = _in_context(state, target, lambda m=meta: m.will_change)
+                    results[target.name].would_change |= bool(will)
+        else:
+            if progress is not None:
+                progress.start()
+            try:
+                run_ops(state)
+            except PyinfraError:
+                pass  # every host failed: each one's reason is collected below
+            finally:
+                if progress is not None:
+                    progress.stop()
+    finally:
+        after: dict[str, dict[str, Any]] = {}
+        if not dry:
+            gevent.joinall([state.pool.spawn(read_store, t, after) for t in connected])
+        for target in connected:
+            result = results[target.name]
+            failed = target in state.failed_hosts
+            if failed:
+                reported = handler.errors.get(target.name, [])
+                result.errors += reported or _failed_op_output(state, target)
+                if not result.errors:
+                    result.errors.append("the model sync failed (see the log above)")
+            if target.name in before and target.name in after:
+                result.changes = diff_models(before[target.name], after[target.name])
+            if target.name in after:
+                result.models = {
+                    n: m["digest"] for n, m in after[target.name].items() if m.get("digest")
+                }
+        if check and not dry:
+
+            def check_one(target: Host) -> None:
+                if target.name not in after:
+                    return
+                try:
+                    results[target.name].problems += _check(state, target, after[target.name])
+                except Exception as exc:
+                    results[target.name].problems.append(f"check failed: {exc}")
+
+            gevent.joinall([state.pool.spawn(check_one, t) for t in connected])
+        from pyinfra.api.connect import disconnect_all
+
+        disconnect_all(state)
+    return SyncResult(action="update" if check else "sync", dry=dry, hosts=results)
+
+
+def update(
+    loaded: LoadedInventory,
+    *,
+    batch: int | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> SyncResult:
+    """Re-pull every planned tag whose registry digest changed, ``batch`` hosts at a time,
+    then check every host's models; failed hosts are named in the result (exit code 1)."""
+    return sync(
+        loaded,
+        prune=False,
+        refresh=True,
+        batch=batch,
+        check=True,
+        console=console,
+        show_progress=show_progress,
+    )
+
+
+# --- mirror -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MirrorResult:
+    """What :func:`mirror` did, per model."""
+
+    registry: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, entry in self.models.items() if entry["status"] == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(int(entry.get("bytes", 0)) for entry in self.models.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registry": self.registry,
+            "models": self.models,
+            "bytes_fetched": self.bytes_fetched,
+            "failed": self.failed,
+            "exit_code": self.exit_code,
+        }
+
+    def table(self) -> Table:
+        from rich.table import Table
+
+        table = Table(title=f"provision models mirror -> {self.registry}")
+        for column in ("model", "status", "site name", "digest", "fetched"):
+            table.add_column(column)
+        colours = {"copied": "yellow", "unchanged": "green", "failed": "red"}
+        for name, entry in self.models.items():
+            table.add_row(
+                name,
+                f"[{colours[entry['status']]}]{entry['status']}[/]",
+                entry.get("site", "-"),
+                _short(entry.get("digest")) if entry["status"] != "failed" else entry["error"],
+                f"{int(entry.get('bytes', 0)):,} B",
+            )
+        return table
+
+
+def _upstream(name: ModelName, upstream: str, upstream_namespace: str) -> tuple[str, str]:
+    """``(registry URL, repository)`` a planned model is copied from."""
+    if not name.is_default_host:
+        return name.registry_url, name.repository
+    namespace = upstream_namespace if name.namespace == "library" else name.namespace
+    return upstream.rstrip("/"), f"{namespace}/{name.model}"
+
+
+def mirror(
+    models: Iterable[str],
+    *,
+    to: str,
+    namespace: str = "library",
+    upstream: str = PUBLIC_REGISTRY,
+    upstream_namespace: str = "library",
+    workdir: Path | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+    timeout: float = 60.0,
+) -> MirrorResult:
+    """Copy ``models`` from ``upstream`` into the site registry ``to``, once.
+
+    + models: model names as hosts use them (``qwen2.5-coder:14b``)
+    + to: the site registry (``http://10.0.0.5:5000``)
+    + namespace: the site registry's namespace for library models (``ollama_registry_namespace``)
+    + upstream: the registry models come from (the public library by default)
+    + upstream_namespace: the upstream's namespace for library models
+    + workdir: where blobs are staged (a temporary directory by default; partial downloads
+      there are resumed when the same workdir is given again)
+    + console, show_progress: rich progress of the blob transfers
+
+    Blobs the site already has are not fetched; each fetched blob is checked against its
+    digest before it is uploaded; the manifest is put last, with the upstream's exact bytes.
+    """
+    site = Registry(to, timeout=timeout)
+    result = MirrorResult(registry=to)
+    progress = _rich_progress(console) if show_progress else None
+    if progress is not None:
+        progress.start()
+    temporary = None
+    if workdir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="provision-mirror-")
+        workdir = Path(temporary.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        for tag in dict.fromkeys(ModelName.parse(m).display for m in models):
+            name = ModelName.parse(tag)
+            target = site_name(tag, to, namespace)
+            entry: dict[str, Any] = {"site": target.display, "bytes": 0}
+            result.models[tag] = entry
+            try:
+                source_url, repository = _upstream(name, upstream, upstream_namespace)
+                source = Registry(source_url, timeout=timeout)
+                manifest = source.manifest(repository, name.tag)
+                entry["digest"] = manifest.digest
+                try:
+                    existing = site.manifest(target.repository, target.tag)
+                except RegistryError:
+                    existing = None
+                if existing is not None and existing.digest == manifest.digest:
+                    entry["status"] = "unchanged"
+                    continue
+                for blob in manifest.blobs:
+                    if site.has_blob(target.repository, blob):
+                        continue
+                    task = None
+                    if progress is not None:
+                        task = progress.add_task(f"{tag}  {blob.digest[7:19]}", total=blob.size)
+
+                    def report(done: int, total: int, task: Any = task) -> None:
+                        if progress is not None and task is not None:
+                            progress.update(task, completed=done, total=total)
+
+                    path = workdir / blob.file_name
+                    partial = path.with_name(path.name + ".partial")
+                    had = partial.stat().st_size if partial.exists() else 0
+                    source.fetch_blob(repository, blob, path, progress=report)
+                    entry["bytes"] += blob.size - had
+                    site.push_blob(target.repository, blob, path)
+                    path.unlink()
+                site.put_manifest(target.repository, target.tag, manifest)
+                entry["status"] = "copied"
+            except (RegistryError, ManifestError, OSError, ValueError) as exc:
+                entry["status"] = "failed"
+                entry["error"] = str(exc)
+    finally:
+        if progress is not None:
+            progress.stop()
+        if temporary is not None:
+            temporary.cleanup()
+    return result
+
+
+def planned_by_host(loaded: LoadedInventory) -> dict[str, list[str]]:
+    """The planned and pinned tags of every host of ``loaded`` (facts gathered live)."""
+    from provisioner.gather import gather
+    from provisioner.planner import plan_host
+    from provisioner.settings import resolve
+
+    facts = gather(loaded)
+    planned: dict[str, list[str]] = {}
+    for target in loaded.hosts:
+        data = resolve(loaded.data_of(target))
+        plan = plan_host(target.name, facts.get(target.name), data)
+        tags = [entry["tag"] for entry in plan.get("models", [])]
+        tags += [m for m in data.get("models_pinned") or [] if m not in tags]
+        planned[target.name] = tags
+    return planned
+
+
+def mirror_inventory(
+    loaded: LoadedInventory,
+    *,
+    registry: str | None = None,
+    upstream: str | None = None,
+    upstream_namespace: str = "library",
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> list[MirrorResult]:
+    """Mirror the planned models of an inventory into each site registry its hosts use.
+
+    + registry: the site registry (default: each host's ``ollama_registry``; hosts without
+      one are left out)
+    + upstream: where models come from (default: the public library)
+    """
+    from provisioner.settings import resolve
+
+    by_registry: dict[tuple[str, str], list[str]] = {}
+    for name, tags in planned_by_host(loaded).items():
+        target = next(t for t in loaded.hosts if t.name == name)
+        data = resolve(loaded.data_of(target))
+        site = registry or data.get("ollama_registry")
+        if not site:
+            continue
+        key = (site, str(data.get("ollama_registry_namespace") or "library"))
+        by_registry.setdefault(key, [])
+        by_registry[key] += [t for t in tags if t not in by_registry[key]]
+    return [
+        mirror(
+            tags,
+            to=site,
+            namespace=namespace,
+            upstream=upstream or PUBLIC_REGISTRY,
+            upstream_namespace=upstream_namespace,
+            console=console,
+            show_progress=show_progress,
+        )
+        for (site, namespace), tags in by_registry.items()
+    ]

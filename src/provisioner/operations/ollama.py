@@ -1,0 +1,594 @@
+"""
+Manage Ollama: a checksum-verified release in a versioned directory, the service switched to it
+atomically (rolled back when it does not answer), the model store's directories, and the set
+of models a host holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+
+from provisioner.facts.ollama import (
+    APPLIED_STAMP,
+    INSTALL_DIR,
+    MODELS_DIR,
+    RELEASE_MARKER,
+    OllamaInstall,
+    OllamaModels,
+    OllamaRegistryManifest,
+    PathChain,
+)
+from provisioner.ollama_api import ModelName, PullError, PullStream, site_name
+
+__all__ = ["FETCH_HELPER", "SERVICE_USER", "models", "refuse", "release", "service", "store"]
+
+#: Where the Ollama deploy installs ``templates/ollama/ollama-fetch-model.sh``.
+FETCH_HELPER = "/usr/local/lib/provisioner/ollama-fetch-model"
+#: The command on PATH, a link to ``install_dir/current/bin/ollama``.
+BIN_LINK = "/usr/local/bin/ollama"
+#: The user the service runs as, owner of the model store.
+SERVICE_USER = "ollama"
+DEFAULT_API = "http://127.0.0.1:11434"
+
+q = shlex.quote
+
+
+# --- refusing a host -------------------------------------------------------------------------
+
+
+def fail_host(state: Any, host: Any, reason: str) -> bool:
+    """Fail ``host`` with ``reason`` when the operation runs (a FunctionCommand)."""
+    host.log_styled(reason, fg="red", log_func=logger.error)
+    _report(state, host, "", {"error": reason})
+    return False
+
+
+def _refusal(reason: str) -> FunctionCommand:
+    return FunctionCommand(fail_host, (reason,), {})
+
+
+@operation()
+def refuse(reason: str):
+    """
+    Fail this host, with ``reason``, when the run reaches this operation; the other hosts go
+    on. For problems found while preparing a host (a release nobody pinned a checksum for):
+    raising would stop every host of the run.
+
+    + reason: the message the host fails with
+
+    **Example:**
+
+    .. code:: python
+
+        ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
+    """
+    yield _refusal(reason)
+
+
+# --- release ----------------------------------------------------------------------------------
+
+
+def _release_script(version: str, url: str, sha256: str, install_dir: str, archive: str) -> str:
+    d = install_dir.rstrip("/")
+    staging, download, final = (
+        f"{d}/.staging-{version}",
+        f"{d}/.download-{version}",
+        f"{d}/{version}",
+    )
+    untar = "tar -xzf" if archive == "tgz" else "tar --zstd -xf"
+    return "\n".join(
+        [
+            "set -e",
+            "umask 022",
+            f"mkdir -p {q(d)}",
+            f"rm -rf {q(staging)} {q(download)}",
+            f"curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)} {q(url)}",
+            f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
+            f'if [ "$actual" != {q(sha256)} ]; then rm -f {q(download)}; '
+            f'echo "checksum mismatch for {url}: expected {sha256}, got $actual; '
+            'nothing was unpacked" >&2; exit 1; fi',
+            f"mkdir {q(staging)}",
+            f"{untar} {q(download)} -C {q(staging)} --no-same-owner",
+            f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
+            f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
+            f"echo {q(sha256)} > {q(staging)}/{RELEASE_MARKER}",
+            f"rm -rf {q(final)}",
+            f"mv {q(staging)} {q(final)}",
+            f"rm -f {q(download)}",
+        ]
+    )
+
+
+@operation()
+def release(
+    version: str,
+    url: str,
+    sha256: str,
+    install_dir: str = INSTALL_DIR,
+    archive: str = "tgz",
+):
+    """
+    Unpack one Ollama release into ``install_dir/<version>``, checked against its sha256
+    before anything is unpacked. A release already unpacked with the same sum is left alone.
+
+    + version: the Ollama version, the name of its directory
+    + url: where the release archive is downloaded from
+    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing
+    + install_dir: the parent of the versioned directories
+    + archive: ``tgz`` or ``zst`` (``.tar.zst``, needs ``zstd`` on the host)
+
+    **Example:**
+
+    .. code:: python
+
+        ollama.release(
+            name="Unpack Ollama 0.32.15",
+            version="0.32.15",
+            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tgz",
+            sha256="<sha256 from the release's sha256sum.txt>",
+        )
+    """
+    if archive not in ("tgz", "zst"):
+        raise OperationValueError(f"archive must be tgz or zst, not {archive!r}")
+    sha256 = sha256.lower()
+    installed = host.get_fact(OllamaInstall, install_dir=install_dir)
+    if installed["releases"].get(version) == sha256:
+        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version}")
+        return
+    yield StringCommand(_release_script(version, url, sha256, install_dir, archive))
+
+
+# --- service ----------------------------------------------------------------------------------
+
+
+def _switch_script(version: str, install_dir: str, bin_link: str = BIN_LINK) -> str:
+    d = install_dir.rstrip("/")
+    tmp_link = f"{bin_link.rsplit('/', 1)[0]}/.ollama.tmp"
+    return (
+        f"ln -sfn {q(version)} {q(d)}/.current.tmp && mv -T {q(d)}/.current.tmp {q(d)}/current && "
+        f"ln -sfn {q(d)}/current/bin/ollama {q(tmp_link)} && mv -T {q(tmp_link)} {q(bin_link)}"
+    )
+
+
+def _wait_script(
+    version: str,
+    api_url: str,
+    timeout: int,
+    service_name: str,
+    install_dir: str,
+    previous: str | None,
+) -> str:
+    d = install_dir.rstrip("/")
+    pattern = '"version" *: *"' + version.replace(".", "\\.") + '"'
+    lines = [
+        f"systemctl daemon-reload && systemctl restart {q(service_name)}",
+        f"end=$(( $(date +%s) + {int(timeout)} ))",
+        f"until curl -fsS -m 2 {q(api_url + '/api/version')} 2>/dev/null"
+        f" | grep -q {q(pattern)}; do",
+        '  if [ "$(date +%s)" -ge "$end" ]; then',
+        f'    echo "Ollama {version} did not answer on {api_url} within {int(timeout)}s '
+        'after the restart" >&2',
+        f"    systemctl status {q(service_name)} --no-pager -n 20 >&2 || true",
+    ]
+    if previous:
+        lines += [
+            f"    ln -sfn {q(previous)} {q(d)}/.current.tmp && "
+            f"mv -T {q(d)}/.current.tmp {q(d)}/current",
+            f"    systemctl restart {q(service_name)} || true",
+            f'    echo "rolled back to Ollama {previous}" >&2',
+        ]
+    lines += ["    exit 1", "  fi", "  sleep 1", "done"]
+    return "\n".join(lines)
+
+
+@operation()
+def service(
+    version: str,
+    release_sha256: str,
+    config_sha256: str,
+    api_url: str = DEFAULT_API,
+    start_timeout: int = 60,
+    install_dir: str = INSTALL_DIR,
+    service_name: str = "ollama",
+):
+    """
+    Serve Ollama ``version``: switch ``install_dir/current`` and ``/usr/local/bin/ollama`` to
+    it (``ln -sfn`` + ``mv -T``, atomic), restart the service only when the release or the
+    rendered configuration changed since the last successful start (or it is not running), and
+    wait until the API answers with that version. An upgrade that does not answer in time is
+    rolled back to the version that was serving, and the host fails with the reason.
+
+    + version: the release to serve (unpacked by ``ollama.release``)
+    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too)
+    + config_sha256: a digest of the rendered unit and drop-in (a change restarts)
+    + api_url: where the API answers on the host (``/api/version`` is polled)
+    + start_timeout: seconds to wait for the API after a restart
+    + install_dir: the parent of the versioned directories
+    + service_name: the systemd unit
+
+    **Example:**
+
+    .. code:: python
+
+        ollama.service(
+            name="Serve Ollama 0.32.15",
+            version="0.32.15",
+            release_sha256="<sha256>",
+            config_sha256="<sha256 of the unit and drop-in>",
+        )
+    """
+    installed = host.get_fact(OllamaInstall, install_dir=install_dir, service=service_name)
+    d = install_dir.rstrip("/")
+    desired = f"{version} {release_sha256.lower()} {config_sha256}"
+
+    changed = False
+    if installed["enabled"] != "enabled":
+        yield f"systemctl enable {q(service_name)}"
+        changed = True
+
+    switch = installed["current"] != version or installed["bin"] != f"{d}/current/bin/ollama"
+    restart = switch or installed["applied"] != desired or installed["active"] != "active"
+    if restart:
+        previous = installed["current"]
+        if previous == version or previous not in installed["releases"]:
+            previous = None
+        if switch:
+            yield _switch_script(version, install_dir)
+        yield _wait_script(version, api_url, start_timeout, service_name, install_dir, previous)
+        yield f"echo {q(desired)} > {q(d + '/' + APPLIED_STAMP)}"
+        changed = True
+    if not changed:
+        host.noop(f"Ollama {version} is serving with the current configuration")
+
+
+# --- the store's directories ------------------------------------------------------------------
+
+
+def _traversable(entry: dict[str, Any], user: str, group: str) -> bool:
+    mode = entry["mode"] or 0
+    if entry["user"] == user:
+        return bool(mode & 0o100)
+    if entry["group"] == group:
+        return bool(mode & 0o010)
+    return bool(mode & 0o001)
+
+
+@operation()
+def store(path: str, user: str = "ollama", group: str = "ollama", mode: str = "755"):
+    """
+    Make ``path`` a directory owned by ``user``:``group`` that the service can reach: missing
+    parents are created (root-owned, 755) and parents the user cannot traverse get ``o+x``
+    (traverse only, no listing): the most common reason Ollama fails on a custom
+    ``OLLAMA_MODELS`` is a parent it cannot enter.
+
+    + path: absolute path of the directory
+    + user: owner of the directory (the service user)
+    + group: its group
+    + mode: its mode, octal
+
+    **Example:**
+
+    .. code:: python
+
+        ollama.store(path="/srv/llm/models")
+    """
+    if not path.startswith("/"):
+        raise OperationValueError(f"the model store must be an absolute path, not {path!r}")
+    path = path.rstrip("/") or "/"
+    chain = host.get_fact(PathChain, path=path)
+    if not chain:
+        yield _refusal(f"cannot inspect {path} on the host")
+        return
+    *parents, leaf = chain
+    for entry in parents:
+        if not entry["exists"]:
+            yield f"mkdir -m 755 {q(entry['path'])}"
+        elif not _traversable(entry, user, group):
+            yield f"chmod o+x {q(entry['path'])}"
+    if not leaf["exists"]:
+        yield f"mkdir -m {q(mode)} {q(path)}"
+        yield f"chown {q(user)}:{q(group)} {q(path)}"
+        return
+    if (leaf["user"], leaf["group"]) != (user, group):
+        yield f"chown {q(user)}:{q(group)} {q(path)}"
+    if leaf["mode"] != int(mode, 8):
+        yield f"chmod {q(mode)} {q(path)}"
+    if parents and all(e["exists"] and _traversable(e, user, group) for e in parents):
+        if (leaf["user"], leaf["group"], leaf["mode"]) == (user, group, int(mode, 8)):
+            host.noop(f"{path} is owned by {user} and reachable")
+
+
+# --- running a command while reading its output -----------------------------------------------
+
+
+def _connector_arguments(target: Any) -> dict[str, Any]:
+    given = getattr(target, "current_op_global_arguments", None) or {}
+    return {key: given[key] for key in CONNECTOR_ARGUMENT_KEYS if key in given}
+
+
+def _stream(state: Any, target: Any, command: str, on_line: Callable[[str], None]) -> int:
+    """Run ``command`` on ``target`` and hand every output line to ``on_line`` as it arrives.
+
+    SSH and local hosts stream (stdout and stderr combined); other connectors run the command
+    through pyinfra and replay its output afterwards. Returns the exit status.
+    """
+    from pyinfra.connectors.local import LocalConnector
+    from pyinfra.connectors.ssh import SSHConnector
+    from pyinfra.connectors.util import make_unix_command_for_host
+
+    arguments = _connector_arguments(target)
+    connector = getattr(target, "connector", None)
+    unix_arguments = {
+        k: v
+        for k, v in arguments.items()
+        if k not in ("_get_pty", "_timeout", "_stdin", "_success_exit_codes")
+    }
+    if isinstance(connector, SSHConnector) and connector.client is not None:
+        raw = make_unix_command_for_host(state, target, StringCommand(command), **unix_arguments)
+        transport = connector.client.get_transport()
+        channel = transport.open_session()
+        channel.set_combine_stderr(True)
+        try:
+            channel.exec_command(raw.get_raw_value())
+            with channel.makefile("r") as lines:
+                for line in lines:
+                    text = line if isinstance(line, str) else line.decode("utf-8", "replace")
+                    on_line(text.rstrip("\n"))
+            return channel.recv_exit_status()
+        finally:  # also when on_line raised: the remote command is not left running
+            channel.close()
+    if isinstance(connector, LocalConnector):
+        raw = make_unix_command_for_host(state, target, StringCommand(command), **unix_arguments)
+        with subprocess.Popen(
+            raw.get_raw_value(),
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+            return proc.wait()
+    status, output = target.run_shell_command(StringCommand(command), **arguments)
+    for line in [*output.stdout_lines, *output.stderr_lines]:
+        on_line(line)
+    return 0 if status else 1
+
+
+def _report(state: Any, target: Any, model: str, event: dict[str, Any]) -> None:
+    """Hand a pull progress event to every state callback handler that wants them."""
+    for handler in getattr(state, "callback_handlers", ()):
+        callback = getattr(handler, "ollama_pull_progress", None)
+        if callback is not None:
+            callback(state, target, model, event)
+
+
+def _follow(state: Any, target: Any, model: str, command: str) -> bool:
+    stream = PullStream(model)
+    logged: set[str] = set()
+
+    def on_line(line: str) -> None:
+        event = stream.feed(line)
+        if event is None:
+            return
+        if stream.status not in logged:  # each step once in pyinfra's log
+            logged.add(stream.status)
+            logger.info(f"{target.print_prefix}{model}: {stream.status}")
+        _report(
+            state,
+            target,
+            model,
+            {"status": stream.status, "completed": stream.completed, "total": stream.total},
+        )
+
+    try:
+        returncode = _stream(state, target, command, on_line)
+        stream.finish(returncode)
+    except PullError as exc:
+        _report(state, target, model, {"error": str(exc)})
+        target.log_styled(str(exc), fg="red", log_func=logger.error)
+        return False
+    _report(
+        state,
+        target,
+        model,
+        {"status": "success", "completed": stream.total, "total": stream.total},
+    )
+    return True
+
+
+def _api_command(
+    api: str, method: str, path: str, body: dict[str, Any], *, stream: bool = False
+) -> str:
+    flags = "-sS -N" if stream else "-fsS"
+    return (
+        f"curl {flags} -X {method} -H 'Content-Type: application/json' "
+        f"--data-binary {q(json.dumps(body, sort_keys=True))} {q(api.rstrip('/') + path)}"
+    )
+
+
+def pull_model(state: Any, host: Any, label: str, api: str, name: str, insecure: bool) -> bool:
+    """Pull ``name`` through the host's ``/api/pull``, checking every NDJSON line."""
+    body: dict[str, Any] = {"model": name, "stream": True}
+    if insecure:
+        body["insecure"] = True
+    return _follow(state, host, label, _api_command(api, "POST", "/api/pull", body, stream=True))
+
+
+def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool:
+    """Place a model from a registry into the store with the fetch helper, checking its output."""
+    return _follow(state, host, label, shlex.join(arguments))
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for name in names:
+        seen.setdefault(name, None)
+    return list(seen)
+
+
+@operation()
+def models(
+    models: list[str] | Callable[[], list[str]],
+    pinned: list[str] | None = None,
+    prune: bool = False,
+    refresh: bool = True,
+    registry: str | None = None,
+    namespace: str = "library",
+    insecure: bool = False,
+    transport: str = "place",
+    api: str = DEFAULT_API,
+    models_dir: str = MODELS_DIR,
+    user: str | None = None,
+    fetch_helper: str | None = None,
+):
+    """
+    Make the host hold exactly the planned models: pull what is missing, re-pull what changed
+    in the registry (``refresh``), and with ``prune`` remove what is neither planned nor pinned.
+    Every line of a pull is checked for an error; an interrupted pull resumes on the next run.
+
+    + models: the planned model names (``qwen2.5-coder:14b``), or a function returning them,
+      called when the operation runs (so a plan can use facts gathered on a fresh host)
+    + pinned: models the operator pinned: pulled like planned ones and never pruned
+    + prune: remove every other model from the store
+    + refresh: compare each present model with its registry manifest and re-pull on change
+    + registry: a site registry (``http://10.0.0.5:5000``) to take models from instead of the
+      public library; each model keeps its short name through an alias (``/api/copy``)
+    + namespace: the site registry's namespace for library models
+    + insecure: allow a plain-HTTP site registry
+    + transport: ``place`` (download and verify the blobs into the store, works with every
+      registry) or ``pull`` (Ollama's own ``/api/pull``; needs a registry that redirects blob
+      downloads); the public library is always pulled
+    + api: the host's Ollama API
+    + models_dir: the store (``OLLAMA_MODELS``)
+    + user: the owner of placed files (default: the service user, ``ollama``)
+    + fetch_helper: the helper the Ollama deploy installs for ``place`` (default
+      ``/usr/local/lib/provisioner/ollama-fetch-model``)
+
+    **Example:**
+
+    .. code:: python
+
+        ollama.models(
+            name="Serve the planned models",
+            models=["qwen2.5-coder:14b", "nomic-embed-text:latest"],
+            registry="http://10.0.0.5:5000",
+            insecure=True,
+            prune=True,
+        )
+    """
+    if transport not in ("place", "pull"):
+        raise OperationValueError(f"transport must be place or pull, not {transport!r}")
+    user = user or SERVICE_USER
+    fetch_helper = fetch_helper or FETCH_HELPER
+    try:
+        planned = models() if callable(models) else list(models)
+    except Exception as exc:  # the planner failed for this host: fail it, not the run
+        yield _refusal(f"no model plan for this host: {exc}")
+        return
+    try:
+        wanted = _unique(ModelName.parse(n).display for n in [*planned, *(pinned or [])])
+        sources = {
+            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
+            for name in wanted
+        }
+    except ValueError as exc:
+        raise OperationValueError(str(exc)) from None
+    for name, source in sources.items():
+        if source.scheme == "http" and not insecure:
+            raise OperationValueError(
+                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
+            )
+
+    installed = host.get_fact(OllamaModels, models_dir=models_dir)
+    current: list[str] = []
+    replaced: dict[str, list[str]] = {}
+    for name in wanted:
+        source = sources[name]
+        have = installed.get(name)
+        present = bool(have and have.get("complete"))
+        place = source.display != name and transport == "place"
+        remote: dict[str, Any] | None = None
+        if refresh or (place and not present):
+            remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
+            if "error" in remote:
+                verb = "check" if present else "fetch"
+                yield _refusal(
+                    f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
+                )
+                return
+        if present and (remote is None or have["content"] == remote["content"]):
+            current.append(name)
+            continue
+        if have and have.get("content"):
+            new = set(remote["content"]) if remote else set()
+            replaced[name] = [digest for digest in have["content"] if digest not in new]
+
+        have_source = installed.get(source.display)
+        source_ok = (
+            source.display != name
+            and have_source is not None
+            and have_source.get("complete")
+            and remote is not None
+            and have_source["content"] == remote["content"]
+        )
+        if not source_ok:
+            if place:
+                assert remote is not None
+                base = source.blob_url("").rstrip("/") + "/"
+                blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
+                yield FunctionCommand(
+                    fetch_model,
+                    (
+                        name,
+                        [
+                            fetch_helper,
+                            models_dir,
+                            user,
+                            base,
+                            remote["digest"],
+                            remote["raw"],
+                            source.manifest_path,
+                            *blobs,
+                        ],
+                    ),
+                    {},
+                )
+            else:
+                yield FunctionCommand(pull_model, (name, api, source.pull_name, insecure), {})
+        if source.display != name:
+            yield _api_command(
+                api, "POST", "/api/copy", {"source": source.display, "destination": name}
+            )
+
+    keep = set(wanted) | {source.display for source in sources.values()}
+    removed = sorted(name for name in installed if name not in keep) if prune else []
+    for name in removed:
+        yield _api_command(api, "DELETE", "/api/delete", {"model": name})
+
+    stale = sorted({digest.split(":", 1)[1] for content in replaced.values() for digest in content})
+    if stale:
+        blobs_dir = models_dir.rstrip("/") + "/blobs"
+        yield (
+            f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
+            'grep -rqs "sha256:$h" ../manifests ../manifests-v2 || rm -f "sha256-$h"; done'
+        )
+
+    if not replaced and not removed and len(current) == len(wanted):
+        host.noop(
+            f"{len(wanted)} planned model(s) present and current"
+            + (f": {', '.join(wanted)}" if wanted else "")
+        )

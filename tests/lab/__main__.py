@@ -1,0 +1,5 @@
+"""`python -m tests.lab ...`: see tests/lab/lab.py."""
+
+from .lab import main
+
+raise SystemExit(main())

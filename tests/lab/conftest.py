@@ -1,0 +1,43 @@
+"""The `lab` fixture: the lab fleet, brought up once per test session and torn down at its end.
+
+    def test_something(lab):
+        lab.hosts        # ["gpu1", "gpu2", "gpu3", "cpu1"] (or $LAB_HOSTS)
+        lab.addresses    # {"gpu1": "169.254.101.2", ...}
+        lab.ssh_key      # Path of the lab's private key (user root)
+        lab.inventory    # Path of inventories/lab.py
+        lab.info         # lab.json: mirror URLs, key fingerprint and checksums, model digests
+        lab.ssh("gpu1", "nvidia-smi -L", check=False)
+        lab.fleet.reboot(lab.host("gpu1"))
+
+A lab that is already up (`python -m tests.lab up`) is used as it is and left up.
+LAB_REAL_TORCH=1 also serves the real CPU torch wheel. Skips with the reason when the machine
+cannot run the lab (not root, packages missing).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .lab import Lab, missing_prerequisites
+
+
+@pytest.fixture(scope="session")
+def lab():
+    why = missing_prerequisites()
+    if why:
+        pytest.skip(why)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("the lab is one fleet per machine: run lab tests without pytest-xdist (-n)")
+    running = Lab.attach()
+    if running is not None:
+        yield running  # brought up by hand: not ours to tear down
+        return
+    lab = Lab()
+    lab.up(real_torch=os.environ.get("LAB_REAL_TORCH") == "1")
+    try:
+        yield lab
+    finally:
+        left = lab.down()
+        assert not left, f"lab teardown left things behind: {left}"

@@ -1,0 +1,524 @@
+"""Model sync, update and mirror on loopback: the stand-in Ollama server (tests/doubles/ollama)
+and a real CNCF Distribution registry (``docker-registry``), both started here by PID.
+
+The stand-in keeps the real client's limits: it pulls a blob only from a registry that
+redirects blob downloads (ollama/ollama#7244), so a pull straight from Distribution fails with
+an error line in the middle of a 200 stream, which is what the ``pull`` path must catch, and
+the ``place`` path (the toolkit's own verified download into the store) must get around.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from provisioner import models_sync
+from provisioner.facts.ollama import OllamaModels
+from provisioner.ollama_api import Registry
+from provisioner.operations import ollama as ollama_ops
+
+ROOT = Path(__file__).resolve().parents[2]
+DOUBLES = ROOT / "tests" / "doubles" / "ollama"
+HELPER = ROOT / "src" / "provisioner" / "templates" / "ollama" / "ollama-fetch-model.sh"
+DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(DOCKER_REGISTRY) or shutil.which("curl") is None,
+    reason="needs docker-registry (Debian package docker-registry) and curl",
+)
+
+
+def _load_double(name: str):
+    spec = importlib.util.spec_from_file_location(f"ollama_double_{name}", DOUBLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+registry_double = _load_double("registry")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, what: str) -> None:
+    for _ in range(200):
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer on {url}")
+
+
+class DistributionRegistry:
+    """``docker-registry serve`` on 127.0.0.1, stoppable and restartable on the same storage."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = root / "registry.yml"
+        self.config.write_text(
+            "version: 0.1\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            "log:\n  level: error\n"
+        )
+        self.log = root / "registry.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [DOCKER_REGISTRY, "serve", str(self.config)], stdout=log, stderr=log
+            )
+        _wait_for(f"{self.url}/v2/", self.process, "docker-registry")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def push(self, name: str, tag: str, seed: str) -> str:
+        return registry_double.push_model(self.url, name, tag, seed=seed)
+
+
+class OllamaDouble:
+    """The stand-in ``ollama serve`` on 127.0.0.1 with its own store."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        self.models = root / "models"
+        self.log = root / "ollama.log"
+        env = dict(os.environ, OLLAMA_HOST=f"127.0.0.1:{self.port}", OLLAMA_MODELS=str(self.models))
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(DOUBLES / "ollama_double.py"), "serve"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        _wait_for(f"{self.api}/api/version", self.process, "the stand-in Ollama")
+
+    def tags(self) -> dict[str, str]:
+        with urllib.request.urlopen(f"{self.api}/api/tags", timeout=5) as response:
+            return {m["name"]: m["digest"] for m in json.load(response)["models"]}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+class RedirectingRegistry:
+    """A front that answers every request with a 307 to the registry under another host name,
+    as registries with object-storage back ends (and the public library) do for blobs."""
+
+    def __init__(self, upstream_port: int) -> None:
+        target = f"http://localhost:{upstream_port}"
+
+        class Handler(BaseHTTPRequestHandler):
+            def _redirect(self) -> None:
+                self.send_response(307)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _redirect
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    reg = DistributionRegistry(tmp_path_factory.mktemp("registry"))
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def server(tmp_path):
+    double = OllamaDouble(tmp_path)
+    yield double
+    double.stop()
+
+
+@pytest.fixture(autouse=True)
+def as_root(monkeypatch, tmp_path):
+    """Placed files are owned by the user running the tests (no ``ollama`` user here), and the
+    fetch helper runs from a copy (the repository may not keep its executable bit)."""
+    helper = tmp_path / "ollama-fetch-model"
+    shutil.copy(HELPER, helper)
+    helper.chmod(0o755)
+    monkeypatch.setattr(ollama_ops, "SERVICE_USER", _user())
+    monkeypatch.setattr(ollama_ops, "FETCH_HELPER", str(helper))
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _host_data(server: OllamaDouble, registry_url: str | None, models: list[str], **extra):
+    data = {
+        "gpu": False,
+        "models": models,
+        "model_catalog_extra": [
+            {
+                "tag": tag,
+                "size_bytes": 4855,
+                "context": 2048,
+                "layers": 4,
+                "kv_heads": 2,
+                "head_dim": 16,
+            }
+            for tag in {*models, *extra.get("models_pinned", [])}
+        ],
+        "ollama_models_dir": str(server.models),
+        "ollama_port": server.port,
+    }
+    if registry_url:
+        data.update(
+            ollama_registry=registry_url,
+            ollama_registry_insecure=True,
+            ollama_registry_namespace="site",
+        )
+    data.update(extra)
+    return data
+
+
+def _inventory(*hosts):
+    from pyinfra.api import Inventory
+
+    from provisioner.inventory import LoadedInventory
+
+    inventory = Inventory((list(hosts), {}))
+    return LoadedInventory(source="test", inventory=inventory, hosts=list(inventory))
+
+
+def _sync(*hosts, **kwargs):
+    return models_sync.sync(_inventory(*hosts), show_progress=False, **kwargs)
+
+
+def _update(*hosts, **kwargs):
+    return models_sync.update(_inventory(*hosts), show_progress=False, **kwargs)
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+
+def test_place_fetches_verified_blobs_and_aliases_the_short_name(registry, server):
+    digest = registry.push("site/tiny", "1b", seed="place-1")
+    result = _sync(("@local", _host_data(server, registry.url, ["tiny:1b"])))
+
+    assert result.exit_code == 0, result.to_json()
+    host = result.hosts["@local"]
+    assert [(c.model, c.action, c.after) for c in host.changes] == [
+        (f"127.0.0.1:{registry.port}/site/tiny:1b", "added", digest),
+        ("tiny:1b", "added", digest),
+    ]
+    tags = server.tags()
+    assert tags["tiny:1b"] == digest.removeprefix("sha256:")
+    assert not list((server.models / ".provisioner-tmp").iterdir())
+
+
+def test_a_converged_host_shows_no_change(registry, server):
+    registry.push("site/tiny", "1b", seed="converged")
+    data = _host_data(server, registry.url, ["tiny:1b"])
+    assert _sync(("@local", data)).hosts["@local"].status == "changed"
+
+    second = _sync(("@local", data))
+    assert second.hosts["@local"].status == "unchanged"
+    assert second.hosts["@local"].changes == []
+
+    dry = _sync(("@local", data), dry=True)
+    assert dry.hosts["@local"].status == "unchanged"
+
+
+def test_dry_run_changes_nothing(registry, server):
+    registry.push("site/tiny", "1b", seed="dry")
+    result = _sync(("@local", _host_data(server, registry.url, ["tiny:1b"])), dry=True)
+    assert result.hosts["@local"].would_change
+    assert result.hosts["@local"].status == "changed"
+    assert server.tags() == {}
+
+
+def test_pull_from_distribution_fails_on_the_error_line_mid_stream(registry, server):
+    """Distribution answers a blob GET with 200 and no Location: the real client (and the
+    stand-in) report that as an error line inside a 200 NDJSON stream."""
+    registry.push("site/tiny", "1b", seed="pull-error")
+    data = _host_data(
+        server,
+        registry.url,
+        ["tiny:1b"],
+        ollama_registry_transport="pull",
+        ollama_models_refresh=True,
+    )
+    result = _sync(("@local", data))
+
+    assert result.exit_code == 1
+    assert result.failed_hosts == ["@local"]
+    assert any("no Location header in response" in e for e in result.hosts["@local"].errors)
+    assert "tiny:1b" not in server.tags()
+
+
+def test_pull_through_a_redirecting_registry_works(registry, server):
+    digest = registry.push("site/tiny", "1b", seed="redirect")
+    front = RedirectingRegistry(registry.port)
+    try:
+        data = _host_data(server, front.url, ["tiny:1b"], ollama_registry_transport="pull")
+        result = _sync(("@local", data))
+    finally:
+        front.stop()
+    assert result.exit_code == 0, result.to_json()
+    assert server.tags()["tiny:1b"] == digest.removeprefix("sha256:")
+
+
+def test_prune_removes_unplanned_models_but_keeps_pinned_ones(registry, server):
+    for name in ("tiny", "small", "embed"):
+        registry.push(f"site/{name}", "1b", seed=f"prune-{name}")
+    everything = _host_data(server, registry.url, ["tiny:1b", "small:1b", "embed:1b"])
+    assert _sync(("@local", everything)).exit_code == 0
+
+    fewer = _host_data(server, registry.url, ["tiny:1b"], models_pinned=["embed:1b"])
+    without_prune = _sync(("@local", fewer))
+    assert without_prune.hosts["@local"].status == "unchanged"
+
+    pruned = _sync(("@local", fewer), prune=True)
+    removed = sorted(c.model for c in pruned.hosts["@local"].changes if c.action == "removed")
+    assert removed == [f"127.0.0.1:{registry.port}/site/small:1b", "small:1b"]
+    assert set(server.tags()) == {
+        "tiny:1b",
+        "embed:1b",
+        f"127.0.0.1:{registry.port}/site/tiny:1b",
+        f"127.0.0.1:{registry.port}/site/embed:1b",
+    }
+
+
+def test_a_sync_while_the_registry_is_down_fails_and_completes_on_the_next_run(registry, server):
+    registry.push("site/tiny", "1b", seed="interrupted")
+    data = _host_data(server, registry.url, ["tiny:1b"])
+    registry.stop()
+    try:
+        failed = _sync(("@local", data))
+    finally:
+        registry.start()
+    assert failed.failed_hosts == ["@local"]
+    assert "tiny:1b" not in server.tags()
+
+    again = _sync(("@local", data))
+    assert again.exit_code == 0, again.to_json()
+    assert "tiny:1b" in server.tags()
+
+
+# --- the fetch helper on its own --------------------------------------------------------------
+
+
+def _helper_args(registry: DistributionRegistry, store: Path, repository: str, tag: str):
+    manifest = Registry(registry.url).manifest(repository, tag)
+    import base64
+
+    return manifest, [
+        ollama_ops.FETCH_HELPER,
+        str(store),
+        _user(),
+        f"{registry.url}/v2/{repository}/blobs/",
+        manifest.digest,
+        base64.b64encode(manifest.raw).decode(),
+        f"127.0.0.1:{registry.port}/{repository}/{tag}",
+        *[f"{b.digest}:{b.size}" for b in manifest.blobs],
+    ]
+
+
+def test_fetch_helper_resumes_a_partial_blob(registry, tmp_path):
+    registry.push("site/resume", "1b", seed="resume")
+    store = tmp_path / "store"
+    manifest, args = _helper_args(registry, store, "site/resume", "1b")
+    weights = max(manifest.layers, key=lambda b: b.size)
+    content = urllib.request.urlopen(f"{registry.url}/v2/site/resume/blobs/{weights.digest}").read()
+    partial = store / ".provisioner-tmp" / weights.file_name
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(content[: len(content) // 2])
+
+    run = subprocess.run(args, capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stdout
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    resumed = [e for e in lines if e.get("digest") == weights.digest]
+    assert resumed[0]["completed"] == len(content) // 2  # it started from the partial file
+    assert lines[-1] == {"status": "success"}
+    assert (store / "blobs" / weights.file_name).read_bytes() == content
+    assert not partial.exists()
+
+
+def test_fetch_helper_refuses_a_corrupt_partial_blob_and_keeps_the_store_clean(registry, tmp_path):
+    registry.push("site/corrupt", "1b", seed="corrupt")
+    store = tmp_path / "store"
+    manifest, args = _helper_args(registry, store, "site/corrupt", "1b")
+    weights = max(manifest.layers, key=lambda b: b.size)
+    partial = store / ".provisioner-tmp" / weights.file_name
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * (weights.size // 2))
+
+    run = subprocess.run(args, capture_output=True, text=True)
+
+    assert run.returncode == 1
+    error = json.loads(run.stdout.splitlines()[-1])["error"]
+    assert f"blob {weights.digest} does not match its digest" in error
+    assert not (store / "blobs" / weights.file_name).exists()
+    assert not (store / "manifests").exists() or not any((store / "manifests").rglob("1b"))
+    assert not partial.exists()
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0
+
+
+def test_fetch_helper_refuses_a_manifest_that_does_not_match_its_digest(registry, tmp_path):
+    registry.push("site/tampered", "1b", seed="tampered")
+    _, args = _helper_args(registry, tmp_path / "store", "site/tampered", "1b")
+    args[4] = "sha256:" + "0" * 64
+    run = subprocess.run(args, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "expected sha256:" + "0" * 64 in json.loads(run.stdout.splitlines()[-1])["error"]
+    assert not any((tmp_path / "store" / "manifests").rglob("1b"))
+
+
+# --- update -----------------------------------------------------------------------------------
+
+
+def test_update_picks_up_a_repushed_tag_and_names_a_failing_host(registry, server):
+    first = registry.push("site/tiny", "1b", seed="update-1")
+    data = _host_data(server, registry.url, ["tiny:1b"])
+    assert _sync(("@local", data)).exit_code == 0
+
+    second = registry.push("site/tiny", "1b", seed="update-2")
+    assert second != first
+    refused = "curl: (7) Failed to connect to 10.9.9.9 port 5000: Connection refused"
+    broken = (
+        "@fake/broken",
+        {
+            **data,
+            "fake_delay": 0,
+            "fake_delay_jitter": 0,
+            "fake_responses": {
+                "cat /proc/meminfo": "MemTotal:       16318480 kB",
+                "manifest.v2+json": f"error {refused}",  # the registry manifest request
+            },
+        },
+    )
+    result = _update(("@local", data), broken, batch=1)
+
+    assert result.failed_hosts == ["@fake/broken"]
+    assert result.exit_code == 1
+    assert any(refused in e for e in result.hosts["@fake/broken"].errors)
+    local = result.hosts["@local"]
+    assert local.status == "changed", local.to_json()
+    assert ("tiny:1b", "updated", first, second) in [
+        (c.model, c.action, c.before, c.after) for c in local.changes
+    ]
+    assert local.problems == []
+    assert server.tags()["tiny:1b"] == second.removeprefix("sha256:")
+    # the old weights are gone: the store holds exactly the blobs of the new manifest
+    blobs = {p.name for p in (server.models / "blobs").iterdir()}
+    assert blobs == {b.file_name for b in Registry(registry.url).manifest("site/tiny", "1b").blobs}
+    assert _update(("@local", data)).hosts["@local"].status == "unchanged"
+
+
+def test_update_check_reports_a_model_the_registry_no_longer_matches(registry, server):
+    registry.push("site/tiny", "1b", seed="check-1")
+    data = _host_data(server, registry.url, ["tiny:1b"], ollama_models_refresh=False)
+    assert _sync(("@local", data)).exit_code == 0
+    registry.push("site/tiny", "1b", seed="check-2")
+
+    # a plain sync without refresh leaves the old digest: the check after an update would not
+    stale = _sync(("@local", data), refresh=False, check=True)
+    assert stale.hosts["@local"].problems == [
+        f"tiny:1b differs from 127.0.0.1:{registry.port}/site/tiny:1b in the registry"
+    ]
+    assert stale.exit_code == 1
+
+
+# --- mirror -----------------------------------------------------------------------------------
+
+
+def test_mirror_copies_upstream_models_into_the_site_registry_once(registry, tmp_path):
+    upstream_digest = registry.push("library/mirrored", "1b", seed="mirror")
+    result = models_sync.mirror(
+        ["mirrored:1b"],
+        to=registry.url,
+        namespace="mirror-site",
+        upstream=registry.url,
+        show_progress=False,
+    )
+    assert result.exit_code == 0, result.to_json()
+    entry = result.models["mirrored:1b"]
+    assert entry["status"] == "copied"
+    assert entry["site"] == f"127.0.0.1:{registry.port}/mirror-site/mirrored:1b"
+    site = Registry(registry.url).manifest("mirror-site/mirrored", "1b")
+    assert site.digest == upstream_digest
+    assert result.bytes_fetched == site.size
+
+    again = models_sync.mirror(
+        ["mirrored:1b"],
+        to=registry.url,
+        namespace="mirror-site",
+        upstream=registry.url,
+        show_progress=False,
+    )
+    assert again.models["mirrored:1b"]["status"] == "unchanged"
+    assert again.bytes_fetched == 0
+
+
+def test_mirror_names_a_model_the_upstream_lacks(registry):
+    result = models_sync.mirror(
+        ["absent:1b"],
+        to=registry.url,
+        namespace="site",
+        upstream=registry.url,
+        show_progress=False,
+    )
+    assert result.exit_code == 1
+    assert result.failed == ["absent:1b"]
+    assert "HTTP 404" in result.models["absent:1b"]["error"]
+
+
+def test_store_fact_reads_what_the_server_lists(registry, server):
+    registry.push("site/tiny", "1b", seed="fact")
+    assert _sync(("@local", _host_data(server, registry.url, ["tiny:1b"]))).exit_code == 0
+    command = OllamaModels().command(str(server.models))
+    output = subprocess.run(command, shell=True, capture_output=True, text=True).stdout
+    fact = OllamaModels().process(output.splitlines())
+    assert {name: m["digest"].removeprefix("sha256:") for name, m in fact.items()} == server.tags()
+    assert all(m["complete"] for m in fact.values())
