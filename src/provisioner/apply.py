@@ -105,7 +105,9 @@ def pyinfra_command(
     return command
 
 
-def parse_results(raw: dict[str, Any], host_names: list[str]) -> tuple[dict[str, HostRun], list[str]]:
+def parse_results(
+    raw: dict[str, Any], host_names: list[str]
+) -> tuple[dict[str, HostRun], list[str]]:
     hosts = {name: HostRun() for name in host_names}
     results = raw.get("results") or {}
     for op in results.get("operations", []):
@@ -120,7 +122,9 @@ def parse_results(raw: dict[str, Any], host_names: list[str]) -> tuple[dict[str,
         for op in raw.get("plan", []):
             for host in op.get("hosts_with_change", []):
                 hosts.setdefault(host, HostRun()).changed.append(op.get("name", "?"))
-    failed = sorted(set(results.get("failed_hosts", [])) | {n for n, r in hosts.items() if r.failed})
+    failed = sorted(
+        set(results.get("failed_hosts", [])) | {n for n, r in hosts.items() if r.failed}
+    )
     return hosts, failed
 
 

@@ -24,11 +24,14 @@ def facts_table(hosts: dict[str, dict[str, Any]]) -> Table:
         state = facts.get("gpu_state", "?")
         gpus = facts.get("gpus") or []
         gpu_text = "\n".join(
-            f"{g['index']}: {g['name']} {g['memory_total_mib']} MiB" + (" MIG" if g.get("mig") == "Enabled" else "")
+            f"{g['index']}: {g['name']} {g['memory_total_mib']} MiB"
+            + (" MIG" if g.get("mig") == "Enabled" else "")
             for g in gpus
         ) or (facts.get("error") or "-")
         os_info = facts.get("os") or {}
-        os_text = " ".join(filter(None, [os_info.get("id"), os_info.get("version_id"), os_info.get("arch")]))
+        os_text = " ".join(
+            filter(None, [os_info.get("id"), os_info.get("version_id"), os_info.get("arch")])
+        )
         table.add_row(
             name,
             f"[{_STATE_STYLE.get(state, 'red')}]{state}[/]",
@@ -48,10 +51,13 @@ def plan_table(plan: dict[str, Any]) -> Table:
     for name, host in plan["hosts"].items():
         gpus = host.get("gpus") or []
         gpu_text = "\n".join(f"{g['index']}: {g['name']}" for g in gpus) or host.get("mode", "-")
-        models = "\n".join(
-            f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m['gpus'] if m.get('gpus') else 'CPU'}"
-            for m in host.get("models", [])
-        ) or f"[yellow]{host.get('reason', 'none')}[/]"
+        models = (
+            "\n".join(
+                f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m['gpus'] if m.get('gpus') else 'CPU'}"
+                for m in host.get("models", [])
+            )
+            or f"[yellow]{host.get('reason', 'none')}[/]"
+        )
         skipped = "\n".join(f"{s['tag']}: {s['reason']}" for s in host.get("skipped", [])) or "-"
         table.add_row(name, gpu_text, _gib(host.get("budget_mib")), models, skipped)
     return table
@@ -59,7 +65,9 @@ def plan_table(plan: dict[str, Any]) -> Table:
 
 def run_table(result: RunResult) -> Table:
     verb = "would change" if result.dry else "changed"
-    table = Table(title=f"provision {result.deploy}{' (dry run)' if result.dry else ''}", title_justify="left")
+    table = Table(
+        title=f"provision {result.deploy}{' (dry run)' if result.dry else ''}", title_justify="left"
+    )
     for column in ("host", "status", verb, "unchanged", "failed at"):
         table.add_column(column)
     style = {"changed": "yellow", "unchanged": "green", "failed": "red"}

@@ -101,7 +101,9 @@ def all_keys() -> dict[str, KeySpec]:
         table = tomllib.loads(entry.read_text(encoding="utf-8"))
         for name, spec in table.items():
             if name in keys:
-                raise ValueError(f"data key {name!r} declared twice ({component}, {keys[name].component})")
+                raise ValueError(
+                    f"data key {name!r} declared twice ({component}, {keys[name].component})"
+                )
             spec = dict(spec)
             choices = spec.pop("choices", None)
             keys[name] = KeySpec(
@@ -171,7 +173,13 @@ def markdown() -> str:
     for spec in sorted(all_keys().values(), key=lambda k: (k.component, k.name)):
         if spec.component != component:
             component = spec.component
-            lines += ["", f"## {component}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+            lines += [
+                "",
+                f"## {component}",
+                "",
+                "| key | type | default | meaning |",
+                "| --- | --- | --- | --- |",
+            ]
         kind = spec.type + (f" of {spec.items}" if spec.items else "")
         if spec.choices:
             kind += ": " + " / ".join(f"`{c}`" for c in spec.choices)
