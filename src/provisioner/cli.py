@@ -21,7 +21,7 @@ limit_option = click.option(
     "limit",
     multiple=True,
     metavar="HOST",
-    help="Restrict to these hosts or groups (globs allowed, repeatable, comma-separated), as pyinfra's --limit.",
+    help="Restrict to these hosts or groups (globs, repeatable, comma-separated), as pyinfra's.",
 )
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON on stdout (documented in the README)."
@@ -99,7 +99,7 @@ def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
     "what_if",
     multiple=True,
     metavar="SPEC",
-    help="Plan for an imaginary host with these GPUs, '[N x ]GPU-NAME:MiB' (repeatable: one host each).",
+    help="Plan an imaginary host with these GPUs, '[N x ]GPU-NAME:MiB' (repeatable).",
 )
 @click.option(
     "--profile", default=None, help="Model profile for --what-if hosts (default: general)."
@@ -183,7 +183,7 @@ def _show_plan(result: dict[str, Any], as_json: bool) -> None:
     "--batch",
     type=click.IntRange(min=1),
     default=None,
-    help="Hosts worked on at once (pyinfra --parallel); reboots happen at most this many at a time.",
+    help="Hosts worked on at once (pyinfra --parallel); reboots happen this many at a time.",
 )
 @json_option
 def apply(
@@ -198,10 +198,14 @@ def apply(
     """Install driver, CUDA toolkit, PyTorch, Ollama and the planned models on every host."""
     from provisioner.apply import run_deploy
 
-    override = {"nvidia_reboot": False} if no_reboot else None
-    loaded = _load(inventory, limit, override)
+    override: dict[str, Any] = {}
+    if no_reboot:
+        override["nvidia_reboot"] = False
+    if batch:
+        override["nvidia_reboot_batch"] = batch
+    loaded = _load(inventory, limit, override or None)
     result = run_deploy(
-        loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override or {}
+        loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
     )
     _report_run(result, as_json)
 
@@ -271,9 +275,15 @@ def _report_models(result, as_json: bool) -> None:
 @models.command("sync")
 @click.argument("inventory")
 @limit_option
-@click.option("--prune", is_flag=True, help="Also remove models that are no longer planned (pinned ones stay).")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Also remove models that are no longer planned (pinned ones stay).",
+)
 @click.option("--dry", is_flag=True, help="Show what would change without changing anything.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Hosts synced at once (default: all).")
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=None, help="Hosts synced at once (default: all)."
+)
 @json_option
 def models_sync(
     inventory: str, limit: tuple[str, ...], prune: bool, dry: bool, batch: int | None, as_json: bool
@@ -289,7 +299,12 @@ def models_sync(
 @models.command("update")
 @click.argument("inventory")
 @limit_option
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Hosts updated at once (default: all).")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hosts updated at once (default: all).",
+)
 @json_option
 def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_json: bool) -> None:
     """Re-pull every planned tag whose registry digest changed, then check each host's models."""
@@ -302,11 +317,22 @@ def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_
 @models.command("mirror")
 @click.argument("inventory")
 @limit_option
-@click.option("--to", "registry", default=None, help="Site registry URL (default: each host's ollama_registry).")
-@click.option("--from", "upstream", default=None, help="Upstream registry (default: the public library).")
+@click.option(
+    "--to",
+    "registry",
+    default=None,
+    help="Site registry URL (default: each host's ollama_registry).",
+)
+@click.option(
+    "--from", "upstream", default=None, help="Upstream registry (default: the public library)."
+)
 @json_option
 def models_mirror(
-    inventory: str, limit: tuple[str, ...], registry: str | None, upstream: str | None, as_json: bool
+    inventory: str,
+    limit: tuple[str, ...],
+    registry: str | None,
+    upstream: str | None,
+    as_json: bool,
 ) -> None:
     """Copy the planned models of an inventory into the site registry, once."""
     loaded = _load(inventory, limit)
@@ -322,7 +348,10 @@ def models_mirror(
         for result in results:
             _console().print(result.table())
     if not results:
-        click.echo("provision: no host has a site registry (ollama_registry) and no --to was given", err=True)
+        click.echo(
+            "provision: no host has a site registry (ollama_registry) and no --to was given",
+            err=True,
+        )
         sys.exit(EXIT_BAD_INPUT)
     sys.exit(max(r.exit_code for r in results))
 

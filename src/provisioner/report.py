@@ -53,7 +53,7 @@ def plan_table(plan: dict[str, Any]) -> Table:
         gpu_text = "\n".join(f"{g['index']}: {g['name']}" for g in gpus) or host.get("mode", "-")
         models = (
             "\n".join(
-                f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m['gpus'] if m.get('gpus') else 'CPU'}"
+                f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m.get('gpus') or 'CPU'}"
                 for m in host.get("models", [])
             )
             or f"[yellow]{host.get('reason', 'none')}[/]"

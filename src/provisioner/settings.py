@@ -166,8 +166,8 @@ def markdown() -> str:
         "",
         "Generated from `src/provisioner/data/keys/*.toml` by `python -m provisioner.settings`;",
         "do not edit by hand. Set these in an inventory (per host or per group) or in",
-        "`group_data/<group>.py`. Keys starting with `_`, `ssh_`, `local_`, `vagrant_`... belong to",
-        "pyinfra and are passed through. Any other key not listed here is an error (exit 2).",
+        "`group_data/<group>.py`. Keys starting with `_`, `ssh_`, `local_`, `vagrant_`... are",
+        "pyinfra's and are passed through. Any other key not listed here is an error (exit 2).",
     ]
     component = None
     for spec in sorted(all_keys().values(), key=lambda k: (k.component, k.name)):
@@ -184,7 +184,9 @@ def markdown() -> str:
         if spec.choices:
             kind += ": " + " / ".join(f"`{c}`" for c in spec.choices)
         if spec.min is not None or spec.max is not None:
-            kind += f" ({'' if spec.min is None else f'{spec.min:g}'}..{'' if spec.max is None else f'{spec.max:g}'})"
+            low = "" if spec.min is None else f"{spec.min:g}"
+            high = "" if spec.max is None else f"{spec.max:g}"
+            kind += f" ({low}..{high})"
         default = "unset" if spec.default is None else f"`{spec.default!r}`"
         doc = spec.doc.replace("|", "\\|")
         lines.append(f"| `{spec.name}` | {kind} | {default} | {doc} |")

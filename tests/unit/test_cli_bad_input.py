@@ -78,12 +78,18 @@ def write_inventory(tmp_path: Path, port: int, host_data: str = "{}", extra: str
         ('{"gpu_memry_mib": 24564}', "gpu_memry_mib", "unknown data key"),
         ('{"ollama_num_parallel": "four"}', "ollama_num_parallel", "expected int"),
         ('{"model_profile": "gaming"}', "model_profile", "'gaming' is not one of"),
-        ('{"models": ["Not A Model!!"]}', "models", "neither in the model catalog nor a valid Ollama"),
+        (
+            '{"models": ["Not A Model!!"]}',
+            "models",
+            "neither in the model catalog nor a valid Ollama",
+        ),
         ('{"models": "llama3.1:8b"}', "models", "expected list"),
         ('{"vram_headroom": 7}', "vram_headroom", "above the maximum"),
     ],
 )
-def test_bad_host_data_exits_2_naming_file_host_key(tmp_path, recorder, command, host_data, key, needle):
+def test_bad_host_data_exits_2_naming_file_host_key(
+    tmp_path, recorder, command, host_data, key, needle
+):
     inv = write_inventory(tmp_path, recorder.port, host_data)
     result = run([command, str(inv)], tmp_path)
     assert result.returncode == 2, result.stderr
@@ -100,7 +106,9 @@ def test_group_data_problem_names_the_group_data_file(tmp_path, recorder):
     group_data.write_text("ollama_kv_cache_type = 'q2'\n")
     result = run(["plan", str(inv)], tmp_path)
     assert result.returncode == 2
-    assert f"{group_data}: host good-1: key ollama_kv_cache_type: 'q2' is not one of" in result.stderr
+    assert (
+        f"{group_data}: host good-1: key ollama_kv_cache_type: 'q2' is not one of" in result.stderr
+    )
     assert f"{group_data}: host bad-1: key ollama_kv_cache_type" in result.stderr
     assert recorder.accepted == 0
 

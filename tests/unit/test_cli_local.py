@@ -21,18 +21,28 @@ PROVISION = [sys.executable, "-m", "provisioner.cli"]
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(PROVISION + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        PROVISION + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def double_env(tmp_path: Path, gpus, state=None, header="classic") -> dict[str, str]:
     bin_dir, conf = tmp_path / "bin", tmp_path / "conf"
     install_nvidia_smi_double(bin_dir, conf, gpus=gpus, state=state, header=header)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NVIDIA_SMI_DOUBLE_DIR": str(conf)}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "NVIDIA_SMI_DOUBLE_DIR": str(conf),
+    }
 
 
 def second_gpu(gpu: dict, index: int) -> dict:
-    return {**gpu, "index": index, "pci_bus_id": f"00000000:{0x10 + index:02X}:00.0",
-            "uuid": gpu["uuid"][:-1] + str(index)}
+    return {
+        **gpu,
+        "index": index,
+        "pci_bus_id": f"00000000:{0x10 + index:02X}:00.0",
+        "uuid": gpu["uuid"][:-1] + str(index),
+    }
 
 
 def test_facts_local_json_two_h100(tmp_path):
@@ -112,7 +122,8 @@ def test_plan_local_with_driver_mismatch_plans_nothing_and_says_why(tmp_path):
 def test_unreachable_host_is_reported_and_exit_1(tmp_path):
     inv = tmp_path / "inv.py"
     inv.write_text(
-        'hosts = [("down-1", {"ssh_hostname": "127.0.0.1", "ssh_port": 9, "ssh_connect_retries": 0})]\n'
+        'hosts = [("down-1", {"ssh_hostname": "127.0.0.1", "ssh_port": 9,'
+        ' "ssh_connect_retries": 0})]\n'
     )
     result = run(["facts", str(inv), "--json"], dict(os.environ), tmp_path)
     assert result.returncode == 1

@@ -35,7 +35,10 @@ def test_docs_data_keys_is_up_to_date():
         ({"gpu": "yes"}, [("gpu", "expected bool, got str 'yes'")]),
         ({"models": ["a:1", 3]}, [("models", "item 1 is int 3, expected str")]),
         ({"ssh_hostname": "x", "_sudo": True, "vagrant_x": 1}, []),
-        ({"nosuchkey": 1}, [("nosuchkey", "unknown data key (documented keys: docs/data-keys.md)")]),
+        (
+            {"nosuchkey": 1},
+            [("nosuchkey", "unknown data key (documented keys: docs/data-keys.md)")],
+        ),
     ],
 )
 def test_validate(data, expected):

@@ -1,0 +1,71 @@
+"""What the GPU stack deploys share: their data defaults, the facts they plan from, and how a
+host is refused (failed before anything changes on it, while the other hosts carry on)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.context import ctx_host, ctx_state
+
+from provisioner import gpu_stack, settings
+from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
+from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
+from provisioner.facts.system import KernelRelease, OsInfo
+
+# Every key the stack reads, so that each deploy also works when called on its own.
+STACK_DEFAULTS: dict[str, Any] = {
+    **settings.defaults("core"),
+    **settings.defaults("nvidia_driver"),
+    **settings.defaults("cuda_toolkit"),
+    **settings.defaults("pytorch"),
+}
+
+
+def gather_facts() -> dict[str, Any]:
+    """The facts a GPU stack plan is made from (see ``gpu_stack.plan_driver``)."""
+    return {
+        "os": host.get_fact(OsInfo),
+        "kernel": host.get_fact(KernelRelease),
+        "pci": host.get_fact(NvidiaPciDevices),
+        "smi": host.get_fact(NvidiaSmi),
+        "packages": host.get_fact(GpuStackPackages),
+        "module": host.get_fact(NvidiaKernelModule),
+    }
+
+
+def host_failed() -> bool:
+    """Whether this host was already failed (an earlier deploy refused it)."""
+    return ctx_host.get() in ctx_state.get().failed_hosts
+
+
+def refuse(component: str, error: Exception) -> None:
+    """Fail this host now, at prepare time, with the reason: none of its operations run, the
+    other hosts go on (pyinfra's ``state.fail_hosts``; with ``--fail-percent`` or the CLI's
+    confirmation prompt pyinfra may stop the run, as it does for any failed host)."""
+    host.log_styled(
+        f"{component}: refused, nothing was changed on this host: {error}",
+        fg="red",
+        log_func=logger.error,
+    )
+    ctx_state.get().fail_hosts({ctx_host.get()})
+
+
+def announce(component: str, message: str) -> None:
+    host.log_styled(f"{component}: {message}", log_func=logger.info)
+
+
+def plan(component: str, toolkit: bool = False, torch: bool = False) -> gpu_stack.StackPlan | None:
+    """Plan this host's GPU stack (driver always; toolkit and PyTorch when asked), or refuse
+    the host and return None."""
+    if host_failed():
+        return None
+    try:
+        facts = gather_facts()
+        driver = gpu_stack.plan_driver(host.data, facts)
+        toolkit_plan = gpu_stack.plan_toolkit(host.data, driver) if toolkit else None
+        torch_plan = gpu_stack.plan_torch(host.data, driver, facts["os"]) if torch else None
+    except gpu_stack.GpuStackError as error:
+        refuse(component, error)
+        return None
+    return gpu_stack.StackPlan(driver, toolkit_plan, torch_plan)

@@ -1,0 +1,32 @@
+"""
+Facts about the PyTorch install: the torch version inside a virtual environment.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import FactBase
+
+__all__ = ["TorchVersion"]
+
+_SCRIPT = 'import importlib.metadata as m; print(m.version("torch"))'
+
+
+class TorchVersion(FactBase[str | None]):
+    """
+    Returns the version of the ``torch`` distribution installed for a Python interpreter
+    (a virtual environment's ``bin/python``), with its local label: ``"2.9.1+cu130"``. None
+    when the interpreter or torch is missing. Reads the package metadata only, so it does not
+    import torch (no GPU or driver needed).
+    """
+
+    def command(self, python: str) -> str:
+        quoted = shlex.quote(python)
+        return f"if [ -x {quoted} ]; then {quoted} -c {shlex.quote(_SCRIPT)} 2>/dev/null; fi; true"
+
+    def process(self, output: list[str]) -> str | None:
+        for line in output:
+            if line.strip():
+                return line.strip()
+        return None

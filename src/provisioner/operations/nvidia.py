@@ -1,0 +1,749 @@
+"""
+Operations of the NVIDIA GPU stack: repository and signing key, driver branch lock, driver
+packages and holds, nouveau, Fabric Manager, services, the reboot that loads the module, and
+the CUDA toolkit's PATH.
+
+Every operation takes the distro key of ``data/distros.toml`` (``debian12``, ``rhel9``, ...)
+and looks up what differs there; none reads host data. Each takes ``skip``: a reason to do
+nothing (a CPU-only host), so that every host runs the same sequence of operations (pyinfra's
+API mode pairs operations across hosts by their order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import time
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from io import StringIO
+from typing import Any
+
+import gevent
+import jinja2
+from pyinfra import host, logger, state
+from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.connectors.local import LocalConnector
+from pyinfra.facts.apt import AptSources
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.server import Which
+from pyinfra.operations import apt, dnf, files, server, systemd
+
+from provisioner import gpu_stack
+from provisioner.facts.gpu import NvidiaSmi
+from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
+
+NOUVEAU_BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
+CUDA_PROFILE = "/etc/profile.d/cuda.sh"
+REPO_NAME = "nvidia-cuda"
+CONTRIB_SOURCES = "provisioner-distro-components"
+HEADERS_REPO_NAME = "provisioner-kernel-headers"
+# after a reboot, how long the module may take to appear before the host is failed
+MODULE_SETTLE_SECONDS = 60
+MODULE_SETTLE_INTERVAL = 5
+DRIVER_CHANGED = "the driver packages changed in this run"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _render(template: str, **values: Any) -> str:
+    """Render ``templates/gpu/<template>`` (jinja2, undefined names are errors). The text is
+    read through importlib.resources, so that this works from a zipped package too."""
+    text = (resources.files("provisioner") / "templates" / "gpu" / template).read_text("utf-8")
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+    return env.from_string(text).render(**values)
+
+
+def _command(parts: Sequence[str], *args: str) -> StringCommand:
+    return StringCommand(*parts, *(QuoteString(arg) for arg in args))
+
+
+def _install(
+    target: gpu_stack.Distro, packages: Sequence[str], replace_held: bool = False
+) -> Iterator[StringCommand]:
+    """Refresh the package lists (apt), then install ``packages``."""
+    family = target.family
+    if family.update:
+        yield _command(family.update)
+    flags = family.replace_held if replace_held else ()
+    yield _command((*family.install, *flags), *packages)
+
+
+def _versioned(target: gpu_stack.Distro, package: str, version: str | None) -> str:
+    return f"{package}{target.family.version_separator}{version}" if version else package
+
+
+def _executing() -> bool:
+    return bool(state.is_executing)
+
+
+def _module_state(target: gpu_stack.Distro) -> tuple[gpu_stack.InstalledDriver, Any, Any]:
+    installed = gpu_stack.installed_driver(target, host.get_fact(GpuStackPackages))
+    return installed, host.get_fact(NvidiaKernelModule), host.get_fact(NvidiaSmi)
+
+
+# --- repository ------------------------------------------------------------------------------
+
+
+def _key_ok(current: dict[str, Any], sha256: str | None, fingerprint: str | None) -> bool:
+    if not current.get("exists"):
+        return False
+    if sha256 and current.get("sha256") != sha256:
+        return False
+    return not fingerprint or current.get("fingerprints") == [fingerprint]
+
+
+def key_script(
+    target: gpu_stack.Distro,
+    url: str,
+    path: str,
+    sha256: str | None,
+    fingerprint: str | None,
+    strip_version: bool,
+) -> str:
+    """The shell script that fetches a signing key into a temporary file, checks it, and only
+    then installs it at ``path``: a key that fails its check never reaches the keyring."""
+    tmp = '"$d/key"'
+    fetch = " ".join(
+        tmp if arg == "{dest}" else shlex.quote(url) if arg == "{url}" else shlex.quote(arg)
+        for arg in target.family.fetch
+    )
+    steps = ["set -e", "d=$(mktemp -d)", "trap 'rm -rf \"$d\"' EXIT", fetch]
+    if strip_version:
+        steps.append(f"sed -i '/^Version/d' {tmp}")
+    if sha256:
+        message = shlex.quote(f"{url}: the key's sha256 is not the pinned {sha256}")
+        steps.append(
+            f"printf '%s  %s\\n' {sha256} {tmp} | sha256sum -c --status - "
+            f"|| {{ echo {message} >&2; exit 1; }}"
+        )
+    if fingerprint:
+        message = shlex.quote(f"{url}: the key's fingerprint is not the pinned {fingerprint}")
+        steps.append('mkdir -m 700 "$d/g"')
+        steps.append(
+            f'f=$(GNUPGHOME="$d/g" gpg --batch --quiet --show-keys --with-colons {tmp} '
+            '2>/dev/null | awk -F: \'$1=="pub"{n++; p=1; next} $1=="fpr" && p {f=$10; p=0} '
+            "END{if (n==1) print tolower(f)}')"
+        )
+        steps.append(f'[ "$f" = {fingerprint} ] || {{ echo {message} >&2; exit 1; }}')
+    steps.append(f"install -D -m 0644 {tmp} {shlex.quote(path)}")
+    return "; ".join(steps)
+
+
+@operation()
+def repo_key(
+    distro: str,
+    url: str,
+    path: str,
+    sha256: str | None = None,
+    fingerprint: str | None = None,
+    strip_version: bool = False,
+    skip: str | None = None,
+):
+    """
+    Install a repository signing key, checked against a pinned sha256 and/or fingerprint.
+
+    + distro: distro key of ``data/distros.toml``
+    + url: where the key is fetched from (with the package manager's own transport on apt)
+    + path: where the key goes (referenced by ``signed-by`` / ``gpgkey``)
+    + sha256: sha256 the key file must have
+    + fingerprint: OpenPGP fingerprint the key must have (checked with gpg, installed first)
+    + strip_version: drop the armor's ``Version`` header before the sha256 (NVIDIA's own check)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.repo_key(
+            name="NVIDIA repository key",
+            distro="debian12",
+            url="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/3bf863cc.pub",
+            path="/etc/apt/keyrings/nvidia-cuda.asc",
+            fingerprint="eb693b3035cd5710e231e123a4b469963bf863cc",
+        )
+    """
+    if skip:
+        host.noop(f"repository key: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    current = host.get_fact(RepoKey, path=path)
+    if _key_ok(current, sha256, fingerprint):
+        host.noop(f"repository key {path} is in place and matches its pin")
+        return
+    if fingerprint and not current.get("gpg"):
+        yield from _install(target, [target.family.gpg_package])
+    yield key_script(target, url, path, sha256, fingerprint, strip_version)
+
+
+def _apt_repository(target: gpu_stack.Distro, url: str, key_path: str) -> Iterator[Any]:
+    yield from apt.sources_file._inner(
+        filename=REPO_NAME, types=["deb"], uris=[url], suites=["/"], signed_by=key_path
+    )
+
+
+def _dnf_repository(target: gpu_stack.Distro, url: str, key_path: str) -> Iterator[Any]:
+    yield from dnf.repo._inner(
+        src=REPO_NAME,
+        baseurl=url.rstrip("/"),
+        description="NVIDIA CUDA repository (provisioner)",
+        gpgcheck=True,
+        gpgkey=f"file://{key_path}",
+    )
+
+
+_REPOSITORY = {"apt": _apt_repository, "dnf": _dnf_repository}
+
+
+@operation()
+def repository(distro: str, url: str, key_path: str, skip: str | None = None):
+    """
+    Configure NVIDIA's CUDA repository, signed by the key at ``key_path``: a deb822 source
+    (``/etc/apt/sources.list.d/nvidia-cuda.sources``, ``Signed-By``) or a dnf ``.repo`` file
+    with ``gpgcheck``.
+
+    + distro: distro key of ``data/distros.toml``
+    + url: the repository, e.g. ``.../compute/cuda/repos/debian12/x86_64/``
+    + key_path: the signing key installed by ``nvidia.repo_key``
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.repository(
+            name="NVIDIA CUDA repository",
+            distro="ubuntu2404",
+            url="https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/",
+            key_path="/etc/apt/keyrings/nvidia-cuda.asc",
+        )
+    """
+    if skip:
+        host.noop(f"NVIDIA repository: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    yield from _REPOSITORY[target.family.name](target, url, key_path)
+
+
+@operation()
+def distro_components(
+    components: Sequence[str], exclude_urls: Sequence[str] = (), skip: str | None = None
+):
+    """
+    Enable the archive components the NVIDIA packages need (Debian: ``contrib``) next to
+    every enabled ``main`` source, in a deb822 file of its own; the operator's files stay as
+    they are.
+
+    + components: the components (``distros.toml`` ``extra_components``, or host data)
+    + exclude_urls: sources to leave alone (the NVIDIA repository, a headers mirror)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.distro_components(name="Debian contrib", components=["contrib"])
+    """
+    if skip:
+        host.noop(f"distro components: skipped, {skip}")
+        return
+    if not components:
+        host.noop("no extra archive components needed")
+        return
+    sources = host.get_fact(AptSources) or []
+    have: dict[tuple[str, str], set[str]] = {}
+    signed: dict[tuple[str, str], str] = {}
+    for repo in sources:  # AptRepo objects, which also read like dicts
+        if repo["type"] != "deb" or repo["url"] in exclude_urls:
+            continue
+        pair = (repo["url"], repo["distribution"])
+        have.setdefault(pair, set()).update(repo["components"])
+        by = (repo["options"] or {}).get("signed-by")
+        if isinstance(by, str) and pair not in signed:
+            signed[pair] = by
+    wanted = tuple(components)
+    missing = sorted(
+        pair for pair, comps in have.items() if "main" in comps and not set(wanted) <= comps
+    )
+    if not missing:
+        host.noop(f"archive components {', '.join(wanted)} are enabled")
+        return
+    stanzas: dict[tuple[str, str], list[str]] = {}
+    for url, suite in missing:
+        stanzas.setdefault((url, signed.get((url, suite), "")), []).append(suite)
+    text = "# Managed by provisioner: archive components the NVIDIA packages need.\n"
+    for (url, by), suites in sorted(stanzas.items()):
+        text += f"\nTypes: deb\nURIs: {url}\nSuites: {' '.join(suites)}\n"
+        text += f"Components: {' '.join(wanted)}\n"
+        text += f"Signed-By: {by}\n" if by else ""
+    yield from files.put._inner(
+        src=StringIO(text), dest=f"/etc/apt/sources.list.d/{CONTRIB_SOURCES}.sources", mode="644"
+    )
+
+
+@operation()
+def headers_repository(distro: str, url: str | None, codename: str = "", skip: str | None = None):
+    """
+    Add an extra repository that carries the running kernel's headers (an internal mirror or a
+    snapshot), signed by the distro archive's own key. Nothing when ``url`` is unset.
+
+    + distro: distro key of ``data/distros.toml``
+    + url: the repository (apt: ``<url> <codename> main``; dnf: the baseurl)
+    + codename: the release codename (apt)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.headers_repository(
+            name="Kernel headers mirror",
+            distro="debian12",
+            url="http://mirror.example/debian",
+            codename="bookworm",
+        )
+    """
+    if skip or not url:
+        host.noop(f"kernel headers repository: {skip or 'the distro repositories are used'}")
+        return
+    target = gpu_stack.distro(distro)
+    if target.family.name == "apt":
+        yield from apt.sources_file._inner(
+            filename=HEADERS_REPO_NAME,
+            uris=[url],
+            suites=[codename],
+            components=["main"],
+            signed_by=target.archive_keyring or None,
+        )
+    else:
+        yield from dnf.repo._inner(
+            src=HEADERS_REPO_NAME,
+            baseurl=url,
+            description="Kernel headers (provisioner)",
+            gpgcheck=True,
+            gpgkey=f"file://{target.archive_keyring}",
+        )
+
+
+# --- packages --------------------------------------------------------------------------------
+
+
+@operation()
+def packages(distro: str, packages: Sequence[str], skip: str | None = None):
+    """
+    Install packages with the distro's package manager (apt: package lists refreshed first);
+    nothing when all are installed. A package may be given as ``name-version.arch`` as well
+    (``kernel-devel-$(uname -r)`` on EL).
+
+    + distro: distro key of ``data/distros.toml``
+    + packages: the packages
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.packages(
+            name="Kernel headers",
+            distro="debian12",
+            packages=["linux-headers-6.1.0-28-amd64"],
+        )
+    """
+    if skip:
+        host.noop(f"packages {', '.join(packages)}: skipped, {skip}")
+        return
+    if not packages:
+        host.noop("no packages to install")
+        return
+    target = gpu_stack.distro(distro)
+    installed = host.get_fact(GpuStackPackages)
+    missing = [p for p in packages if not gpu_stack.is_installed(installed, p)]
+    if not missing:
+        host.noop(f"{', '.join(packages)} installed")
+        return
+    yield from _install(target, missing)
+
+
+@operation()
+def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None):
+    """
+    Lock the driver to one branch the way NVIDIA documents it for the distro: install
+    ``nvidia-driver-pinning-<branch>`` before the driver (apt), or enable the
+    ``nvidia-driver:<branch>-open|dkms`` module stream (EL).
+
+    + distro: distro key of ``data/distros.toml``
+    + branch: driver branch, e.g. ``"580"``
+    + flavour: ``open`` or ``proprietary`` (picks the EL module stream)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.branch_lock(name="Lock branch 580", distro="debian12", branch="580", flavour="open")
+    """
+    if skip:
+        host.noop(f"driver branch lock: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    installed = host.get_fact(GpuStackPackages)
+    if target.branch_lock == "module-stream":
+        stream = target.stream(branch, flavour)
+        module, _, wanted = stream.partition(":")
+        current = installed.get("stream")
+        if current == wanted:
+            host.noop(f"dnf module stream {stream} is enabled")
+            return
+        if current:
+            yield StringCommand("dnf", "module", "reset", "-y", QuoteString(module))
+        yield StringCommand("dnf", "module", "enable", "-y", QuoteString(stream))
+        return
+    wanted = target.pinning(branch)
+    others = [
+        p["name"]
+        for p in gpu_stack.find_packages(installed, [target.pinning("*")])
+        if p["name"] != wanted
+    ]
+    if gpu_stack.is_installed(installed, wanted) and not others:
+        host.noop(f"{wanted} is installed")
+        return
+    if others:  # another branch was pinned: the caller allowed the change
+        yield _command(target.family.remove, *others)
+    if not gpu_stack.is_installed(installed, wanted):
+        yield from _install(target, [wanted])
+
+
+@operation()
+def driver(
+    distro: str,
+    branch: str,
+    flavour: str,
+    version: str | None = None,
+    skip: str | None = None,
+):
+    """
+    Install the NVIDIA driver of one branch and kernel-module flavour (``nvidia-open`` or
+    ``cuda-drivers``), upgrade it to ``version`` when that is given, or replace a driver of
+    another branch or flavour (the deploy refuses that unless the operator allowed it).
+
+    + distro: distro key of ``data/distros.toml``
+    + branch: driver branch, e.g. ``"580"``
+    + flavour: ``open`` (Turing and newer) or ``proprietary``
+    + version: exact package version; None: the newest of the branch, or the installed one
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.driver(name="NVIDIA driver", distro="debian12", branch="580", flavour="open")
+    """
+    if skip:
+        host.noop(f"NVIDIA driver: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    installed_fact = host.get_fact(GpuStackPackages)
+    current = gpu_stack.installed_driver(target, installed_fact)
+    meta = target.driver_meta[flavour]
+    if current.version is None:
+        yield from _install(target, [_versioned(target, meta, version)])
+        return
+    same = current.flavour == flavour and gpu_stack.branch_of(current.version) == branch
+    if same and (version is None or current.version.split(":", 1)[-1] == version):
+        if gpu_stack.is_installed(installed_fact, meta):
+            host.noop(f"NVIDIA driver {current.version} ({flavour} kernel modules) is installed")
+            return
+        # the kernel module is there without its meta package: add it at the same version
+        version = current.version.split(":", 1)[-1]
+    if target.family.unhold_before_replace and installed_fact.get("locks"):
+        yield _command(target.family.unhold, *installed_fact["locks"])
+    yield from _install(target, [_versioned(target, meta, version)], replace_held=True)
+
+
+@operation()
+def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip: str | None = None):
+    """
+    Install Fabric Manager at exactly the installed driver's version, on NVSwitch systems only
+    (elsewhere it fails to start: ``NV_WARN_NOTHING_TO_DO``).
+
+    + distro: distro key of ``data/distros.toml``
+    + nvswitch: whether the host has NVSwitch bridges (PCI class 0680)
+    + version: the driver version to expect when no driver is installed yet
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.fabricmanager(name="Fabric Manager", distro="ubuntu2204", nvswitch=True)
+    """
+    if skip:
+        host.noop(f"Fabric Manager: skipped, {skip}")
+        return
+    if not nvswitch:
+        host.noop("Fabric Manager: not an NVSwitch system")
+        return
+    target = gpu_stack.distro(distro)
+    installed_fact = host.get_fact(GpuStackPackages)
+    driver_version = gpu_stack.installed_driver(target, installed_fact).version or version
+    if driver_version:
+        driver_version = driver_version.split(":", 1)[-1]
+    present = gpu_stack.find_packages(installed_fact, [target.fabricmanager])
+    if present and driver_version and present[0]["version"].split(":", 1)[-1] == driver_version:
+        host.noop(f"{target.fabricmanager} {driver_version} is installed (the driver's version)")
+        return
+    locks = installed_fact.get("locks", [])
+    if present and target.family.unhold_before_replace and target.fabricmanager in locks:
+        yield _command(target.family.unhold, target.fabricmanager)
+    yield from _install(
+        target,
+        [_versioned(target, target.fabricmanager, driver_version)],
+        replace_held=bool(present),
+    )
+
+
+@operation()
+def hold(distro: str, skip: str | None = None):
+    """
+    Hold every installed driver package (``apt-mark hold`` / ``dnf versionlock``), so that no
+    upgrade replaces the user space under the loaded kernel module (NVML "Driver/library
+    version mismatch"). The branch lock keeps a requested upgrade within the branch.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.hold(name="Hold the driver packages", distro="debian12")
+    """
+    if skip:
+        host.noop(f"driver package holds: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    installed_fact = host.get_fact(GpuStackPackages)
+    unheld = gpu_stack.packages_to_hold(target, installed_fact)
+    if not unheld:
+        host.noop("the driver packages are held")
+        return
+    stale = [name for name in unheld if name in installed_fact.get("locks", [])]
+    if stale:  # a versionlock for another version of these packages
+        yield _command(target.family.unhold, *stale)
+    yield _command(target.family.hold, *unheld)
+
+
+# --- kernel module ---------------------------------------------------------------------------
+
+
+@operation()
+def blacklist_nouveau(distro: str, skip: str | None = None):
+    """
+    Blacklist nouveau in ``/etc/modprobe.d`` and rebuild the initramfs when that file changed
+    (``update-initramfs -u`` / ``dracut -f``); without the rebuild tool (a container) the
+    rebuild is skipped with a message.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.blacklist_nouveau(name="Blacklist nouveau", distro="debian12")
+    """
+    if skip:
+        host.noop(f"nouveau blacklist: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    content = _render("blacklist-nouveau.conf.j2")
+    ops = list(files.put._inner(src=StringIO(content), dest=NOUVEAU_BLACKLIST, mode="644"))
+    if not ops:
+        host.noop(f"{NOUVEAU_BLACKLIST} is in place")
+        return
+    changed_content = host.get_fact(Sha1File, path=NOUVEAU_BLACKLIST) != _sha1(content)
+    yield from ops
+    if not changed_content:
+        return  # only the mode changed
+    tool = target.initramfs[0]
+    if host.get_fact(Which, command=tool):
+        yield StringCommand(*target.initramfs)
+    elif _executing():
+        host.log_styled(
+            f"{tool} not found: the initramfs was not rebuilt (nouveau stays off after a reboot "
+            "only where the initramfs does not load it)",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | None:
+    """After a reboot: what is wrong with the running module, waiting up to ``settle_seconds``
+    for it to come right (None: all right)."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        installed, module, smi = _module_state(target)
+        problem = gpu_stack.module_problem(installed, module, smi)
+        if problem is None or time.monotonic() >= deadline:
+            return problem
+        gevent.sleep(MODULE_SETTLE_INTERVAL)
+
+
+def fail_host(message: str) -> FunctionCommand:
+    """A command that fails the host with ``message`` (logged in red)."""
+
+    def refuse(state: Any, host: Any, message: str) -> bool:
+        host.log_styled(message, fg="red", log_func=logger.error)
+        return False
+
+    return FunctionCommand(refuse, (message,), {})
+
+
+@operation()
+def reboot_if_needed(
+    distro: str,
+    reboot: bool = True,
+    changed: Sequence[OperationMeta] = (),
+    reboot_timeout: int = 900,
+    settle_seconds: int = MODULE_SETTLE_SECONDS,
+    marker: str = gpu_stack.REBOOT_MARKER,
+    skip: str | None = None,
+):
+    """
+    Reboot when the kernel module that runs is not the one installed: the driver packages
+    changed in this run (``changed``), the loaded module's version differs from the installed
+    driver, no module is loaded, nvidia-smi reports a driver/library mismatch, or nouveau is
+    loaded. After the reboot the module is checked again and the host fails with the reason if
+    it is still wrong. With ``reboot=False`` the host is reported as pending reboot instead: a
+    warning and the marker file ``/var/lib/provisioner/reboot-required`` with the reasons; the
+    same on ``@local`` (pyinfra cannot reboot the machine it runs on). Batches follow pyinfra's
+    ``--serial`` / ``--parallel N``.
+
+    + distro: distro key of ``data/distros.toml``
+    + reboot: whether rebooting is allowed
+    + changed: operations whose change requires a reboot (the driver's)
+    + reboot_timeout: seconds to wait for the host to come back
+    + settle_seconds: seconds the module may take to show up after the reboot
+    + marker: the pending-reboot marker file
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        installed = nvidia.driver(distro="debian12", branch="580", flavour="open")
+        nvidia.reboot_if_needed(
+            name="Reboot into the driver", distro="debian12", changed=[installed]
+        )
+    """
+    if skip:
+        host.noop(f"reboot: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    driver_changed = any(op.did_change() if op.is_complete() else op.will_change for op in changed)
+    installed, module, smi = _module_state(target)
+    found = gpu_stack.reboot_reasons(installed, module, smi)
+    reasons = ([DRIVER_CHANGED] if driver_changed else []) + found
+    marker_present = bool(host.get_fact(File, path=marker))
+    if not reasons:
+        if marker_present:
+            yield from files.file._inner(path=marker, present=False)
+        else:
+            host.noop("the installed NVIDIA module is the one loaded: no reboot needed")
+        return
+    why_not = None if reboot else "nvidia_reboot is false"
+    if isinstance(getattr(host, "connector", None), LocalConnector):
+        why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
+    if why_not:
+        if _executing():
+            host.log_styled(
+                f"PENDING REBOOT ({why_not}): {'; '.join(reasons)}",
+                fg="yellow",
+                log_func=logger.warning,
+            )
+        # what the host itself shows, so that the marker stays the same until the reboot
+        text = _render("reboot-required.j2", reasons=found or reasons)
+        yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
+        return
+    if _executing():
+        host.log_styled(f"rebooting: {'; '.join(reasons)}", log_func=logger.info)
+    yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
+    if _executing():
+        problem = _wait_for_module(target, settle_seconds)
+        if problem:
+            yield fail_host(f"after the reboot the NVIDIA kernel module is not right: {problem}")
+            return
+    if marker_present:
+        yield from files.file._inner(path=marker, present=False)
+
+
+@operation()
+def driver_service(
+    service: str,
+    distro: str,
+    needs_module: bool = True,
+    skip: str | None = None,
+):
+    """
+    Enable a driver service (``nvidia-persistenced``, ``nvidia-fabricmanager``) and start it
+    once the NVIDIA kernel module is loaded; before that (a pending reboot) it is only enabled,
+    as it cannot start without the module.
+
+    + service: the systemd unit
+    + distro: distro key of ``data/distros.toml``
+    + needs_module: start it only while the module is loaded
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.driver_service(
+            name="Persistence daemon", service="nvidia-persistenced", distro="debian12"
+        )
+    """
+    if skip:
+        host.noop(f"{service}: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    running: bool | None = True
+    if needs_module:
+        installed, module, smi = _module_state(target)
+        if gpu_stack.loaded_module_version(module, smi) is None:
+            running = None  # leave it alone until the module is loaded
+            host.noop(f"{service}: enabled only, it starts once the NVIDIA module is loaded")
+    yield from systemd.service._inner(service=service, running=running, enabled=True)
+
+
+# --- CUDA toolkit ----------------------------------------------------------------------------
+
+
+@operation()
+def toolkit_path(version: str, bin_dir: str, path: str = CUDA_PROFILE, skip: str | None = None):
+    """
+    Put a CUDA toolkit's ``bin`` directory on PATH for login shells (``/etc/profile.d``).
+
+    + version: the toolkit's version, e.g. ``"13.0"``
+    + bin_dir: its ``bin`` directory, e.g. ``/usr/local/cuda-13.0/bin``
+    + path: the profile script
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.toolkit_path(name="CUDA on PATH", version="13.0", bin_dir="/usr/local/cuda-13.0/bin")
+    """
+    if skip:
+        host.noop(f"CUDA toolkit PATH: skipped, {skip}")
+        return
+    text = _render("cuda-profile.sh.j2", version=version, bin_dir=bin_dir)
+    yield from files.put._inner(src=StringIO(text), dest=path, mode="644")

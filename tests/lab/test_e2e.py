@@ -1,0 +1,199 @@
+"""End to end on the lab: apply → verify → converged re-apply → model update → broken on purpose.
+
+The tests of this module run in order and share one lab (the session `lab` fixture): each step
+builds on the state the previous one left, as an operator's day would. Every step asserts its
+result; nothing is only printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.doubles.ollama.registry import fetch_manifest, push_model
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY = "http://169.254.100.1:5000"
+
+
+def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
+    """Run the real CLI; return (exit code, parsed JSON stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", *args, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        payload = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except json.JSONDecodeError:
+        payload = None
+    return proc.returncode, payload, proc.stderr + proc.stdout[-4000:] * (payload is None)
+
+
+def failing_checks(report: dict, host: str) -> dict[str, str]:
+    return {
+        f"{c['layer']}/{c['check']}": c["message"]
+        for c in report["hosts"][host]["checks"]
+        if c["status"] in ("fail", "error")
+    }
+
+
+@pytest.fixture(scope="module")
+def applied(lab):
+    """The first `provision apply` of the whole stack on every lab host."""
+    code, result, err = provision("apply", str(lab.inventory))
+    assert result is not None, err
+    return code, result, err
+
+
+def test_first_apply_provisions_every_host(lab, applied):
+    code, result, err = applied
+    assert code == 0, err
+    assert result["failed_hosts"] == []
+    assert set(result["hosts"]) == set(lab.hosts)
+    for host, run in result["hosts"].items():
+        assert run["status"] == "changed", (host, run)
+
+
+def test_gpu_hosts_came_back_from_the_driver_reboot_with_the_module_loaded(lab, applied):
+    code, facts, err = provision("facts", str(lab.inventory))
+    assert code == 0, err
+    for name in lab.hosts:
+        spec = lab.info["hosts"][name]
+        host = facts["hosts"][name]
+        if spec["gpus"]:
+            assert host["gpu_state"] == "ok", (name, host)
+            assert host["driver_version"].startswith("580.")
+            assert [g["memory_total_mib"] for g in host["gpus"]] == [
+                g["memory_total_mib"] for g in spec["gpus"]
+            ]
+        else:
+            assert host["gpu_state"] == "no-gpu", (name, host)
+
+
+def test_verify_passes_on_every_host(lab, applied):
+    junit = Path(os.environ.get("LAB_JUNIT_DIR", "/tmp")) / "provisioner-lab-verify.xml"
+    code, report, err = provision("verify", str(lab.inventory), "--junit", str(junit))
+    assert report is not None, err
+    problems = {h: failing_checks(report, h) for h in report["hosts"]}
+    assert code == 0 and not any(problems.values()), problems
+    assert all(report["hosts"][h]["status"] == "pass" for h in lab.hosts)
+    assert junit.exists() and 'failures="0"' in junit.read_text()
+
+
+def test_second_apply_changes_nothing(lab, applied):
+    code, result, err = provision("apply", str(lab.inventory))
+    assert code == 0, err
+    changed = {h: r["changed"] for h, r in result["hosts"].items() if r["changed"]}
+    assert changed == {}, changed
+
+
+def test_dry_run_shows_no_change_on_a_converged_fleet(lab, applied):
+    code, result, err = provision("apply", str(lab.inventory), "--dry")
+    assert code == 0, err
+    assert result["dry"] is True
+    assert all(r["changed"] == [] for r in result["hosts"].values()), result
+
+
+def test_models_update_picks_up_a_re_pushed_tag(lab, applied):
+    before, _ = fetch_manifest(REGISTRY, "library/llama3.2", "3b")
+    after = push_model(REGISTRY, "library/llama3.2", "3b", seed="llama3.2:3b republished")
+    assert after != before
+    code, result, err = provision("models", "update", str(lab.inventory))
+    assert code == 0, err
+    holders = [h for h in lab.hosts if h in ("gpu1", "gpu3")]
+    assert holders, "gpu1 and gpu3 serve llama3.2:3b; neither is in the lab"
+    for host in holders:
+        run = result["hosts"][host]
+        assert [c["action"] for c in run["changes"] if c["model"] == "llama3.2:3b"] == ["updated"]
+        assert run["models"]["llama3.2:3b"].removeprefix("sha256:") == after.removeprefix("sha256:")
+    for host in set(lab.hosts) - set(holders):
+        assert result["hosts"][host]["changes"] == [], host
+    code, result, err = provision("models", "update", str(lab.inventory))
+    assert code == 0, err
+    assert all(h["changes"] == [] for h in result["hosts"].values()), result
+
+
+# --- broken on purpose: verify names the broken layer on each host --------------------------
+
+
+def test_verify_names_each_broken_layer(lab, applied):
+    gpu_hosts = [h for h in lab.hosts if lab.info["hosts"][h]["gpus"]]
+    broken: dict[str, str] = {}
+    if "gpu3" in lab.hosts:
+        lab.set_state("gpu3", "driver-mismatch")
+        broken["gpu3"] = "driver/"
+    if "gpu1" in lab.hosts:
+        lab.ssh("gpu1", "systemctl stop ollama")
+        broken["gpu1"] = "ollama/service"
+    if "gpu2" in lab.hosts:
+        lab.ssh("gpu2", "rm -rf /opt/provisioner/torch-venv")
+        broken["gpu2"] = "pytorch/"
+    if "cpu1" in lab.hosts:
+        lab.ssh(
+            "cpu1",
+            'curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d \'{"model": "llama3.2:1b"}\'',
+        )
+        broken["cpu1"] = "ollama/models_present"
+    assert broken, f"no lab host to break among {lab.hosts} ({gpu_hosts})"
+    code, report, err = provision("verify", str(lab.inventory))
+    assert code == 1, err
+    for host, layer in broken.items():
+        failures = failing_checks(report, host)
+        assert any(key.startswith(layer) for key in failures), (host, failures)
+    assert "Driver/library version mismatch" in " ".join(failing_checks(report, "gpu3").values())
+    assert "llama3.2:1b" in " ".join(failing_checks(report, "cpu1").values())
+
+
+def test_apply_repairs_the_broken_hosts(lab, applied):
+    code, result, err = provision("apply", str(lab.inventory))
+    assert code == 0, err
+    code, report, err = provision("verify", str(lab.inventory))
+    problems = {h: failing_checks(report, h) for h in report["hosts"]}
+    assert code == 0 and not any(problems.values()), problems
+
+
+def test_ollama_listening_on_all_addresses_fails_verify(lab, applied):
+    host = lab.hosts[0]
+    dropin = "/etc/systemd/system/ollama.service.d/zz-test-exposed.conf"
+    lab.ssh(
+        host,
+        f"printf '[Service]\\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\\n' > {dropin} && "
+        "systemctl daemon-reload && systemctl restart ollama && sleep 1",
+    )
+    try:
+        code, report, err = provision("verify", str(lab.inventory), "--limit", host)
+        assert code == 1, err
+        failures = failing_checks(report, host)
+        assert any("0.0.0.0" in message for message in failures.values()), failures
+        # ... and it is reachable from another lab host, which is what makes it dangerous
+        other = next((h for h in lab.hosts if h != host), None)
+        if other:
+            probe = lab.ssh(
+                other,
+                f"curl -s -m 3 http://{lab.addresses[host]}:11434/api/version",
+                check=False,
+            )
+            assert '"version"' in probe.stdout
+    finally:
+        lab.ssh(host, f"rm -f {dropin} && systemctl daemon-reload && systemctl restart ollama")
+
+
+def test_ollama_on_loopback_is_unreachable_from_another_host(lab, applied):
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, other = lab.hosts[0], lab.hosts[1]
+    lab.ssh(host, "curl -sf http://127.0.0.1:11434/api/version")
+    probe = lab.ssh(other, f"curl -s -m 3 http://{lab.addresses[host]}:11434/", check=False)
+    assert probe.returncode != 0 and "Ollama is running" not in probe.stdout

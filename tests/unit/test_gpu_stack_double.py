@@ -1,0 +1,755 @@
+"""GpuHostDouble: a TEST DOUBLE of a GPU server, as the GPU stack's deploys see it through pyinfra.
+
+The deploy tests run the real deploys (API mode, ``@fake`` hosts) against this double: it answers
+every fact command the stack uses from its state, applies the changing commands to that state
+(package installs with apt/dnf rules, holds, files, services, a reboot that loads the installed
+module) and refuses, loudly, any command it does not know. It is strict where the real thing is:
+a driver installed before its branch pinning, a held package replaced without
+``--allow-change-held-packages``, NVIDIA packages before the repository and an ``apt-get update``,
+Debian's driver without ``contrib``, a key that fails its pin, Fabric Manager at another version
+than the driver, a service started without its kernel module, a reboot without headers (DKMS had
+nothing to build) all fail as they would on a host.
+
+This module also holds the double's own tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pyinfra.connectors.fake import FakeConnector
+from pyinfra.connectors.util import CommandOutput, OutputLine
+
+from provisioner import gpu_stack, nvidia_smi
+from provisioner.facts.gpu import NvidiaPciDevices
+from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
+from provisioner.facts.system import OsInfo
+
+NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
+EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
+
+OS_RELEASE = {
+    "debian11": ["ID=debian", 'VERSION_ID="11"', "VERSION_CODENAME=bullseye"],
+    "debian12": ["ID=debian", 'VERSION_ID="12"', "VERSION_CODENAME=bookworm"],
+    "debian13": ["ID=debian", 'VERSION_ID="13"', "VERSION_CODENAME=trixie"],
+    "ubuntu2204": ["ID=ubuntu", 'VERSION_ID="22.04"', "VERSION_CODENAME=jammy", "ID_LIKE=debian"],
+    "ubuntu2404": ["ID=ubuntu", 'VERSION_ID="24.04"', "VERSION_CODENAME=noble", "ID_LIKE=debian"],
+    "rhel9": ['ID="rhel"', 'VERSION_ID="9.4"', 'ID_LIKE="fedora"'],
+    "rocky9": ['ID="rocky"', 'VERSION_ID="9.4"', 'ID_LIKE="rhel centos fedora"'],
+}
+KERNELS = {
+    "apt": "6.1.0-28-amd64",
+    "dnf": "5.14.0-427.13.1.el9_4.x86_64",
+}
+GPU_CATALOGUE = {  # device id -> (nvidia-smi name, memory MiB, compute capability)
+    "2684": ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
+    "20b2": ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
+    "1eb8": ("Tesla T4", 15360, "7.5"),
+    "2330": ("NVIDIA H100 80GB HBM3", 81559, "9.0"),
+    "15f8": ("Tesla P100-PCIE-16GB", 16280, "6.0"),
+    "2901": ("NVIDIA B200", 183359, "10.0"),
+    "1db4": ("Tesla V100-PCIE-16GB", 16160, "7.0"),
+}
+DEFAULT_DIRS = {
+    "/etc/apt/sources.list.d",
+    "/etc/apt/keyrings",
+    "/etc/modprobe.d",
+    "/etc/profile.d",
+    "/etc/yum.repos.d",
+    "/etc/pki/rpm-gpg",
+    "/opt",
+    "/var/lib",
+}
+
+
+class DoubleError(AssertionError):
+    pass
+
+
+@dataclass
+class ServedKey:
+    """A signing key the double's "network" serves: its fingerprint and sha256 values."""
+
+    fingerprint: str
+    sha256: str
+    sha256_stripped: str
+
+
+@dataclass
+class GpuHostDouble:
+    """TEST DOUBLE of one GPU server (see the module docstring)."""
+
+    distro: str = "debian12"
+    gpus: tuple[str, ...] = ("2684",)
+    nvswitch: str | None = None  # NVSwitch PCI device id, e.g. "1af1"
+    driver_versions: tuple[str, ...] = ("580.105.08", "580.126.09", "590.44.01")
+    toolkits: tuple[str, ...] = ("13.0", "12.8")
+    arch: str = "x86_64"
+    os_release: str | None = None  # another /etc/os-release than the distro's (OS_RELEASE key)
+    sysfs: bool = True  # False: like a container/the lab, no /sys/module/nvidia
+    module_loads: bool = True  # False: the module never loads (e.g. rejected by Secure Boot)
+    initramfs_tool: bool = True
+    nouveau_loaded: bool = False
+    served_keys: dict[str, ServedKey] = field(default_factory=dict)
+    # state
+    packages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locks: dict[str, str] = field(default_factory=dict)
+    stream: str | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=lambda: set(DEFAULT_DIRS))
+    module: str | None = None
+    module_flavour: str | None = None
+    services_enabled: set[str] = field(default_factory=set)
+    services_running: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=lambda: {"root"})
+    owners: dict[str, str] = field(default_factory=dict)  # path -> user (default root)
+    torch: dict[str, str] = field(default_factory=dict)  # venv -> version
+    lists_fresh: bool = False
+    boots: int = 0
+    uptime: int = 5000
+    changes: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.target = gpu_stack.distro(self.distro)
+        self.family = self.target.family.name
+        self.kernel = KERNELS[self.family]
+        key_url_file = self.target.key_file
+        default_key = ServedKey(NVIDIA_FINGERPRINT, "0" * 64, EL_KEY_SHA256_STRIPPED)
+        for arch in ("x86_64", "sbsa"):
+            url = (
+                "https://developer.download.nvidia.com/compute/cuda/repos/"
+                f"{self.target.repo_path}/{arch}/{key_url_file}"
+            )
+            self.served_keys.setdefault(url, default_key)
+        if self.family == "apt":
+            self.files.setdefault(
+                "/etc/apt/sources.list.d/debian.sources",
+                {
+                    "content": (
+                        "Types: deb\nURIs: http://deb.debian.org/debian\n"
+                        "Suites: bookworm bookworm-updates\nComponents: main\n"
+                        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+                    ),
+                    "sha256": None,
+                    "mode": 0o644,
+                },
+            )
+
+    # --- the "repository" ------------------------------------------------------------------
+
+    def pkg_version(self, upstream: str) -> str:
+        return f"3:{upstream}-1.el9" if self.family == "dnf" else f"{upstream}-1"
+
+    def catalogue(self) -> dict[str, dict[str, Any]]:
+        """Every package the double's repositories carry: versions, dependencies, and
+        whether it comes from NVIDIA's repository."""
+        t = self.target
+        driver = [self.pkg_version(v) for v in self.driver_versions]
+        cat: dict[str, dict[str, Any]] = {}
+        for flavour in gpu_stack.FLAVOURS:
+            kmod = t.kernel_module[flavour][0]
+            cat[t.driver_meta[flavour]] = {"versions": driver, "deps": [kmod, "nvidia-driver"]}
+            cat[kmod] = {"versions": driver, "deps": [], "flavour": flavour}
+        cat["nvidia-driver"] = {"versions": driver, "deps": []}
+        cat[t.fabricmanager] = {"versions": driver, "deps": [], "fabricmanager": True}
+        for branch in {v.split(".")[0] for v in self.driver_versions}:
+            if t.pinning_package:
+                cat[t.pinning(branch)] = {"versions": [self.pkg_version(f"{branch}.0")], "deps": []}
+        for series in self.toolkits:
+            name = t.toolkit_package.format(major=series.split(".")[0], minor=series.split(".")[1])
+            cat[name] = {"versions": [self.pkg_version(f"{series}.1")], "deps": []}
+        for entry in cat.values():
+            entry["nvidia"] = True
+        for name in (
+            "gpg",
+            "gnupg2",
+            "python3-venv",
+            "python3-dnf-plugin-versionlock",
+            "epel-release",
+        ):
+            cat[name] = {"versions": ["1.0-1"], "deps": [], "nvidia": False}
+        if self.family == "apt":
+            cat[f"linux-headers-{self.kernel}"] = {
+                "versions": ["6.1.0-1"],
+                "deps": [],
+                "nvidia": False,
+            }
+        else:
+            cat["kernel-devel"] = {
+                "versions": [self.kernel.rsplit(".", 1)[0]],
+                "deps": [],
+                "nvidia": False,
+            }
+        return cat
+
+    def branch_allowed(self, name: str, version: str) -> bool:
+        """The branch lock: pinning package (apt) or module stream (dnf)."""
+        meta = self.catalogue()[name]
+        if "flavour" not in meta and name not in self.target.driver_meta.values():
+            if name not in ("nvidia-driver", self.target.fabricmanager):
+                return True
+        branch = gpu_stack.branch_of(version)
+        if self.family == "dnf":
+            if not self.stream:
+                return False
+            stream_branch, _, kind = self.stream.partition("-")
+            flavour = meta.get("flavour")
+            if name == self.target.driver_meta["open"]:
+                flavour = "open"
+            elif name == self.target.driver_meta["proprietary"]:
+                flavour = "proprietary"
+            if flavour and self.target.stream_suffix[flavour] != kind:
+                return False
+            return stream_branch == branch
+        pins = [n for n in self.packages if n.startswith("nvidia-driver-pinning-")]
+        return not pins or any(n.endswith(branch) for n in pins)  # unpinned: any branch
+
+    # --- package manager -------------------------------------------------------------------
+
+    def _resolve(self, spec: str) -> tuple[str, str | None]:
+        if self.family == "apt":
+            name, _, version = spec.partition("=")
+            return name, version or None
+        if spec in self.catalogue():
+            return spec, None
+        for name, meta in self.catalogue().items():
+            for version in meta["versions"]:
+                plain = version.split(":", 1)[-1]
+                if spec in (f"{name}-{version}", f"{name}-{plain}", f"{name}-{plain}.x86_64"):
+                    return name, version
+                if spec == f"{name}-{gpu_stack.package_version(version)}":
+                    return name, version
+        raise DoubleError(f"no package matches {spec!r}")
+
+    def install(self, specs: list[str], replace_held: bool) -> None:
+        cat = self.catalogue()
+        todo: list[tuple[str, str]] = []
+        pending = [self._resolve(spec) for spec in specs]
+        seen = set()
+        while pending:
+            name, version = pending.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            if name not in cat:
+                raise DoubleError(f"E: Unable to locate package {name}")
+            meta = cat[name]
+            if meta["nvidia"]:
+                self._need_repository()
+            if version is None:
+                candidates = [v for v in meta["versions"] if self.branch_allowed(name, v)]
+                if not candidates:
+                    raise DoubleError(f"{name}: no version allowed by the branch lock")
+                current = self.packages.get(name, {}).get("version")
+                version = current if current in candidates else candidates[-1]
+            elif version not in meta["versions"]:
+                raise DoubleError(f"{name}: version {version} not in the repository")
+            elif not self.branch_allowed(name, version):
+                raise DoubleError(f"{name}={version} is outside the branch lock")
+            todo.append((name, version))
+            for dep in meta["deps"]:
+                pending.append((dep, version))
+        for name, version in todo:
+            meta = cat[name]
+            if meta.get("fabricmanager"):
+                driver = self.packages.get("nvidia-driver", {}).get("version")
+                if (
+                    not any(v == version for n, v in todo if n == "nvidia-driver")
+                    and driver != version
+                ):
+                    raise DoubleError(f"{name} {version} depends on nvidia-driver (= {version})")
+            flavour = meta.get("flavour")
+            if flavour:  # the other flavour's kernel module conflicts
+                other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
+                if other in self.packages:
+                    self._remove_for_conflict(other, replace_held)
+                    for meta_name in self.target.driver_meta.values():
+                        if meta_name in self.packages and meta_name not in dict(todo):
+                            self._remove_for_conflict(meta_name, replace_held)
+        for name, version in todo:
+            current = self.packages.get(name)
+            if current and current["version"] == version:
+                continue
+            if current and (current["held"] and not replace_held or name in self.locks):
+                raise DoubleError(f"E: Held packages were changed: {name}")
+            if (
+                self.target.pinning_package
+                and cat[name].get("nvidia")
+                and name
+                in (
+                    "nvidia-driver",
+                    *self.target.driver_meta.values(),
+                )
+            ):
+                if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
+                    raise DoubleError(f"{name} installed before nvidia-driver-pinning")
+            self.packages[name] = {"version": version, "held": bool(current and current["held"])}
+            if name == "nvidia-driver":
+                self.dirs.add("/usr/lib/systemd")
+
+    def _remove_for_conflict(self, name: str, replace_held: bool) -> None:
+        if (self.packages[name]["held"] and not replace_held) or name in self.locks:
+            raise DoubleError(f"E: Held packages were changed: {name} (removed)")
+        del self.packages[name]
+
+    def _need_repository(self) -> None:
+        if self.family == "apt":
+            if not any(p.startswith("/etc/apt/sources.list.d/nvidia-cuda") for p in self.files):
+                raise DoubleError("E: Unable to locate package: no NVIDIA source configured")
+            if not self.lists_fresh:
+                raise DoubleError(
+                    "E: NVIDIA package lists missing: no apt-get update since the source"
+                )
+            if self.target.extra_components and not any(
+                "contrib" in f["content"] for f in self.files.values()
+            ):
+                raise DoubleError("nvidia-kernel-dkms depends on a package from contrib")
+        elif "/etc/yum.repos.d/nvidia-cuda.repo" not in self.files:
+            raise DoubleError("Error: Unable to find a match (no NVIDIA repository)")
+
+    # --- facts -----------------------------------------------------------------------------
+
+    def installed_driver(self) -> tuple[str | None, str | None]:
+        for flavour in gpu_stack.FLAVOURS:
+            kmod = self.target.kernel_module[flavour][0]
+            if kmod in self.packages:
+                return gpu_stack.package_version(self.packages[kmod]["version"]), flavour
+        return None, None
+
+    def fact_packages(self) -> list[str]:
+        out = [f"##manager {'dpkg' if self.family == 'apt' else 'rpm'}"]
+        for name, p in sorted(self.packages.items()):
+            arch = "amd64" if self.family == "apt" else "x86_64"
+            status = ("hi " if p["held"] else "ii ") if self.family == "apt" else "ii "
+            out.append(f"pkg|{status}|{name}|{p['version']}|{arch}")
+        for name, version in sorted(self.locks.items()):
+            out.append(f"lock|{name}-{version}.*")
+        if self.stream:
+            out += [
+                "module|[nvidia-driver]",
+                f"module|stream={self.stream}",
+                "module|state=enabled",
+            ]
+        return out
+
+    def fact_smi(self) -> list[str]:
+        userspace = self.packages.get("nvidia-driver")
+        if not userspace:
+            return [nvidia_smi.MARK_ABSENT]
+        version = gpu_stack.package_version(userspace["version"])
+        if self.module is None:
+            return [
+                f"{nvidia_smi.MARK_QUERY}9",
+                "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                "Make sure that the latest NVIDIA driver is installed and running.",
+            ]
+        if self.module != version:
+            return [
+                f"{nvidia_smi.MARK_QUERY}18",
+                "Failed to initialize NVML: Driver/library version mismatch",
+                f"NVML library version: {version}",
+            ]
+        rows = []
+        for i, device in enumerate(self.gpus):
+            name, mem, cc = GPU_CATALOGUE[device]
+            rows.append(f"{i}, {name}, GPU-{i:08d}, {mem}, {cc}, 00000000:{i + 1:02x}:00.0, [N/A]")
+        return [
+            f"{nvidia_smi.MARK_QUERY}0",
+            *rows,
+            f"{nvidia_smi.MARK_TABLE}0",
+            f"| NVIDIA-SMI {version}   Driver Version: {version}   CUDA Version: 13.0 |",
+        ]
+
+    def fact_module(self) -> list[str]:
+        out = []
+        if self.module and self.sysfs:
+            kind = "Open " if self.module_flavour == "open" else ""
+            out.append(f"sysfs|{self.module}")
+            out.append(
+                f"procfs|NVRM version: NVIDIA UNIX {kind}Kernel Module for x86_64  {self.module}  "
+                "Release Build  (dvs-builder@U22)  Wed Oct 29 2025"
+                if kind
+                else f"procfs|NVRM version: NVIDIA UNIX x86_64 Kernel Module  {self.module}  "
+                "Wed Oct 29 2025"
+            )
+        if self.nouveau_loaded:
+            out.append("nouveau|loaded")
+        return out
+
+    def file_sha256(self, path: str) -> str:
+        f = self.files[path]
+        return f["sha256"] or hashlib.sha256(f["content"].encode()).hexdigest()
+
+    def stat(self, path: str) -> list[str]:
+        if path in self.files:
+            mode = self.files[path]["mode"]
+            perms = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+            size = len(self.files[path]["content"])
+            return [
+                f"user=root group=root mode=-{perms} atime=0 mtime=0 ctime=0 size={size} '{path}'"
+            ]
+        if path in self.dirs:
+            owner = self.owners.get(path, "root")
+            return [
+                f"user={owner} group={owner} mode=drwxr-xr-x atime=0 mtime=0 ctime=0 "
+                f"size=4096 '{path}'"
+            ]
+        return []
+
+    def sources(self) -> list[str]:
+        out = []
+        for path, f in sorted(self.files.items()):
+            if path.startswith("/etc/apt/sources.list.d/") and path.endswith(".sources"):
+                out.append(f"##PYINFRA_FILE {path}")
+                out += f["content"].splitlines()
+        return out
+
+    # --- commands --------------------------------------------------------------------------
+
+    def run(self, command: str) -> tuple[bool, list[str]]:
+        try:
+            out = self._fact(command)
+            if out is not None:
+                return True, out
+            self.changes.append(command)
+            self._change(command)
+            return True, []
+        except DoubleError as error:
+            return False, [f"DOUBLE: {error}"]
+
+    def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
+        if command == OsInfo().command():
+            return [*OS_RELEASE[self.os_release or self.distro], f"##arch {self.arch}"]
+        if command == "uname -r":
+            return [self.kernel]
+        if command == "uname -s":
+            return ["Linux"]
+        if command.startswith('if [ -n "$TMPDIR" ]'):
+            return ["/tmp"]
+        if command == "cut -d. -f1 /proc/uptime":
+            return [str(self.uptime)]
+        if command == NvidiaPciDevices().command():
+            lines = [
+                f"0000:{i + 1:02x}:00.0 0302: 10de:{d} (rev a1)" for i, d in enumerate(self.gpus)
+            ]
+            if self.nvswitch:
+                lines.append(f"0000:80:00.0 0680: 10de:{self.nvswitch} (rev a1)")
+            return lines
+        if command == nvidia_smi.FACT_SCRIPT:
+            return self.fact_smi()
+        if command == GpuStackPackages().command():
+            return self.fact_packages()
+        if command == NvidiaKernelModule().command():
+            return self.fact_module()
+        match = re.match(
+            r"if command -v gpg >/dev/null 2>&1; then echo 'gpg\|yes'; fi; if \[ -f (\S+) \]",
+            command,
+        )
+        if match:
+            path = shlex.split(match.group(1))[0]
+            out = ["gpg|yes"] if ("gpg" in self.packages or "gnupg2" in self.packages) else []
+            if path in self.files:
+                out.append(f"sha256|{self.file_sha256(path)}")
+                if out[0] == "gpg|yes" and self.files[path].get("fingerprint"):
+                    out += [
+                        "gpg|pub:-:4096:1:A4B469963BF863CC:0:::-:::scESC::::::23::0:",
+                        f"gpg|fpr:::::::::{self.files[path]['fingerprint'].upper()}:",
+                    ]
+            return out
+        match = re.match(r"! \(test -e (\S+) \|\| test -L \S+ \) \|\|", command)
+        if match:
+            return self.stat(shlex.split(match.group(1))[0])
+        match = re.match(r"test -e (\S+) && \( sha1sum ", command)
+        if match:
+            path = shlex.split(match.group(1))[0]
+            if path in self.files:
+                return [f"{hashlib.sha1(self.files[path]['content'].encode()).hexdigest()}  {path}"]
+            return []
+        match = re.match(r"test -e (\S+) && \( (md5sum|sha256sum) ", command)
+        if match:
+            path = shlex.split(match.group(1))[0]
+            if path in self.files:
+                data = self.files[path]["content"].encode()
+                digest = hashlib.md5(data) if match.group(2) == "md5sum" else hashlib.sha256(data)
+                return [f"{digest.hexdigest()}  {path}"]
+            return []
+        match = re.match(r"command -v (\S+) \|\| true$", command)
+        if match:
+            tool = match.group(1)
+            known = {
+                "useradd": True,
+                "update-initramfs": self.initramfs_tool,
+                "dracut": self.initramfs_tool,
+            }
+            if tool not in known:
+                raise DoubleError(f"unexpected Which fact: {tool}")
+            return [f"/usr/sbin/{tool}"] if known[tool] else []
+        if "##PYINFRA_FILE" in command and "sources.list" in command:
+            return self.sources()
+        if command == "cat /etc/group":
+            return [f"{u}:x:{999 if u != 'root' else 0}:" for u in sorted(self.users)]
+        if command.startswith("for i in `cat /etc/passwd"):
+            return [
+                f"{u}:x:{999 if u != 'root' else 0}:0::/home/{u}:/bin/sh|{u}|{u}||"
+                for u in sorted(self.users)
+            ]
+        match = re.search(
+            r"systemctl show --all --property Id --property (SubState|UnitFileState) (\S+)", command
+        )
+        if match:
+            unit = match.group(2).strip("')")
+            if match.group(1) == "SubState":
+                state = "running" if unit in self.services_running else "dead"
+                return [f"Id={unit}", f"SubState={state}"]
+            state = "enabled" if unit in self.services_enabled else "disabled"
+            return [f"Id={unit}", f"UnitFileState={state}"]
+        match = re.match(r"if \[ -x (\S+) \]; then \S+ -c .*importlib\.metadata", command)
+        if match:
+            venv = shlex.split(match.group(1))[0].rsplit("/bin/python", 1)[0]
+            return [self.torch[venv]] if venv in self.torch else []
+        return None
+
+    def _change(self, command: str) -> None:  # noqa: C901 - one branch per command
+        t = self.target
+        argv = shlex.split(command) if not command.startswith("set -e;") else []
+        install = list(t.family.install)
+        if argv[: len(install)] == install:
+            rest = argv[len(install) :]
+            replace = any(a in t.family.replace_held for a in rest)
+            self.install([a for a in rest if not a.startswith("-")], replace)
+        elif argv == ["apt-get", "update"]:
+            self.lists_fresh = True
+        elif argv[: len(t.family.remove)] == list(t.family.remove):
+            for name in argv[len(t.family.remove) :]:
+                self.packages.pop(name, None)
+        elif argv[:2] == ["apt-mark", "hold"]:
+            for name in argv[2:]:
+                self.packages[name]["held"] = True
+        elif argv[:3] == ["dnf", "versionlock", "add"]:
+            for name in argv[3:]:
+                self.locks[name] = self.packages[name]["version"]
+        elif argv[:3] == ["dnf", "versionlock", "delete"]:
+            for name in argv[3:]:
+                self.locks.pop(name)
+        elif argv[:4] == ["dnf", "module", "enable", "-y"]:
+            module, _, stream = argv[4].partition(":")
+            if self.stream and self.stream != stream:
+                raise DoubleError("Error: enabling a different stream requires a module reset")
+            self.stream = stream
+        elif argv[:4] == ["dnf", "module", "reset", "-y"]:
+            self.stream = None
+        elif command.startswith("set -e;"):
+            self._fetch_key(command)
+        elif argv[:2] == ["mkdir", "-p"]:
+            self.dirs.add(argv[2])
+        elif argv[:1] == ["chmod"]:
+            self.files[argv[2]]["mode"] = int(argv[1], 8)
+        elif argv[:2] == ["rm", "-f"]:
+            self.files.pop(argv[2], None)
+        elif command == "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &":
+            self.reboot()
+        elif argv[:1] == ["systemctl"] and len(argv) == 3:
+            self._systemctl(argv[1], argv[2])
+        elif argv in (["update-initramfs", "-u"], ["dracut", "-f"]):
+            pass
+        elif argv[:1] == ["useradd"]:
+            self.users.add(argv[-1])
+        elif argv[:1] == ["chown"]:
+            path, owner = argv[-1], argv[-2].rstrip(":")
+            if owner not in self.users:
+                raise DoubleError(f"chown: invalid user: {owner}")
+            self.owners[path] = owner
+        elif argv[:4] == ["runuser", "-u", argv[2] if len(argv) > 2 else "", "--"]:
+            self._runuser(argv[2], argv[4:])
+        else:
+            self.unknown.append(command)
+            raise DoubleError(f"unknown command: {command}")
+
+    def _fetch_key(self, script: str) -> None:
+        url = re.search(r"(?:download-file|-o \"\$d/key\") (\S+)", script).group(1)  # type: ignore[union-attr]
+        url = shlex.split(url.rstrip(";"))[0]
+        if url not in self.served_keys:
+            raise DoubleError(f"404 {url}")
+        key = self.served_keys[url]
+        stripped = "sed -i '/^Version/d'" in script
+        sha = key.sha256_stripped if stripped else key.sha256
+        pinned = re.search(r"printf '%s  %s\\n' ([0-9a-f]{64})", script)
+        if pinned and pinned.group(1) != sha:
+            raise DoubleError(f"{url}: the key's sha256 is not the pinned {pinned.group(1)}")
+        fpr = re.search(r'\[ "\$f" = ([0-9a-f]{40}) \]', script)
+        if fpr:
+            if "gpg" not in self.packages and "gnupg2" not in self.packages:
+                raise DoubleError("gpg: not found")
+            if fpr.group(1) != key.fingerprint:
+                raise DoubleError(f"{url}: the key's fingerprint is not the pinned {fpr.group(1)}")
+        dest = shlex.split(re.search(r'install -D -m 0644 "\$d/key" (\S+)$', script).group(1))[0]  # type: ignore[union-attr]
+        self.files[dest] = {
+            "content": f"KEY {url}",
+            "sha256": sha,
+            "mode": 0o644,
+            "fingerprint": key.fingerprint,
+        }
+
+    def put_file(self, path: str, content: str) -> None:
+        if path.startswith("/etc/apt/sources.list.d/"):
+            self.lists_fresh = False
+        parent = path.rsplit("/", 1)[0]
+        if parent not in self.dirs:
+            raise DoubleError(f"put_file: {parent} does not exist")
+        self.files[path] = {"content": content, "sha256": None, "mode": 0o600}
+        self.changes.append(f"upload {path}")
+
+    def _systemctl(self, verb: str, unit: str) -> None:
+        owner = {
+            "nvidia-persistenced.service": "nvidia-driver",
+            "nvidia-fabricmanager.service": self.target.fabricmanager,
+        }
+        if owner.get(unit) not in self.packages:
+            raise DoubleError(f"Failed to {verb} {unit}: Unit {unit} not found.")
+        if verb == "enable":
+            self.services_enabled.add(unit)
+        elif verb == "start":
+            if not self._can_run(unit):
+                raise DoubleError(f"Job for {unit} failed")
+            self.services_running.add(unit)
+        else:
+            raise DoubleError(f"unexpected systemctl {verb}")
+
+    def _can_run(self, unit: str) -> bool:
+        if self.module is None:
+            return False
+        if unit == "nvidia-fabricmanager.service":
+            fm = self.packages[self.target.fabricmanager]["version"]
+            return bool(self.nvswitch) and gpu_stack.package_version(fm) == self.module
+        return True
+
+    def _runuser(self, user: str, argv: list[str]) -> None:
+        if user not in self.users:
+            raise DoubleError(f"runuser: user {user} does not exist")
+        if argv[1:3] == ["-m", "venv"]:
+            self.files[f"{argv[3]}/pyvenv.cfg"] = {
+                "content": "home = /usr/bin\n",
+                "sha256": None,
+                "mode": 0o644,
+            }
+            self.dirs.add(argv[3])
+            self.owners[argv[3]] = user
+            return
+        if argv[0].endswith("/bin/pip") and argv[1] == "install":
+            venv = argv[0].rsplit("/bin/pip", 1)[0]
+            index = argv[argv.index("--index-url") + 1]
+            spec = argv[-1]
+            version = spec.split("==", 1)[1]
+            if not version.endswith("+" + index.rsplit("/", 1)[1]):
+                raise DoubleError(f"{spec} is not on {index}")
+            self.torch[venv] = version
+            return
+        raise DoubleError(f"unexpected runuser command {argv}")
+
+    def reboot(self) -> None:
+        """What a reboot changes: the installed module loads when DKMS could build it (headers
+        for the running kernel), nouveau stays off once blacklisted, enabled services start."""
+        self.boots += 1
+        self.uptime = 30
+        version, flavour = self.installed_driver()
+        headers = f"linux-headers-{self.kernel}" if self.family == "apt" else "kernel-devel"
+        loads = self.module_loads and headers in self.packages
+        self.module = version if version and loads else None
+        self.module_flavour = flavour if self.module else None
+        if "/etc/modprobe.d/blacklist-nouveau.conf" in self.files:
+            self.nouveau_loaded = False
+        self.services_running = {u for u in self.services_enabled if self._can_run(u)}
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring into pyinfra's @fake connector
+
+
+def install_doubles(monkeypatch: pytest.MonkeyPatch) -> dict[str, GpuHostDouble]:
+    """Route every ``@fake/<name>`` host to ``registry[name]`` (a GpuHostDouble); returns the
+    registry. pyinfra's reboot waits are skipped."""
+    registry: dict[str, GpuHostDouble] = {}
+
+    def run_shell_command(self, command, print_output=False, print_input=False, **arguments):
+        text = command if isinstance(command, str) else command.get_masked_value()
+        self.executed_commands.append(text)
+        double = registry[self.host.name.split("/", 1)[1]]
+        ok, lines = double.run(text)
+        return ok, CommandOutput([OutputLine("stdout" if ok else "stderr", line) for line in lines])
+
+    def put_file(self, filename_or_io, remote_filename, remote_temp_filename=None, **kwargs):
+        double = registry[self.host.name.split("/", 1)[1]]
+        if hasattr(filename_or_io, "seek"):
+            filename_or_io.seek(0)
+        data = (
+            filename_or_io.read()
+            if hasattr(filename_or_io, "read")
+            else open(filename_or_io).read()
+        )
+        if isinstance(data, bytes):
+            data = data.decode()
+        try:
+            double.put_file(remote_filename, data)
+        except DoubleError:
+            return False
+        return True
+
+    monkeypatch.setattr(FakeConnector, "run_shell_command", run_shell_command)
+    monkeypatch.setattr(FakeConnector, "put_file", put_file)
+    monkeypatch.setattr("pyinfra.operations.server.sleep", lambda seconds: None)
+    return registry
+
+
+# --------------------------------------------------------------------------------------------
+# The double's own tests
+
+
+def test_double_serves_facts_in_the_real_formats():
+    double = GpuHostDouble(distro="debian12", gpus=("2684",))
+    assert nvidia_smi.parse_fact_output(double.fact_smi())["state"] == "no-driver"
+    double.packages["nvidia-driver"] = {"version": "580.105.08-1", "held": False}
+    assert nvidia_smi.parse_fact_output(double.fact_smi())["state"] == "no-driver"
+    double.module = "580.105.08"
+    smi = nvidia_smi.parse_fact_output(double.fact_smi())
+    assert smi["state"] == "ok" and smi["driver_version"] == "580.105.08"
+    assert smi["gpus"][0]["compute_cap"] == "8.9"
+    double.module = "580.95.05"
+    assert nvidia_smi.parse_fact_output(double.fact_smi())["state"] == "driver-mismatch"
+    assert (
+        GpuStackPackages().process(double.fact_packages())["packages"][0]["name"] == "nvidia-driver"
+    )
+
+
+def test_double_enforces_the_pinning_order_and_holds():
+    double = GpuHostDouble(distro="debian12")
+    double.files["/etc/apt/sources.list.d/nvidia-cuda.sources"] = {
+        "content": "x",
+        "sha256": None,
+        "mode": 0o644,
+    }
+    double.files["/etc/apt/sources.list.d/contrib.sources"] = {
+        "content": "contrib",
+        "sha256": None,
+        "mode": 0o644,
+    }
+    double.lists_fresh = True
+    with pytest.raises(DoubleError, match="before nvidia-driver-pinning"):
+        double.install(["nvidia-open"], replace_held=False)
+    double.install(["nvidia-driver-pinning-580"], replace_held=False)
+    double.install(["nvidia-open"], replace_held=False)
+    assert double.packages["nvidia-kernel-open-dkms"]["version"] == "580.126.09-1"  # newest 580
+    double.packages["nvidia-open"]["held"] = True
+    with pytest.raises(DoubleError, match="Held packages"):
+        double.install(["nvidia-open=580.105.08-1"], replace_held=False)
+
+
+def test_double_refuses_unknown_commands():
+    double = GpuHostDouble()
+    ok, lines = double.run("curl http://example.invalid | sh")
+    assert not ok and double.unknown == ["curl http://example.invalid | sh"]
