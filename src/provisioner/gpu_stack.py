@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from provisioner.nvidia_smi import GPU_CLASSES, NVSWITCH_CLASSES
 
@@ -491,6 +492,7 @@ class TorchPlan:
     venv: str
     user: str
     distro: Distro | None = None
+    trusted_host: str | None = None
 
     @property
     def local_version(self) -> str:
@@ -822,6 +824,8 @@ def plan_torch(
         distro=target,
     )
     base = str(_data(data, "pytorch_index_url", "https://download.pytorch.org/whl")).rstrip("/")
+    if _data(data, "pytorch_index_trusted", False):
+        common["trusted_host"] = urlsplit(base).hostname
     if forced is not None and forced not in indexes:
         raise GpuStackError(f"pytorch_cuda {forced!r} is not a known index ({', '.join(indexes)})")
     if driver.skip:

@@ -28,7 +28,7 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 from provisioner import gpu_stack, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
-from provisioner.facts.system import OsInfo
+from provisioner.facts.system import BootId, OsInfo
 
 NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
 EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
@@ -434,6 +434,8 @@ class GpuHostDouble:
             return ["/tmp"]
         if command == "cut -d. -f1 /proc/uptime":
             return [str(self.uptime)]
+        if command == BootId().command():
+            return [f"00000000-0000-0000-0000-{self.boots:012d}"]
         if command == NvidiaPciDevices().command():
             lines = [
                 f"0000:{i + 1:02x}:00.0 0302: 10de:{d} (rev a1)" for i, d in enumerate(self.gpus)
@@ -703,6 +705,7 @@ def install_doubles(monkeypatch: pytest.MonkeyPatch) -> dict[str, GpuHostDouble]
     monkeypatch.setattr(FakeConnector, "run_shell_command", run_shell_command)
     monkeypatch.setattr(FakeConnector, "put_file", put_file)
     monkeypatch.setattr("pyinfra.operations.server.sleep", lambda seconds: None)
+    monkeypatch.setattr("provisioner.operations.system.sleep", lambda seconds: None)
     return registry
 
 

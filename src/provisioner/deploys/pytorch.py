@@ -40,6 +40,7 @@ def install_pytorch(plan: gpu_stack.TorchPlan) -> None:
         tag=plan.tag,
         index_url=plan.index_url,
         user=plan.user,
+        trusted_host=plan.trusted_host,
     )
 
 

@@ -133,3 +133,22 @@ class KernelRelease(FactBase[str | None]):
         except Exception:  # a fact must never abort the run
             return None
         return None
+
+
+class BootId(FactBase[str | None]):
+    """
+    The kernel's boot ID (``/proc/sys/kernel/random/boot_id``): a new random value at every
+    boot. Unlike the uptime it also changes when a container reboots (systemd-nspawn gives
+    each container boot its own), so it proves a reboot happened on servers and in the lab.
+    """
+
+    @staticmethod
+    def default() -> str | None:
+        return None
+
+    def command(self) -> str:
+        return "cat /proc/sys/kernel/random/boot_id 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        text = "".join(output).strip()
+        return text or None

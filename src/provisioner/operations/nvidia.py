@@ -28,11 +28,12 @@ from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.apt import AptSources
 from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, dnf, files, server, systemd
+from pyinfra.operations import apt, dnf, files, systemd
 
 from provisioner import gpu_stack
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
+from provisioner.operations import system
 
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
 CUDA_PROFILE = "/etc/profile.d/cuda.sh"
@@ -675,7 +676,7 @@ def reboot_if_needed(
         return
     if _executing():
         host.log_styled(f"rebooting: {'; '.join(reasons)}", log_func=logger.info)
-    yield from server.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
+    yield from system.reboot._inner(delay=10, interval=2, reboot_timeout=reboot_timeout)
     if _executing():
         problem = _wait_for_module(target, settle_seconds)
         if problem:

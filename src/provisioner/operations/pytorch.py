@@ -81,7 +81,9 @@ def venv(path: str, user: str, python: str = "python3"):
 
 
 @operation()
-def torch(venv: str, version: str, tag: str, index_url: str, user: str):
+def torch(
+    venv: str, version: str, tag: str, index_url: str, user: str, trusted_host: str | None = None
+):
     """
     Install ``torch==<version>+<tag>`` into a virtual environment from one wheel index
     (``<pytorch_index_url>/<tag>``, whose sha256 links pip checks), as the venv's owner.
@@ -92,6 +94,7 @@ def torch(venv: str, version: str, tag: str, index_url: str, user: str):
     + tag: wheel index tag, e.g. ``"cu130"`` or ``"cpu"``
     + index_url: the index, e.g. ``https://download.pytorch.org/whl/cu130``
     + user: the venv's owner
+    + trusted_host: host of a plain-HTTP index on a trusted network (pip's ``--trusted-host``)
 
     **Example:**
 
@@ -123,5 +126,6 @@ def torch(venv: str, version: str, tag: str, index_url: str, user: str):
         "--no-cache-dir",
         "--index-url",
         QuoteString(index_url),
+        *(["--trusted-host", QuoteString(trusted_host)] if trusted_host else []),
         QuoteString(f"torch=={wanted}"),
     )

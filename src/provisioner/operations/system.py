@@ -1,0 +1,63 @@
+"""Operations on the host itself (reboot), paired with ``provisioner.facts.system``."""
+
+from __future__ import annotations
+
+from gevent import sleep
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
+
+from provisioner.facts.system import BootId
+
+
+@operation(is_idempotent=False)
+def reboot(delay: int = 10, interval: int = 2, reboot_timeout: int = 900):
+    """
+    Reboot the host and wait until it is back. The reboot is proven by a new boot ID
+    (``/proc/sys/kernel/random/boot_id``), not by the uptime as pyinfra's ``server.reboot``
+    does: containers share their machine's uptime, so an uptime check waits forever on a
+    systemd-nspawn host, while systemd-nspawn gives every container boot its own boot ID.
+    Otherwise the same steps as ``server.reboot`` (sudo askpass files cleared around it).
+
+    + delay: seconds to wait before the first reconnection attempt
+    + interval: seconds between reconnection attempts
+    + reboot_timeout: seconds after which the host is failed if it did not come back
+
+    **Example:**
+
+    .. code:: python
+
+        system.reboot(name="Reboot into the new driver", reboot_timeout=600)
+    """
+    before: list[str | None] = []
+
+    def remove_any_askpass_file(state, host):
+        remove_any_sudo_askpass_file(host)
+
+    def remember_boot_id(state, host):
+        before.append(host.get_fact(BootId))
+
+    def wait_for_new_boot(state, host):
+        sleep(delay)
+        clear_askpass_cache(host)
+        host.disconnect()
+        attempts = 0
+        while True:
+            host.connect(show_errors=False)
+            if host.connected:
+                current = host.get_fact(BootId)
+                if current and current != before[0]:
+                    return True
+            if attempts * interval > reboot_timeout:
+                raise Exception(f"the host did not come back within {reboot_timeout}s")
+            attempts += 1
+            sleep(interval)
+
+    def clean_sudo_info(state, host):
+        clear_askpass_cache(host)
+
+    yield FunctionCommand(remove_any_askpass_file, (), {})
+    yield FunctionCommand(remember_boot_id, (), {})
+    # Detached so the SSH channel closes at once instead of hanging on the dying session.
+    yield StringCommand("( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &")
+    yield FunctionCommand(wait_for_new_boot, (), {})
+    yield FunctionCommand(clean_sudo_info, (), {})
