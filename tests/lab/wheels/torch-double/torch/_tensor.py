@@ -121,6 +121,28 @@ class Tensor:
 
     __hash__ = object.__hash__
 
+    def __matmul__(self, other: Tensor) -> Tensor:
+        """2-D matrix product, the same errors as torch for mismatched shapes or devices."""
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        if other.device != self.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two "
+                f"devices, {self.device} and {other.device}!"
+            )
+        if len(self.shape) != 2 or len(other.shape) != 2:
+            raise RuntimeError("the torch double only multiplies 2-D tensors")
+        (n, k), (k2, m) = self.shape, other.shape
+        if k != k2:
+            raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({n}x{k} and {k2}x{m})")
+        a, b = self._data, other._data
+        out = [
+            sum(a[i * k + j] * b[j * m + c] for j in range(k)) for i in range(n) for c in range(m)
+        ]
+        floating = self.dtype.is_floating_point or other.dtype.is_floating_point
+        kind = self.dtype if self.dtype.is_floating_point else other.dtype
+        return Tensor([float(v) if floating else v for v in out], (n, m), kind, self.device)
+
     # --- reductions and conversions ---
     def sum(self) -> Tensor:
         return Tensor([sum(self._data)], (), self.dtype, self.device)
