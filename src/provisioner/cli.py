@@ -23,9 +23,34 @@ limit_option = click.option(
     metavar="HOST",
     help="Restrict to these hosts or groups (globs, repeatable, comma-separated), as pyinfra's.",
 )
+data_option = click.option(
+    "--data",
+    "data",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a data key for every selected host (repeatable), as pyinfra's --data; "
+    "VALUE is true/false, a number, JSON or a string. Validated like the inventory.",
+)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON on stdout (documented in the README)."
 )
+
+
+def _parse_data(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, with pyinfra's --data value rules."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            _fail_input(f"--data {item!r}: expected KEY=VALUE")
+        if raw.lower() in ("true", "false"):
+            parsed[key] = raw.lower() == "true"
+            continue
+        try:
+            parsed[key] = json.loads(raw)
+        except ValueError:
+            parsed[key] = raw
+    return parsed
 
 
 def _fail_input(message: str) -> NoReturn:
@@ -185,6 +210,7 @@ def _show_plan(result: dict[str, Any], as_json: bool) -> None:
     default=None,
     help="Hosts worked on at once (pyinfra --parallel); reboots happen this many at a time.",
 )
+@data_option
 @json_option
 def apply(
     inventory: str,
@@ -193,12 +219,13 @@ def apply(
     no_reboot: bool,
     serial: bool,
     batch: int | None,
+    data: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Install driver, CUDA toolkit, PyTorch, Ollama and the planned models on every host."""
     from provisioner.apply import run_deploy
 
-    override: dict[str, Any] = {}
+    override: dict[str, Any] = _parse_data(data)
     if no_reboot:
         override["nvidia_reboot"] = False
     if batch:

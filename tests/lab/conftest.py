@@ -41,3 +41,8 @@ def lab():
     finally:
         left = lab.down()
         assert not left, f"lab teardown left things behind: {left}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Harness tests first (they check a fresh host), the end-to-end flow last (it provisions)."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_e2e"))

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "--real-torch",
         action="store_true",
         default=os.environ.get("LAB_REAL_TORCH") == "1",
-        help="also serve the real CPU torch wheel at /whl/cpu-real/ (LAB_REAL_TORCH=1)",
+        help="also serve the real CPU torch wheel at /whl-real/cpu/ (LAB_REAL_TORCH=1)",
     )
     sub.add_parser("down", help="stop and remove everything the lab made")
     sub.add_parser("status", help="hosts and services, as JSON")

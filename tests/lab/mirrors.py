@@ -180,12 +180,13 @@ class Mirrors:
             self.write_simple_index(folder)
             self.info["wheels"][tag] = f"{self.http_url}/whl/{tag}"
         if real_torch:
-            folder = self.www / "whl" / "cpu-real"
+            # the same <index url>/<tag>/ layout as the product expects: <url>=/whl-real, tag cpu
+            folder = self.www / "whl-real" / "cpu"
             folder.mkdir(parents=True, exist_ok=True)
             for wheel in self.download_real_torch():
                 (folder / wheel.name).symlink_to(wheel)
             self.write_simple_index(folder)
-            self.info["wheels"]["cpu-real"] = f"{self.http_url}/whl/cpu-real"
+            self.info["wheels"]["real"] = f"{self.http_url}/whl-real"
 
     def download_real_torch(self) -> list[Path]:
         """The real CPU torch wheel and its dependencies, with pip, into the cache (once)."""

@@ -197,3 +197,103 @@ def test_ollama_on_loopback_is_unreachable_from_another_host(lab, applied):
     lab.ssh(host, "curl -sf http://127.0.0.1:11434/api/version")
     probe = lab.ssh(other, f"curl -s -m 3 http://{lab.addresses[host]}:11434/", check=False)
     assert probe.returncode != 0 and "Ollama is running" not in probe.stdout
+
+
+# --- Ollama install safety, exposure, and the real PyTorch install path -----------------------
+
+
+def ollama_state(lab, host: str) -> tuple[str, str]:
+    version = lab.ssh(host, "ollama --version", check=False).stdout.strip()
+    active = lab.ssh(host, "systemctl is-active ollama", check=False).stdout.strip()
+    return version, active
+
+
+def test_checksum_mismatch_leaves_the_serving_version_untouched(lab, applied):
+    host = lab.hosts[0]
+    before = ollama_state(lab, host)
+    assert before == ("ollama version is 0.32.15", "active"), before
+    code, result, err = provision(
+        "apply", str(lab.inventory), "--limit", host,
+        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={'0' * 64}",
+    )  # fmt: skip
+    assert code == 1, err
+    assert result["failed_hosts"] == [host]
+    assert ollama_state(lab, host) == before
+    assert lab.ssh(host, "test -e /opt/ollama/0.33.0/bin/ollama", check=False).returncode != 0
+
+
+def test_upgrade_switches_atomically_and_back(lab, applied):
+    host = lab.hosts[0]
+    sha = lab.info["ollama"]["releases"]["0.33.0"]["sha256"]
+    code, result, err = provision(
+        "apply", str(lab.inventory), "--limit", host,
+        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={sha}",
+    )  # fmt: skip
+    assert code == 0, err
+    assert ollama_state(lab, host) == ("ollama version is 0.33.0", "active")
+    assert lab.ssh(host, "readlink /opt/ollama/current").stdout.strip().endswith("0.33.0")
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert ollama_state(lab, host) == ("ollama version is 0.32.15", "active")
+
+
+def test_proxy_refuses_requests_without_credentials(lab, applied):
+    import base64
+    import hashlib
+
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, client = lab.hosts[0], lab.hosts[1]
+    password = "lab-only-" + os.urandom(6).hex()  # made up per run, never stored
+    digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
+    os.environ["LAB_OLLAMA_HTPASSWD"] = f"ops:{{SHA}}{digest}\n"
+    try:
+        code, result, err = provision(
+            "apply", str(lab.inventory), "--limit", host,
+            "--data", "ollama_expose=proxy", "--data", "ollama_htpasswd_env=LAB_OLLAMA_HTPASSWD",
+        )  # fmt: skip
+        assert code == 0, err
+        url = f"https://{lab.addresses[host]}/api/version"
+        anonymous = lab.ssh(client, f"curl -sk -o /dev/null -w '%{{http_code}}' {url}", False)
+        assert anonymous.stdout.strip() == "401"
+        wrong = lab.ssh(
+            client, f"curl -sk -u ops:nope -o /dev/null -w '%{{http_code}}' {url}", False
+        )
+        assert wrong.stdout.strip() == "401"
+        good = lab.ssh(client, f"curl -sk -u ops:{password} {url}", False)
+        assert '"version"' in good.stdout
+        # Ollama itself still only listens on loopback behind the proxy
+        direct = lab.ssh(client, f"curl -s -m 3 http://{lab.addresses[host]}:11434/", False)
+        assert direct.returncode != 0
+    finally:
+        del os.environ["LAB_OLLAMA_HTPASSWD"]
+        code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+        assert code == 0, err
+    assert lab.ssh(host, "ss -ltn '( sport = :443 )' | tail -n +2", False).stdout.strip() == ""
+
+
+def test_real_cpu_torch_installs_through_the_same_deploy(lab, applied):
+    """The real CPU wheel (not the lab's stand-in), from a PEP 503 mirror, on a bookworm host."""
+    base = lab.info.get("wheels", {}).get("real")
+    if not base:
+        pytest.skip("the lab was started without LAB_REAL_TORCH=1 (CI sets it)")
+    host = next((h for h in lab.hosts if lab.info["hosts"][h]["release"] == "bookworm"), None)
+    if host is None:
+        pytest.skip("the real CPU wheel is cp311: needs a bookworm host")
+    venv = "/opt/provisioner/torch-real"
+    data = [f"pytorch_index_url={base}", "torch_version=2.13.0", f"pytorch_venv={venv}"]
+    if lab.info["hosts"][host]["gpus"]:
+        data.append("pytorch_cuda=cpu")
+    args = [arg for item in data for arg in ("--data", item)]
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host, *args)
+    assert code == 0, err
+    probe = (
+        "import torch; "
+        "print(torch.__version__, torch.cuda.is_available(), hasattr(torch, 'TEST_DOUBLE'))"
+    )
+    out = lab.ssh(host, f'{venv}/bin/python -c "{probe}"').stdout.split()
+    assert out == ["2.13.0+cpu", "False", "False"], out
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host, *args)
+    assert code == 0, err
+    assert result["hosts"][host]["changed"] == [], result["hosts"][host]
+    lab.ssh(host, f"rm -rf {venv}")
