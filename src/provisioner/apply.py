@@ -9,8 +9,10 @@ per-host summary: changed / unchanged / failed operations.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -19,16 +21,25 @@ if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
+# What the driver deploy logs for a host that needs a reboot it may not do (--no-reboot).
+PENDING_REBOOT = re.compile(r"\[(?P<host>[^\]]+)\]\s+PENDING REBOOT (?P<why>.*)")
+
+EXIT_PENDING_REBOOT = 3
+
+
 @dataclass
 class HostRun:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    pending_reboot: str | None = None
 
     @property
     def status(self) -> str:
         if self.failed:
             return "failed"
+        if self.pending_reboot:
+            return "pending-reboot"
         return "changed" if self.changed else "unchanged"
 
 
@@ -45,7 +56,12 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.returncode or self.failed_hosts else 0
+        """0 done; 1 a host failed; 3 every host succeeded but some wait for a reboot."""
+        if self.returncode or self.failed_hosts:
+            return 1
+        if any(run.pending_reboot for run in self.hosts.values()):
+            return EXIT_PENDING_REBOOT
+        return 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +73,7 @@ class RunResult:
                     "changed": run.changed,
                     "unchanged": len(run.unchanged),
                     "failed": run.failed,
+                    "pending_reboot": run.pending_reboot,
                 }
                 for name, run in self.hosts.items()
             },
@@ -73,6 +90,12 @@ class RunResult:
                 f"provision: host {name} failed{where}; the reason is in pyinfra's output above. "
                 f"Fix it and re-run with --limit {name}."
             )
+        for name, run in self.hosts.items():
+            if run.pending_reboot and name not in self.failed_hosts:
+                lines.append(
+                    f"provision: host {name} is PENDING REBOOT ({run.pending_reboot}): it is not "
+                    f"done until it reboots; re-run without --no-reboot, or reboot it and re-run."
+                )
         return lines
 
 
@@ -142,15 +165,40 @@ def run_deploy(
     command = pyinfra_command(
         loaded, deploy, limit=limit, dry=dry, serial=serial, batch=batch, data=data
     )
-    proc = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    pending: dict[str, str] = {}
+    # pyinfra's progress goes on to the terminal as it comes; pending reboots are noted on the way.
+    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr, pending), daemon=True)
+    reader.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    proc.wait()
+    reader.join()
     names = [host.name for host in loaded.hosts]
     try:
-        raw = json.loads(proc.stdout) if proc.stdout.strip() else None
+        raw = json.loads(out) if out.strip() else None
     except json.JSONDecodeError:
-        sys.stderr.write(proc.stdout)
+        sys.stderr.write(out)
         raw = None
     if raw is None:
         hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
         return RunResult(deploy, dry, proc.returncode or 1, hosts, names, None)
     hosts, failed = parse_results(raw, names)
+    for name, why in pending.items():
+        if name in hosts:
+            hosts[name].pending_reboot = why
     return RunResult(deploy, dry, proc.returncode, hosts, failed, raw)
+
+
+def _relay_stderr(stream, pending: dict[str, str]) -> None:
+    for line in stream:
+        sys.stderr.write(line)
+        match = PENDING_REBOOT.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+        if match:
+            pending[match["host"]] = match["why"].strip()
+    sys.stderr.flush()

@@ -70,7 +70,7 @@ def run_table(result: RunResult) -> Table:
     )
     for column in ("host", "status", verb, "unchanged", "failed at"):
         table.add_column(column)
-    style = {"changed": "yellow", "unchanged": "green", "failed": "red"}
+    style = {"changed": "yellow", "unchanged": "green", "failed": "red", "pending-reboot": "red"}
     for name, run in result.hosts.items():
         table.add_row(
             name,

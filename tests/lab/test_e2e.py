@@ -156,9 +156,31 @@ def test_verify_names_each_broken_layer(lab, applied):
     assert "llama3.2:1b" in " ".join(failing_checks(report, "cpu1").values())
 
 
+def test_no_reboot_reports_the_mismatched_host_as_pending_reboot(lab, applied):
+    if "gpu3" not in lab.hosts:
+        pytest.skip("gpu3 is the host broken into driver-mismatch")
+    code, result, err = provision("apply", str(lab.inventory), "--no-reboot")
+    assert code == 3, err
+    assert result["failed_hosts"] == []
+    run = result["hosts"]["gpu3"]
+    assert run["status"] == "pending-reboot" and "mismatch" in run["pending_reboot"], run
+    marker = lab.ssh("gpu3", "cat /var/lib/provisioner/reboot-required").stdout
+    assert "mismatch" in marker
+    others = {h: r["pending_reboot"] for h, r in result["hosts"].items() if h != "gpu3"}
+    assert not any(others.values()), others
+
+
 def test_apply_repairs_the_broken_hosts(lab, applied):
+    boot_before = (
+        lab.ssh("gpu3", "cat /proc/sys/kernel/random/boot_id").stdout
+        if "gpu3" in lab.hosts
+        else None
+    )
     code, result, err = provision("apply", str(lab.inventory))
     assert code == 0, err
+    if boot_before is not None:  # the driver-mismatch host was repaired by a real reboot
+        assert lab.ssh("gpu3", "cat /proc/sys/kernel/random/boot_id").stdout != boot_before
+        assert lab.ssh("gpu3", "test -e /var/lib/provisioner/reboot-required", False).returncode
     code, report, err = provision("verify", str(lab.inventory))
     problems = {h: failing_checks(report, h) for h in report["hosts"]}
     assert code == 0 and not any(problems.values()), problems
@@ -297,3 +319,23 @@ def test_real_cpu_torch_installs_through_the_same_deploy(lab, applied):
     assert code == 0, err
     assert result["hosts"][host]["changed"] == [], result["hosts"][host]
     lab.ssh(host, f"rm -rf {venv}")
+
+
+def test_sync_with_the_registry_down_fails_that_host_and_completes_next_run(lab, applied):
+    host = "gpu3" if "gpu3" in lab.hosts else lab.hosts[0]
+    api = "http://127.0.0.1:11434/api/delete"
+    for name in ("llama3.2:3b", "169.254.100.1:5000/library/llama3.2:3b"):
+        lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
+    lab.mirrors.stop("registry")
+    try:
+        code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+        assert code == 1, err
+        assert result["failed_hosts"] == [host]
+        assert result["hosts"][host]["errors"], result["hosts"][host]
+    finally:
+        lab.mirrors.start_registry()
+    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert [c["model"] for c in result["hosts"][host]["changes"]] == ["llama3.2:3b"]
+    tags = json.loads(lab.ssh(host, "curl -s http://127.0.0.1:11434/api/tags").stdout)
+    assert "llama3.2:3b" in {m["name"] for m in tags["models"]}
