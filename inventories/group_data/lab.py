@@ -2,36 +2,42 @@
 
 This is also the worked example of an air-gapped site: only URLs (and the checksums that pin
 what they serve) change; the deploy code is the same as for production.
+
+pyinfra imports every file of group_data/ for every inventory of this folder, so this file
+must not fail when the lab is down: it then sets nothing (inventories/lab.py itself says the lab
+is not up).
 """
 
 import json
 import os
 from pathlib import Path
 
-_LAB = json.loads(
-    (Path(os.environ.get("LAB_RUN", "/var/tmp/provisioner-lab")) / "lab.json").read_text()
-)
-_MIRROR = "http://169.254.100.1:8080"
+_LAB_JSON = Path(os.environ.get("LAB_RUN", "/var/tmp/provisioner-lab")) / "lab.json"
 
-# Connection: root over SSH with the lab's key; host keys are throwaway.
-ssh_user = _LAB["ssh_user"]
-ssh_key = _LAB["ssh_key"]
-ssh_strict_host_key_checking = "off"
-ssh_known_hosts_file = "/dev/null"
+if _LAB_JSON.exists():
+    _LAB = json.loads(_LAB_JSON.read_text())
+    _MIRROR = "http://169.254.100.1:8080"
 
-# NVIDIA's CUDA repository (the lab's signed stand-in, same layout as NVIDIA's URLs).
-nvidia_repo_url = f"{_MIRROR}/cuda"
-nvidia_repo_key_url = _LAB["key"]["url_asc"]
-nvidia_repo_key_fingerprint = _LAB["key"]["fingerprint"]
+    # Connection: root over SSH with the lab's key; host keys are throwaway.
+    ssh_user = _LAB["ssh_user"]
+    ssh_key = _LAB["ssh_key"]
+    ssh_strict_host_key_checking = "off"
+    ssh_known_hosts_file = "/dev/null"
 
-# PyTorch wheel indexes (PEP 503; <url>/cu130, <url>/cpu).
-pytorch_index_url = f"{_MIRROR}/whl"
+    # NVIDIA's CUDA repository (the lab's signed stand-in, same layout as NVIDIA's URLs).
+    nvidia_repo_url = f"{_MIRROR}/cuda"
+    nvidia_repo_key_url = _LAB["key"]["url_asc"]
+    nvidia_repo_key_fingerprint = _LAB["key"]["fingerprint"]
 
-# Ollama release archive and its pinned checksum.
-ollama_version = "0.32.15"
-ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.tgz"
-ollama_sha256 = _LAB["ollama"]["releases"][ollama_version]["sha256"]
+    # PyTorch wheel indexes (PEP 503; <url>/cu130, <url>/cpu).
+    pytorch_index_url = f"{_MIRROR}/whl"
+    pytorch_index_trusted = True  # plain HTTP on the lab's own network
 
-# Models come from the site registry (CNCF Distribution over plain HTTP).
-ollama_registry = "http://169.254.100.1:5000"
-ollama_registry_insecure = True
+    # Ollama release archive and its pinned checksum.
+    ollama_version = "0.32.15"
+    ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.tgz"
+    ollama_sha256 = _LAB["ollama"]["releases"][ollama_version]["sha256"]
+
+    # Models come from the site registry (CNCF Distribution over plain HTTP).
+    ollama_registry = "http://169.254.100.1:5000"
+    ollama_registry_insecure = True

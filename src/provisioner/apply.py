@@ -124,7 +124,8 @@ def pyinfra_command(
     if batch:
         command += ["--parallel", str(batch)]
     for key, value in (data or {}).items():
-        command += ["--data", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        # JSON even for strings: pyinfra's --data parser would turn "2.10" into the float 2.1
+        command += ["--data", f"{key}={json.dumps(value)}"]
     return command
 
 

@@ -1,7 +1,8 @@
 """The ``provision`` command line.
 
 Exit status, for scripts: 0 success; 1 a host failed or was unreachable (the others were still
-served); 2 bad input (inventory, data keys, options) — reported before any host is touched.
+served); 2 bad input (inventory, data keys, options) — reported before any host is touched;
+3 (apply) every host succeeded but some wait for a reboot they were not allowed.
 
 Imports stay inside the commands so that ``provision --help`` is fast.
 """
@@ -272,9 +273,14 @@ def verify(
     from pathlib import Path
 
     loaded = _load(inventory, limit)
+    from provisioner.verify.runner import VerifyError
     from provisioner.verify_cli import verify_inventory
 
-    report = verify_inventory(loaded, workers=workers, junit=Path(junit) if junit else None)
+    try:
+        report = verify_inventory(loaded, workers=workers, junit=Path(junit) if junit else None)
+    except VerifyError as exc:
+        click.echo(f"provision: verify could not run: {exc}", err=True)
+        sys.exit(EXIT_HOST_FAILED)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -319,7 +325,9 @@ def models_sync(
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
 
-    result = sync_lib.sync(loaded, prune=prune, dry=dry, batch=batch, show_progress=not as_json)
+    result = sync_lib.sync(
+        loaded, prune=True if prune else None, dry=dry, batch=batch, show_progress=not as_json
+    )
     _report_models(result, as_json)
 
 
@@ -364,7 +372,12 @@ def models_mirror(
     """Copy the planned models of an inventory into the site registry, once."""
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
+    from provisioner.settings import resolve
 
+    if not registry and not any(
+        resolve(loaded.data_of(h)).get("ollama_registry") for h in loaded.hosts
+    ):
+        _fail_input("no host has a site registry (ollama_registry) and no --to was given")
     kwargs = {"registry": registry, "show_progress": not as_json}
     if upstream:
         kwargs["upstream"] = upstream
@@ -374,13 +387,7 @@ def models_mirror(
     else:
         for result in results:
             _console().print(result.table())
-    if not results:
-        click.echo(
-            "provision: no host has a site registry (ollama_registry) and no --to was given",
-            err=True,
-        )
-        sys.exit(EXIT_BAD_INPUT)
-    sys.exit(max(r.exit_code for r in results))
+    sys.exit(max((r.exit_code for r in results), default=EXIT_OK))
 
 
 if __name__ == "__main__":  # pragma: no cover

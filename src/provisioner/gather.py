@@ -101,7 +101,8 @@ def gather(loaded: LoadedInventory, parallel: int = 0) -> dict[str, dict[str, An
             with ctx_state.use(state), ctx_host.use(host):
                 results[host.name] = host_facts(host)
         except Exception as exc:
-            results[host.name] = unreachable(f"fact gathering failed: {exc}")
+            failed = unreachable(f"fact gathering failed: {exc}")
+            results[host.name] = {**failed, "gpu_state": "error"}
         finally:
             host.disconnect()
 

@@ -329,7 +329,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
 def sync(
     loaded: LoadedInventory,
     *,
-    prune: bool = False,
+    prune: bool | None = None,
     refresh: bool = True,
     dry: bool = False,
     batch: int | None = None,
@@ -340,7 +340,7 @@ def sync(
     """Make every host of ``loaded`` hold its planned models.
 
     + loaded: the inventory (``provisioner.inventory.load``)
-    + prune: remove models neither planned nor pinned
+    + prune: remove models neither planned nor pinned (None: each host's ``ollama_models_prune``)
     + refresh: re-pull present tags whose registry manifest changed
     + dry: only say which hosts would change
     + batch: hosts worked on at once (None: all; 1: host by host)

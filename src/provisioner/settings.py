@@ -69,6 +69,8 @@ class KeySpec:
     def check(self, value: Any) -> str | None:
         """Return a human message when ``value`` does not fit this key, else None."""
         if value is None:
+            if self.default is not None:
+                return f"None is not allowed (leave the key out for the default {self.default!r})"
             return None
         expected = _TYPES[self.type]
         if self.type in ("int", "float") and isinstance(value, bool):
