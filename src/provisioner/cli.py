@@ -148,21 +148,12 @@ def plan(
         problems = settings.validate(data)
         if problems:
             _fail_input(f"--profile: {problems[0][1]}")
-        hosts = {}
-        for number, spec in enumerate(what_if, start=1):
+        for spec in what_if:
             try:
-                gpus = planner.parse_what_if(spec)
+                planner.parse_what_if(spec)
             except planner.WhatIfError as exc:
                 _fail_input(f"--what-if {spec!r}: {exc}")
-            facts = {
-                "gpu_state": "ok",
-                "gpus": gpus,
-                "os": {},
-                "memory_total_mib": None,
-                "pci_devices": [],
-            }
-            hosts[f"what-if-{number}"] = (facts, settings.resolve(data))
-        result = planner.plan_fleet(hosts)
+        result = planner.plan_what_if(list(what_if), settings.resolve(data))
         _show_plan(result, as_json)
         sys.exit(EXIT_OK)
 

@@ -130,3 +130,21 @@ def test_unreachable_host_is_reported_and_exit_1(tmp_path):
     host = json.loads(result.stdout)["hosts"]["down-1"]
     assert host["gpu_state"] == "unreachable" and host["error"]
     assert "host down-1 unreachable" in result.stderr
+
+
+def test_plan_what_if_json(tmp_path):
+    result = run(
+        ["plan", "--what-if", "2x NVIDIA A100-SXM4-80GB:81920", "--what-if", "Tesla T4:15360",
+         "--profile", "coding", "--json"],
+        dict(os.environ),
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    hosts = json.loads(result.stdout)["hosts"]
+    assert list(hosts) == ["what-if-1", "what-if-2"]
+    assert hosts["what-if-1"]["vram_mib"] == 2 * 81920
+    assert [g["index"] for g in hosts["what-if-1"]["gpus"]] == [0, 1]
+    assert hosts["what-if-2"]["models"] and all(
+        m["estimated_vram_mib"] <= hosts["what-if-2"]["budget_mib"]
+        for m in hosts["what-if-2"]["models"]
+    )
