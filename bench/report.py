@@ -1,0 +1,236 @@
+"""Reports of a benchmark run: ``<date>.json`` (everything), ``<date>.md`` (tables) and
+``<date>.png`` (fleet scaling, drawn by :mod:`bench.png`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import png
+
+
+def _s(summary: dict[str, Any] | None, unit: str = "", digits: int = 2) -> str:
+    """``1.23 s (1.10–1.40)`` from a Summary's JSON; ``–`` when missing."""
+    if not summary:
+        return "–"
+    median = f"{summary['median']:.{digits}f}{unit}"
+    if summary.get("n", 1) < 2:
+        return median
+    return f"{median} ({summary['min']:.{digits}f}–{summary['max']:.{digits}f})"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def target_rows(targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | goal | measured | verdict |", "| --- | --- | --- | --- |"]
+    for row in targets:
+        unit = row["unit"]
+        goal = f"{row.get('op', '≤')} {row['target']:g} {unit}"
+        if row.get("value") is None:
+            lines.append(f"| {row['what']} | {goal} | not measured | – |")
+            continue
+        value = f"{row['value']:.3g} {unit}"
+        if row["met"]:
+            verdict = "met"
+        else:
+            verdict = f"**missed by {row.get('miss_percent', 0):g} %** (×{row.get('miss_factor')})"
+        lines.append(f"| {row['what']} | {goal} | {value} | {verdict} |")
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown report of ``results``."""
+    meta = results["meta"]
+    m = meta["machine"]
+    opts = meta["options"]
+    out = [
+        f"# Benchmark {meta['date']}",
+        "",
+        f"Revision `{meta.get('revision')}`; machine: {m['cpus']} CPUs, {m['memory_mib']} MiB, "
+        f"kernel {m['kernel']}, Python {m['python']}, pyinfra {m['pyinfra']}"
+        + (
+            f", ansible-core {results['lab']['ansible_core']}"
+            if results.get("lab", {}).get("ansible_core")
+            else ""
+        )
+        + f". {opts['reps']} repetitions; the run took {meta.get('duration_s', 0):.0f} s"
+        + (
+            f" ({meta['lock_wait_s']:.0f} s of it waiting for the lab lock)."
+            if meta.get("lock_wait_s", 0) >= 1
+            else "."
+        ),
+        "",
+        "Figures are medians with (min–max); a ratio is computed run by run from measurements "
+        "taken side by side in the same run, then summarised the same way.",
+        "",
+        "## Targets (issue 8)",
+        "",
+        *target_rows(results.get("targets", [])),
+        "",
+    ]
+    lab = results.get("lab")
+    if lab:
+        out += [
+            "## Lab",
+            "",
+            f"{lab['hosts']} hosts, each a {lab['host']}, serving "
+            f"{', '.join(lab['role']['models'] + lab['role']['models_always'])} with CUDA "
+            f"toolkit {lab['role']['cuda_toolkit_version']} (the whole stack: driver, toolkit, "
+            f"PyTorch, Ollama, models). Lab up in {lab.get('up_s')} s.",
+            "",
+        ]
+        first = results.get("first_apply")
+        if first:
+            out.append(
+                f"First `provision apply` on {first['hosts']} bare hosts: {first['wall_s']} s "
+                f"(exit {first['exit_code']})."
+            )
+        warm = results.get("ansible_first_run")
+        if warm:
+            out.append(
+                f"First Ansible run on the converged hosts (not a figure): {warm['wall_s']} s, "
+                f"exit {warm['exit_code']}, changed: {warm['changed'] or 'none'}."
+            )
+        settle = results.get("ours_settle_run")
+        if settle:
+            out.append(
+                f"`provision apply` after it: {settle['wall_s']} s, changed: "
+                f"{settle['changed'] or 'none'}."
+            )
+        out.append("")
+    conv = results.get("converged")
+    if conv:
+        out += [
+            "## Converged re-run, fan-out, against Ansible",
+            "",
+            "Remote commands per host are `exec` channels seen by the host's sshd (its VERBOSE "
+            "log), the same count for both tools; logins and sftp sessions beside them.",
+            "",
+            "| hosts | tool | wall time (s) | time(N)/time(1) | commands/host | logins/host "
+            "| sftp/host | runs with changes |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for who in ("ours", "ansible"):
+            for n, row in (conv.get(who) or {}).items():
+                ratio = conv.get("fanout_ratio", {}).get(who, {}).get(n)
+                name = "provision apply" if who == "ours" else "ansible-playbook"
+                out.append(
+                    f"| {n} | {name} | {_s(row['wall_s'])} | "
+                    f"{_s(ratio) if ratio else ('1' if n == '1' else '–')} | "
+                    f"{_s(row['commands_per_host'], digits=0)} | "
+                    f"{_s(row['logins_per_host'], digits=0)} | "
+                    f"{_s(row['sftp_per_host'], digits=0)} | "
+                    f"{row['runs_with_changes']} of {len(row['runs'])}"
+                    + (f", {row['failed_runs']} failed" if row["failed_runs"] else "")
+                    + " |"
+                )
+        base = conv.get("pyinfra_baseline")
+        one = (conv.get("ours") or {}).get("1")
+        if base and one:
+            extra = one["commands_per_host"]["median"] - base["commands_per_host"]["median"]
+            spent = one["wall_s"]["median"] - base["wall_s"]["median"]
+            out += [
+                "",
+                f"A bare `pyinfra INVENTORY exec -- true` on 1 host (interpreter, inventory, one "
+                f"SSH connection, {base['commands_per_host']['median']:g} command): "
+                f"{_s(base['wall_s'])} s. The converged `provision apply` on 1 host spends "
+                f"{spent:.2f} s more, for {extra:g} more remote commands "
+                + (f"({spent / extra * 1000:.0f} ms each, everything included)." if extra else "."),
+            ]
+        versus = conv.get("ours_over_ansible")
+        if versus:
+            out += ["", "| hosts | ours / Ansible |", "| --- | --- |"]
+            out += [f"| {n} | {_s(v, digits=3)} |" for n, v in versus.items()]
+        out.append("")
+    models = results.get("models")
+    if models:
+        out += [
+            "## Model distribution",
+            "",
+            f"One model ({models['model']}, {_mib(models['model_bytes'])} of blobs, pushed anew "
+            "for every run so nothing is cached) onto N hosts. *direct*: every host fetches from "
+            "the upstream registry; *mirror*: `provision models mirror` copies it into the site "
+            "registry once, then the hosts fetch from the site. Bytes are response bodies counted "
+            "by a proxy in front of each registry.",
+            "",
+            "| hosts | path | wall time (s) | upstream blob bytes | × model size "
+            "| site blob bytes | hosts that got it |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for scenario in ("direct", "mirror"):
+            for n, row in models.get(scenario, {}).items():
+                up = row["upstream_blob_bytes"]["median"]
+                site = row["site_blob_bytes"]["median"]
+                out.append(
+                    f"| {n} | {scenario} | {_s(row['wall_s'])} | {_mib(up)} | "
+                    f"{_s(row['upstream_factor'])} | {_mib(site)} | "
+                    f"{row.get('hosts_served', {}).get('min', '–')} |"
+                    + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
+                )
+        out.append("")
+    planner = results.get("planner")
+    if planner:
+        out += [
+            "## Planner scale",
+            "",
+            f"`provision plan` on recorded facts of {planner['hosts']:,} hosts (no connections; "
+            f"a fresh interpreter: import, load the facts, resolve each host's data, plan, JSON): "
+            f"wall time {_s(planner['wall_s'])} s, of which `plan_fleet` "
+            f"{_s(planner['plan_fleet_s'])} s; peak RSS {_s(planner['max_rss_mib'], ' MiB', 0)}; "
+            f"{planner['models_planned']:,} models planned.",
+            "",
+        ]
+    start = results.get("startup")
+    if start:
+        out += [
+            "## Start-up",
+            "",
+            f"`provision --help`: {_s(start['provision_help_s'], ' s', 3)}; a bare "
+            f"`python -c pass` beside it: {_s(start['python_bare_s'], ' s', 3)}.",
+            "",
+        ]
+    if results.get("notes"):
+        out += ["## Notes", "", *[f"* {note}" for note in results["notes"]], ""]
+    return "\n".join(out)
+
+
+def scaling_series(results: dict[str, Any]) -> list[png.Series]:
+    conv = results.get("converged") or {}
+    series = []
+    for who, label in (("ours", "provision apply (pyinfra)"), ("ansible", "ansible-playbook")):
+        rows = conv.get(who) or {}
+        points = [
+            (float(n), r["wall_s"]["median"], r["wall_s"]["min"], r["wall_s"]["max"])
+            for n, r in rows.items()
+        ]
+        if points:
+            series.append(png.Series(label, points))
+    return series
+
+
+def write(results: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Write ``<date>.json``, ``<date>.md`` and (when there is a fan-out) ``<date>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = results["meta"]["date"][:10]
+    paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results)
+    series = scaling_series(results)
+    if series:
+        paths["png"] = folder / f"{stem}.png"
+        png.write_chart(
+            paths["png"],
+            series,
+            title="Converged re-run vs fleet size",
+            x_label="lab hosts (N)",
+            y_label="seconds: median, min-max",
+        )
+        text += (
+            f"\n![fleet scaling]({paths['png'].name}) "
+            "(the PNG is not committed: bench/results/*.png is gitignored)\n"
+        )
+    paths["md"].write_text(text)
+    return paths
