@@ -26,7 +26,7 @@ from io import StringIO
 from typing import Any
 
 import jinja2
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Groups
@@ -424,6 +424,15 @@ def install_ollama() -> None:
     except ollama_release.ReleaseError as exc:
         ollama.refuse(name="Check the Ollama release", reason=str(exc))
         return
+    exposed = ollama_release.cves_affecting(cfg.version)
+    if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
+        host.log_styled(
+            f"Ollama {cfg.version} is exposed to "
+            + ", ".join(cve.id for cve in exposed)
+            + " (accepted by ollama_allow_vulnerable_version)",
+            fg="yellow",
+            log_func=logger.warning,
+        )
 
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
