@@ -20,6 +20,7 @@ import json
 import os
 import pprint
 import re
+import resource
 import runpy
 import shutil
 import subprocess
@@ -181,6 +182,13 @@ class CliRun:
     returncode: int
     payload: Any
     log_tail: str
+    cpu_s: float = 0.0  # user + system CPU of the command and everything it waited for
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every child this process has waited for, so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_timed(
@@ -194,6 +202,7 @@ def run_timed(
     """Run ``command`` from the repository root; stdout (JSON) parsed, stderr kept in ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as err:
+        cpu = children_cpu()
         started = time.perf_counter()
         proc = subprocess.run(
             list(command),
@@ -206,6 +215,7 @@ def run_timed(
             env={**os.environ, "COLUMNS": "200", **(env or {})},
         )
         wall = time.perf_counter() - started
+        cpu = children_cpu() - cpu
     payload: Any = proc.stdout
     if parse_json:
         try:
@@ -214,7 +224,7 @@ def run_timed(
             payload = None
             log.write_text(log.read_text() + "\n--- stdout ---\n" + proc.stdout)
     tail = log.read_text(errors="replace")[-3000:]
-    return CliRun(wall, proc.returncode, payload, tail)
+    return CliRun(wall, proc.returncode, payload, tail, cpu)
 
 
 def changed_by_host(payload: Mapping[str, Any] | None) -> dict[str, list[str]]:

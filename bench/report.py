@@ -109,9 +109,13 @@ def render(results: dict[str, Any]) -> str:
             "Remote commands per host are `exec` channels seen by the host's sshd (its VERBOSE "
             "log), the same count for both tools; logins and sftp sessions beside them.",
             "",
+        ]
+        rows = [r for who in ("ours", "ansible") for r in (conv.get(who) or {}).values()]
+        cpu = any("controller_cpu_s" in r for r in rows)
+        out += [
             "| hosts | tool | wall time (s) | time(N)/time(1) | commands/host | logins/host "
-            "| sftp/host | runs with changes |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| sftp/host | runs with changes |" + (" controller CPU (s) |" if cpu else ""),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cpu else ""),
         ]
         for who in ("ours", "ansible"):
             for n, row in (conv.get(who) or {}).items():
@@ -126,6 +130,7 @@ def render(results: dict[str, Any]) -> str:
                     f"{row['runs_with_changes']} of {len(row['runs'])}"
                     + (f", {row['failed_runs']} failed" if row["failed_runs"] else "")
                     + " |"
+                    + (f" {_s(row.get('controller_cpu_s'))} |" if cpu else "")
                 )
         base = conv.get("pyinfra_baseline")
         one = (conv.get("ours") or {}).get("1")
@@ -167,7 +172,7 @@ def render(results: dict[str, Any]) -> str:
                 out.append(
                     f"| {n} | {scenario} | {_s(row['wall_s'])} | {_mib(up)} | "
                     f"{_s(row['upstream_factor'])} | {_mib(site)} | "
-                    f"{row.get('hosts_served', {}).get('min', '–')} |"
+                    f"{_s(row.get('hosts_served'), digits=0)} |"
                     + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
                 )
         out.append("")

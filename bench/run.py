@@ -214,6 +214,7 @@ class LabRun:
             self.options.say(f"  {label}: exit {run.returncode}\n{run.log_tail[-1500:]}")
         return {
             "wall_s": round(run.wall_s, 3),
+            "cpu_s": round(run.cpu_s, 3),
             "exit_code": run.returncode,
             "changed": {h: ops for h, ops in changed.items() if ops},
             "sessions": sessions,
@@ -232,6 +233,7 @@ class LabRun:
         )
         return {
             "wall_s": round(run.wall_s, 3),
+            "cpu_s": round(run.cpu_s, 3),
             "exit_code": run.returncode,
             "changed": {},
             "sessions": self.sessions.stop(),
@@ -254,6 +256,7 @@ class LabRun:
             self.options.say(f"  {label}: exit {run.returncode}\n{run.log_tail[-1500:]}")
         return {
             "wall_s": round(run.wall_s, 3),
+            "cpu_s": round(run.cpu_s, 3),
             "exit_code": run.returncode,
             "changed": {h: r.get("changed", 0) for h, r in run.recap.items() if r.get("changed")},
             "recap": run.recap,
@@ -438,6 +441,11 @@ def summarise_runs(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
             "logins_per_host": summarize([s["logins"] for s in per_host]).to_json(1),
             "sftp_per_host": summarize([s["sftp"] for s in per_host]).to_json(1),
             "runs_with_changes": sum(1 for r in records if r["changed"]),
+            **(
+                {"controller_cpu_s": summarize([r["cpu_s"] for r in records]).to_json()}
+                if all("cpu_s" in r for r in records)
+                else {}
+            ),
             "failed_runs": sum(1 for r in records if r["exit_code"] != 0),
             "runs": records,
         }

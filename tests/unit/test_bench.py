@@ -8,6 +8,7 @@ import http.server
 import json
 import re
 import struct
+import sys
 import threading
 import urllib.request
 import zlib
@@ -93,6 +94,7 @@ def _results() -> dict:
             "ansible": summarise_runs(ansible),
             "fanout_ratio": {"ours": fanout(ours)},
             "ours_over_ansible": {"1": ratio_summary([4.0, 6.0], [20.0, 30.0]).to_json()},
+            "pyinfra_baseline": summarise_runs({1: [_record(1.0, 1), _record(1.0, 1)]})["1"],
         },
         "planner": {
             "hosts": 10000,
@@ -142,6 +144,7 @@ def test_markdown_report_has_every_section_and_the_misses(tmp_path):
     assert "| 8 | provision apply | 8.50 (8.00–9.00) | 1.75 (1.50–2.00) |" in text
     assert "| 1 | ours / Ansible |" not in text and "| 1 | 0.200 (0.200–0.200) |" in text
     assert "## Planner scale" in text and "## Start-up" in text
+    assert "spends 4.00 s more, for 60 more remote commands (67 ms each" in text
     paths = report.write(results, tmp_path)
     assert json.loads(paths["json"].read_text())["meta"]["revision"] == "abc1234"
     assert paths["png"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -306,6 +309,25 @@ def test_session_log_counts_only_what_came_after_start(tmp_path):
     counts = sessions.stop(settle=0)
     assert counts["bench1"] == {"logins": 0, "commands": 1, "sftp": 0}
     assert counts["bench2"] == {"logins": 0, "commands": 0, "sftp": 0}
+
+
+def test_timed_run_parses_json_and_counts_the_childs_cpu(tmp_path):
+    code = (
+        "import json, sys; sum(range(2_000_000)); "
+        "print(json.dumps({'n': 1})); print('log', file=sys.stderr)"
+    )
+    run = lab_bench.run_timed([sys.executable, "-c", code], log=tmp_path / "run.log")
+    assert run.returncode == 0 and run.payload == {"n": 1}
+    assert run.cpu_s > 0 and run.wall_s > 0
+    assert (tmp_path / "run.log").read_text() == "log\n"
+    bad = lab_bench.run_timed([sys.executable, "-c", "print('not json')"], log=tmp_path / "b.log")
+    assert bad.payload is None and "not json" in (tmp_path / "b.log").read_text()
+
+
+def test_controller_cpu_is_summarised_when_measured():
+    with_cpu = [dict(_record(1.0, 5), cpu_s=c) for c in (0.5, 0.7)]
+    assert summarise_runs({1: with_cpu})["1"]["controller_cpu_s"]["median"] == 0.6
+    assert "controller_cpu_s" not in summarise_runs({1: [_record(1.0, 5)]})["1"]
 
 
 def test_changed_operations_by_host():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +30,11 @@ def default_venv() -> Path:
     return cache / "bench" / "ansible-venv"
 
 
-def ensure_venv(venv: Path, requirement: str = ANSIBLE_CORE, python: str = "python3") -> str:
-    """Create ``venv`` with ``requirement`` unless it is there; returns ansible-core's version."""
+def ensure_venv(venv: Path, requirement: str = ANSIBLE_CORE, python: str | None = None) -> str:
+    """Create ``venv`` with ``requirement`` unless it is there; returns ansible-core's version.
+    The interpreter defaults to the one running the bench (a venv made from a venv's python
+    is based on the same base interpreter)."""
+    python = python or sys.executable
     playbook = venv / "bin" / "ansible-playbook"
     stamp = venv / ".bench-requirement"
     if not playbook.exists() or not stamp.exists() or stamp.read_text() != requirement:
@@ -74,6 +79,7 @@ class PlaybookRun:
     returncode: int
     recap: dict[str, dict[str, int]]
     log_tail: str
+    cpu_s: float = 0.0  # ansible-playbook and its forks (not the detached SSH masters)
 
 
 def run_playbook(
@@ -102,15 +108,18 @@ def run_playbook(
     command = [str(venv / "bin" / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run(
             command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             timeout=timeout,
         )  # fmt: skip
         wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     close_masters(control)
     text = log.read_text(errors="replace")
-    return PlaybookRun(wall, proc.returncode, parse_recap(text), text[-3000:])
+    return PlaybookRun(wall, proc.returncode, parse_recap(text), text[-3000:], cpu)
 
 
 def close_masters(control: Path, sockets: Sequence[Path] | None = None) -> None:
