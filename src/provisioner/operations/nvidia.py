@@ -30,7 +30,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import gpu_stack
+from provisioner import fact_cache, gpu_stack
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
@@ -83,7 +83,7 @@ def _executing() -> bool:
 
 
 def _module_state(target: gpu_stack.Distro) -> tuple[gpu_stack.InstalledDriver, Any, Any]:
-    installed = gpu_stack.installed_driver(target, host.get_fact(GpuStackPackages))
+    installed = gpu_stack.installed_driver(target, fact_cache.get_fact(GpuStackPackages))
     return installed, host.get_fact(NvidiaKernelModule), host.get_fact(NvidiaSmi)
 
 
@@ -361,7 +361,7 @@ def packages(distro: str, packages: Sequence[str], skip: str | None = None):
         host.noop("no packages to install")
         return
     target = gpu_stack.distro(distro)
-    installed = host.get_fact(GpuStackPackages)
+    installed = fact_cache.get_fact(GpuStackPackages)
     missing = [p for p in packages if not gpu_stack.is_installed(installed, p)]
     if not missing:
         host.noop(f"{', '.join(packages)} installed")
@@ -391,7 +391,7 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
         host.noop(f"driver branch lock: skipped, {skip}")
         return
     target = gpu_stack.distro(distro)
-    installed = host.get_fact(GpuStackPackages)
+    installed = fact_cache.get_fact(GpuStackPackages)
     if target.branch_lock == "module-stream":
         stream = target.stream(branch, flavour)
         module, _, wanted = stream.partition(":")
@@ -447,7 +447,7 @@ def driver(
         host.noop(f"NVIDIA driver: skipped, {skip}")
         return
     target = gpu_stack.distro(distro)
-    installed_fact = host.get_fact(GpuStackPackages)
+    installed_fact = fact_cache.get_fact(GpuStackPackages)
     current = gpu_stack.installed_driver(target, installed_fact)
     meta = target.driver_meta[flavour]
     if current.version is None:
@@ -489,7 +489,7 @@ def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip:
         host.noop("Fabric Manager: not an NVSwitch system")
         return
     target = gpu_stack.distro(distro)
-    installed_fact = host.get_fact(GpuStackPackages)
+    installed_fact = fact_cache.get_fact(GpuStackPackages)
     driver_version = gpu_stack.installed_driver(target, installed_fact).version or version
     if driver_version:
         driver_version = driver_version.split(":", 1)[-1]
@@ -527,7 +527,7 @@ def hold(distro: str, skip: str | None = None):
         host.noop(f"driver package holds: skipped, {skip}")
         return
     target = gpu_stack.distro(distro)
-    installed_fact = host.get_fact(GpuStackPackages)
+    installed_fact = fact_cache.get_fact(GpuStackPackages)
     unheld = gpu_stack.packages_to_hold(target, installed_fact)
     if not unheld:
         host.noop("the driver packages are held")
