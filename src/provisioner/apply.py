@@ -100,7 +100,7 @@ class RunResult:
 
 
 def entrypoint(deploy: str) -> str:
-    """Path of a packaged pyinfra deploy file (``site``, ``models``)."""
+    """Path of a packaged pyinfra deploy file (``provisioner/entrypoints/<deploy>.py``)."""
     return str(resources.files("provisioner") / "entrypoints" / f"{deploy}.py")
 
 
@@ -152,20 +152,13 @@ def parse_results(
     return hosts, failed
 
 
-def run_deploy(
-    loaded: LoadedInventory,
-    deploy: str,
-    *,
-    limit: tuple[str, ...] = (),
-    dry: bool = False,
-    serial: bool = False,
-    batch: int | None = None,
-    data: dict[str, Any] | None = None,
-) -> RunResult:
-    """Run a packaged deploy with pyinfra over ``loaded``; pyinfra's log streams to stderr."""
-    command = pyinfra_command(
-        loaded, deploy, limit=limit, dry=dry, serial=serial, batch=batch, data=data
-    )
+def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResult:
+    """Run a packaged deploy with pyinfra over ``loaded``; pyinfra's log streams to stderr.
+
+    + options: those of :func:`pyinfra_command` (limit, dry, serial, batch, data)
+    """
+    dry = bool(options.get("dry"))
+    command = pyinfra_command(loaded, deploy, **options)
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

@@ -168,10 +168,7 @@ def plan(
     loaded = _load(inventory, limit)
     gathered = gather(loaded)
     result = planner.plan_fleet(
-        {
-            host.name: (gathered[host.name], settings.resolve(loaded.data_of(host)))
-            for host in loaded.hosts
-        }
+        {host.name: (gathered[host.name], loaded.resolved(host)) for host in loaded.hosts}
     )
     _show_plan(result, as_json)
     _exit_for_unreachable(gathered)
@@ -363,11 +360,8 @@ def models_mirror(
     """Copy the planned models of an inventory into the site registry, once."""
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
-    from provisioner.settings import resolve
 
-    if not registry and not any(
-        resolve(loaded.data_of(h)).get("ollama_registry") for h in loaded.hosts
-    ):
+    if not registry and not any(loaded.resolved(h).get("ollama_registry") for h in loaded.hosts):
         _fail_input("no host has a site registry (ollama_registry) and no --to was given")
     kwargs = {"registry": registry, "show_progress": not as_json}
     if upstream:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from provisioner.nvidia_smi import GPU_CLASSES
+
 if TYPE_CHECKING:
     from pyinfra.api import Host, State
 
@@ -38,7 +40,8 @@ def shape(
     """Combine raw fact values into the ``provision facts --json`` host shape."""
     state = smi.get("state", "error")
     # nvidia-smi absent (no error text) and no NVIDIA GPU on the PCI bus: a CPU-only host.
-    if state == "no-driver" and smi.get("error") is None and not _gpu_devices(pci):
+    gpus_on_bus = [d for d in pci if d.get("class_id") in GPU_CLASSES]
+    if state == "no-driver" and smi.get("error") is None and not gpus_on_bus:
         state = "no-gpu"
     return {
         "gpu_state": state,
@@ -50,10 +53,6 @@ def shape(
         "memory_total_mib": memory_mib,
         "pci_devices": pci,
     }
-
-
-def _gpu_devices(pci: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d for d in pci if str(d.get("class_id", "")).startswith("03")]
 
 
 def unreachable(error: str) -> dict[str, Any]:

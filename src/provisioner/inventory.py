@@ -40,17 +40,11 @@ class LoadedInventory:
 
     def data_of(self, host: Host) -> dict[str, Any]:
         """The host's own data merged over the group data (pyinfra's precedence)."""
-        return host_data_dict(host)
+        return host.data.dict()
 
-
-def host_data_dict(host: Host) -> dict[str, Any]:
-    """Flatten pyinfra's layered host data (highest precedence wins)."""
-    merged: dict[str, Any] = {}
-    for layer in reversed(host.data.datas):
-        if callable(layer):
-            layer = layer()
-        merged.update(layer)
-    return merged
+    def resolved(self, host: Host) -> dict[str, Any]:
+        """The host's data over every declared default: the values the deploys will see."""
+        return settings.resolve(host.data.dict())
 
 
 def _looks_like_file(source: str) -> bool:

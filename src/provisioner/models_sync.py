@@ -275,10 +275,9 @@ def _in_context(state: State, target: Host, func: Any, *args: Any, **kwargs: Any
 def _store(state: State, target: Host) -> dict[str, Any]:
     from provisioner.deploys.models import source_settings
     from provisioner.facts.ollama import OllamaModels
-    from provisioner.inventory import host_data_dict
     from provisioner.settings import resolve
 
-    models_dir = source_settings(resolve(host_data_dict(target)))["models_dir"]
+    models_dir = source_settings(resolve(target.data.dict()))["models_dir"]
     return _in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
 
 
@@ -297,10 +296,9 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
     """Every planned and pinned model present, complete and equal to its registry manifest."""
     from provisioner.deploys.models import planned_models, source_settings
     from provisioner.facts.ollama import OllamaRegistryManifest
-    from provisioner.inventory import host_data_dict
     from provisioner.settings import resolve
 
-    data = resolve(host_data_dict(target))
+    data = resolve(target.data.dict())
     src = source_settings(data)
     wanted = _in_context(state, target, planned_models, target)
     wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
@@ -597,12 +595,11 @@ def planned_by_host(loaded: LoadedInventory) -> dict[str, list[str]]:
     """The planned and pinned tags of every host of ``loaded`` (facts gathered live)."""
     from provisioner.gather import gather
     from provisioner.planner import plan_host
-    from provisioner.settings import resolve
 
     facts = gather(loaded)
     planned: dict[str, list[str]] = {}
     for target in loaded.hosts:
-        data = resolve(loaded.data_of(target))
+        data = loaded.resolved(target)
         plan = plan_host(target.name, facts.get(target.name), data)
         tags = [entry["tag"] for entry in plan.get("models", [])]
         tags += [m for m in data.get("models_pinned") or [] if m not in tags]
@@ -625,12 +622,10 @@ def mirror_inventory(
       one are left out)
     + upstream: where models come from (default: the public library)
     """
-    from provisioner.settings import resolve
-
     by_registry: dict[tuple[str, str], list[str]] = {}
     for name, tags in planned_by_host(loaded).items():
         target = next(t for t in loaded.hosts if t.name == name)
-        data = resolve(loaded.data_of(target))
+        data = loaded.resolved(target)
         site = registry or data.get("ollama_registry")
         if not site:
             continue

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provisioner import settings
-
 if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
     from provisioner.verify.report import VerifyReport
@@ -24,7 +22,7 @@ def verify_inventory(
     targets = []
     for host in loaded.hosts:
         data = loaded.data_of(host)
-        resolved = settings.resolve(data)
+        resolved = loaded.resolved(host)
         connection = {k: v for k, v in data.items() if k.startswith("ssh_")}
         targets.append(
             VerifyTarget(

@@ -22,20 +22,12 @@ __all__ = ["DEFAULTS", "ollama_models", "planned_models", "source_settings"]
 DEFAULTS = {**settings.defaults("core"), **settings.defaults("ollama")}
 
 
-def _host_data(target: Any) -> dict[str, Any]:
-    try:
-        from provisioner.inventory import host_data_dict
-    except ImportError:  # pragma: no cover - the lead's inventory module is always there
-        return {key: target.data.get(key) for key in DEFAULTS}
-    return host_data_dict(target)
-
-
 def planned_models(target: Any) -> list[str]:
     """The tags the planner chooses for ``target`` (a connected pyinfra host), from live facts."""
     from provisioner.gather import host_facts
     from provisioner.planner import plan_host
 
-    data = settings.resolve(_host_data(target))
+    data = settings.resolve(target.data.dict())
     plan = plan_host(target.name, host_facts(target), data)
     return [entry["tag"] for entry in plan.get("models", [])]
 
