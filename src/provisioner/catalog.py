@@ -8,7 +8,10 @@ entry whose tag is already in the packaged catalog replaces that row.
 Required columns of an extra entry: ``tag``, ``size_bytes``, ``context``, ``layers``,
 ``kv_heads``, ``head_dim``. The others default to: ``family`` the model part of the tag,
 ``category`` ``chat``, ``params_b`` 0, ``quant`` ``unknown``, ``rank`` 0 (never preferred over a
-packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``source`` ``model_catalog_extra``.
+packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``vocab`` 152064, ``heads``
+4 x ``kv_heads``, ``projector_bytes`` 0, ``kind`` ``embedding`` when the category says so,
+``vision`` when it lists vision, else ``text``, ``num_ctx`` 0 (the model's params set no
+context), ``source`` ``model_catalog_extra``.
 
 Ollama model names follow ``[host[:port]/][namespace/]model[:tag]``
 (``ollama/types/model/name.go``): the default host is ``registry.ollama.ai``, the default
@@ -50,8 +53,19 @@ COLUMNS = (
     "head_dim",
     "swa_layers",
     "swa_window",
+    "vocab",
+    "heads",
+    "projector_bytes",
+    "kind",
+    "num_ctx",
     "source",
 )
+KINDS = ("text", "vision", "embedding")
+# What an extra entry without ``vocab``/``heads`` is sized with: the largest vocabulary of the
+# packaged text models below 200k tokens (qwen2.5, 152064) and four query heads per KV head
+# (the common GQA ratio); both err towards a larger compute graph.
+DEFAULT_VOCAB = 152064
+DEFAULT_HEADS_PER_KV_HEAD = 4
 REQUIRED_EXTRA = ("tag", "size_bytes", "context", "layers", "kv_heads", "head_dim")
 
 EXTRA_KEY = "model_catalog_extra"
@@ -63,6 +77,7 @@ _MAX_CONTEXT = 16 * 2**20  # 16 Mi tokens
 _MAX_LAYERS = 1024
 _MAX_HEADS = 1024
 _MAX_HEAD_DIM = 4096
+_MAX_VOCAB = 4 * 2**20
 
 
 class CatalogError(ValueError):
@@ -91,7 +106,17 @@ class ModelEntry:
     head_dim: int
     swa_layers: int = 0
     swa_window: int = 0
+    vocab: int = DEFAULT_VOCAB
+    heads: int = 0  # query heads; 0: DEFAULT_HEADS_PER_KV_HEAD x kv_heads
+    projector_bytes: int = 0  # vision projector (part of size_bytes)
+    kind: str = "text"  # text | vision | embedding
+    num_ctx: int = 0  # num_ctx of the model's params layer; 0 when it sets none
     source: str = ""
+
+    @property
+    def attention_heads(self) -> int:
+        """Query heads (the catalog's ``heads``, or 4 per KV head when unknown)."""
+        return self.heads or DEFAULT_HEADS_PER_KV_HEAD * self.kv_heads
 
     @property
     def full_layers(self) -> int:
@@ -222,6 +247,16 @@ def _categories(value: Any) -> tuple[str, ...]:
     return tuple(cats)
 
 
+def _kind(value: Any, categories: tuple[str, ...]) -> str:
+    if value is None or value == "":
+        if "embedding" in categories:
+            return "embedding"
+        return "vision" if "vision" in categories else "text"
+    if value not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {value!r}")
+    return str(value)
+
+
 def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> ModelEntry:
     """Build and check one entry; raises ``ValueError`` with a message naming the column."""
     unknown = sorted(set(row) - set(COLUMNS))
@@ -243,13 +278,16 @@ def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> Mod
     swa_window = _int(row.get("swa_window", 0) or 0, "swa_window", 0, _MAX_CONTEXT)
     if swa_layers and not swa_window:
         raise ValueError("swa_window must be set (tokens) when swa_layers is not 0")
+    categories = _categories(row.get("category") or "chat")
+    size_bytes = _int(row["size_bytes"], "size_bytes", 1, _MAX_SIZE_BYTES)
+    projector = _int(row.get("projector_bytes") or 0, "projector_bytes", 0, size_bytes)
     return ModelEntry(
         tag=tag,
         family=_str(row.get("family") or model_part, "family"),
-        categories=_categories(row.get("category") or "chat"),
+        categories=categories,
         params_b=_float(row.get("params_b") or 0, "params_b", 0, 100_000),
         quant=_str(row.get("quant") or "unknown", "quant"),
-        size_bytes=_int(row["size_bytes"], "size_bytes", 1, _MAX_SIZE_BYTES),
+        size_bytes=size_bytes,
         context=_int(row["context"], "context", 1, _MAX_CONTEXT),
         rank=_int(row.get("rank") or 0, "rank", 0, 100),
         layers=layers,
@@ -257,6 +295,11 @@ def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> Mod
         head_dim=_int(row["head_dim"], "head_dim", 1, _MAX_HEAD_DIM),
         swa_layers=swa_layers,
         swa_window=swa_window,
+        vocab=_int(row.get("vocab") or DEFAULT_VOCAB, "vocab", 1, _MAX_VOCAB),
+        heads=_int(row.get("heads") or 0, "heads", 0, _MAX_HEADS),
+        projector_bytes=projector,
+        kind=_kind(row.get("kind"), categories),
+        num_ctx=_int(row.get("num_ctx") or 0, "num_ctx", 0, _MAX_CONTEXT),
         source=_str(row.get("source") or EXTRA_KEY, "source"),
     )
 
