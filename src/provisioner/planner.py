@@ -49,7 +49,7 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -62,7 +62,15 @@ from .catalog import (
     is_valid_ollama_name,
     normalise_tag,
 )
-from .estimator import Estimate, estimate, largest_offer, place, usable_mib
+from .estimator import (
+    Estimate,
+    estimate,
+    flash_attention_supported,
+    largest_offer,
+    place,
+    rules_for,
+    usable_mib,
+)
 
 NVIDIA_VENDOR_ID = "10de"
 WHAT_IF_MAX_GPUS = 64
@@ -119,6 +127,9 @@ class _Settings:
     kv_cache_type: str
     batch_size: int
     reserve_mib: int
+    version: str
+    flash_attention: bool
+    margin_mib: int  # free memory the release's fit leaves per GPU (on top of the reserve)
     headroom: float
     ram_reserve_mib: int
     models: tuple[str, ...] | None
@@ -138,12 +149,16 @@ def _settings(data: Mapping[str, Any]) -> _Settings:
     if not _value(data, "ollama_flash_attention"):
         kv_type = "f16"  # Ollama ignores a quantised KV cache without flash attention
     models = data.get("models")
+    version = str(_value(data, "ollama_version"))
     return _Settings(
         context=int(_value(data, "ollama_context_length")),
         parallel=int(_value(data, "ollama_num_parallel")),
         kv_cache_type=kv_type,
         batch_size=int(_value(data, "ollama_batch_size")),
         reserve_mib=int(_value(data, "vram_reserve_mib")),
+        version=version,
+        flash_attention=bool(_value(data, "ollama_flash_attention")),
+        margin_mib=rules_for(version).fit_margin_mib,
         headroom=float(_value(data, "vram_headroom")),
         ram_reserve_mib=int(_value(data, "ram_reserve_mib")),
         models=tuple(models) if models is not None else None,
@@ -215,7 +230,7 @@ def _gpu_host(raw_gpus: list[Any], s: _Settings, ram: int | None) -> _Host:
             out["excluded"] = "memory.total unknown"
             left_out.append(f"GPU {index} (memory unknown)")
         else:
-            out["usable_mib"] = usable_mib(memory, s.reserve_mib, s.headroom)
+            out["usable_mib"] = usable_mib(memory, s.reserve_mib + s.margin_mib, s.headroom)
             devices.append((index, memory))
         gpus.append(out)
     gpus.sort(key=lambda g: g["index"])
@@ -224,7 +239,8 @@ def _gpu_host(raw_gpus: list[Any], s: _Settings, ram: int | None) -> _Host:
     budget = sum(g["usable_mib"] for g in gpus)
     reason = (
         f"{len(gpus)} NVIDIA GPU(s), {vram} MiB; each GPU offers "
-        f"{s.headroom:g} x (memory - {s.reserve_mib} MiB reserve)"
+        f"{s.headroom:g} x (memory - {s.reserve_mib} MiB reserve"
+        + (f" - {s.margin_mib} MiB llama-server fit margin)" if s.margin_mib else ")")
     )
     if left_out:
         reason += "; left out: " + ", ".join(left_out)
@@ -336,8 +352,8 @@ class _Shape:
     budget_mib: int
 
 
-# (tag, estimated_vram_mib, gpus, reason, via, rank) and (tag, reason)
-_Model = tuple[str, int, tuple[int, ...], str, str, int]
+# (tag, estimated_vram_mib, gpus, reason, via, rank, context) and (tag, reason)
+_Model = tuple[str, int, tuple[int, ...], str, str, int, int]
 _Skip = tuple[str, str]
 
 
@@ -345,7 +361,10 @@ class _Selector:
     def __init__(self, shape: _Shape, s: _Settings, catalog_key: str) -> None:
         self.shape, self.s, self.catalog_key = shape, s, catalog_key
         self.catalog = _catalog_of(catalog_key)
-        self.offers = {i: usable_mib(m, s.reserve_mib, s.headroom) for i, m in shape.devices}
+        self.reserve = s.reserve_mib + s.margin_mib
+        self.offers = {i: usable_mib(m, self.reserve, s.headroom) for i, m in shape.devices}
+        # Ollama steps its automatic batch down against the free memory of the GPU it picks.
+        self.available = max((m - s.reserve_mib for _, m in shape.devices), default=0)
         self.models: list[_Model] = []
         self.skipped: list[_Skip] = []
         self.chosen: set[str] = set()
@@ -353,12 +372,22 @@ class _Selector:
     # sizing
     def estimate(self, entry: ModelEntry) -> Estimate:
         s = self.s
-        return estimate(entry, s.context, s.parallel, s.kv_cache_type, s.batch_size)
+        return estimate(
+            entry,
+            s.context,
+            s.parallel,
+            s.kv_cache_type,
+            s.batch_size,
+            version=s.version,
+            flash_attention=s.flash_attention,
+            available_mib=self.available,
+        )
 
     def fit(self, entry: ModelEntry) -> tuple[Estimate, list[int] | None]:
         est = self.estimate(entry)
         if self.shape.mode == "gpu":
-            gpus = place(est, list(self.shape.devices), self.s.reserve_mib, self.s.headroom)
+            s = self.s
+            gpus = place(est, list(self.shape.devices), s.reserve_mib, s.headroom, s.margin_mib)
             return est, gpus
         return est, ([] if est.total_mib <= self.shape.budget_mib else None)
 
@@ -376,16 +405,14 @@ class _Selector:
 
     def need_text(self, entry: ModelEntry, est: Estimate) -> str:
         s = self.s
-        ctx = min(s.context, entry.context)
+        vision = f" + vision {est.vision_mib}" if est.vision_mib else ""
         need = (
             f"needs {est.total_mib} MiB (weights {est.weights_mib} + KV cache {est.kv_mib} + "
-            f"graph {est.graph_mib}, at context {ctx} x {s.parallel} parallel, "
-            f"{s.kv_cache_type} KV)"
+            f"graph {est.graph_mib}{vision}, at context {est.context} x {s.parallel} parallel, "
+            f"{s.kv_cache_type} KV, batch {est.batch})"
         )
         if self.shape.mode == "gpu":
-            offer = largest_offer(
-                list(self.shape.devices), s.reserve_mib, s.headroom, est.graph_mib
-            )
+            offer = largest_offer(list(self.shape.devices), self.reserve, s.headroom, est.graph_mib)
             return f"{need}; the largest placement on this host offers {offer} MiB"
         return f"{need}; the RAM budget is {self.shape.budget_mib} MiB"
 
@@ -393,7 +420,7 @@ class _Selector:
     def take(self, entry: ModelEntry, est: Estimate, gpus: list[int], why: str, via: str) -> None:
         mib = est.footprint_mib(len(gpus)) if gpus else est.total_mib
         reason = f"{why}; {self.fit_text(est, gpus)}"
-        self.models.append((entry.tag, mib, tuple(gpus), reason, via, entry.rank))
+        self.models.append((entry.tag, mib, tuple(gpus), reason, via, entry.rank, est.context))
         self.chosen.add(entry.tag)
 
     def skip(self, tag: str, reason: str) -> None:
@@ -491,6 +518,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     facts = facts or {}
     s = _settings(data)
     host = _classify(facts, data, s)
+    s = _with_flash_attention(s, host, facts)
     profile: str | None = None
     if s.models is None:
         profile = s.profile
@@ -519,8 +547,9 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
                 "reason": why,
                 "via": via,
                 "rank": rank,
+                "context": context,
             }
-            for tag, mib, gpus, why, via, rank in models
+            for tag, mib, gpus, why, via, rank, context in models
         ],
         "skipped": [{"tag": tag, "reason": why} for tag, why in skipped],
         "profile": profile if host.mode != "none" else None,
@@ -530,8 +559,27 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
             "num_parallel": s.parallel,
             "kv_cache_type": s.kv_cache_type,
             "batch_size": s.batch_size,
+            "ollama_version": s.version,
+            "flash_attention": s.flash_attention,
+            "fit_margin_mib": s.margin_mib,
         },
     }
+
+
+def _with_flash_attention(s: _Settings, host: _Host, facts: Mapping[str, Any]) -> _Settings:
+    """Flash attention off (so an f16 KV cache) when a planned GPU's compute capability lacks it."""
+    if not s.flash_attention or host.mode != "gpu":
+        return s
+    used = {index for index, _ in host.devices}
+    caps = []
+    for n, gpu in enumerate(facts.get("gpus") or []):
+        if isinstance(gpu, Mapping):
+            index = _int_or_none(gpu.get("index"))
+            if (n if index is None else index) in used:
+                caps.append(gpu.get("compute_cap"))
+    if flash_attention_supported(caps):
+        return s
+    return replace(s, flash_attention=False, kv_cache_type="f16")
 
 
 def plan_fleet(hosts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:
