@@ -9,9 +9,9 @@ Required columns of an extra entry: ``tag``, ``size_bytes``, ``context``, ``laye
 ``kv_heads``, ``head_dim``. The others default to: ``family`` the model part of the tag,
 ``category`` ``chat``, ``params_b`` 0, ``quant`` ``unknown``, ``rank`` 0 (never preferred over a
 packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``vocab`` 152064, ``heads``
-4 x ``kv_heads``, ``projector_bytes`` 0, ``kind`` ``embedding`` when the category says so,
-``vision`` when it lists vision, else ``text``, ``num_ctx`` 0 (the model's params set no
-context), ``source`` ``model_catalog_extra``.
+4 x ``kv_heads``, ``embd`` heads x head_dim, ``tied`` 0, ``projector_bytes`` 0, ``kind``
+``embedding`` when the category says so, ``vision`` when it lists vision, else ``text``,
+``num_ctx`` 0 (the model's params set no context), ``source`` ``model_catalog_extra``.
 
 Ollama model names follow ``[host[:port]/][namespace/]model[:tag]``
 (``ollama/types/model/name.go``): the default host is ``registry.ollama.ai``, the default
@@ -55,6 +55,8 @@ COLUMNS = (
     "swa_window",
     "vocab",
     "heads",
+    "embd",
+    "tied",
     "projector_bytes",
     "kind",
     "num_ctx",
@@ -78,6 +80,7 @@ _MAX_LAYERS = 1024
 _MAX_HEADS = 1024
 _MAX_HEAD_DIM = 4096
 _MAX_VOCAB = 4 * 2**20
+_MAX_EMBD = 65536
 
 
 class CatalogError(ValueError):
@@ -108,6 +111,8 @@ class ModelEntry:
     swa_window: int = 0
     vocab: int = DEFAULT_VOCAB
     heads: int = 0  # query heads; 0: DEFAULT_HEADS_PER_KV_HEAD x kv_heads
+    embd: int = 0  # embedding length (hidden size); 0: heads x head_dim
+    tied: bool = False  # the output layer reuses the token embeddings
     projector_bytes: int = 0  # vision projector (part of size_bytes)
     kind: str = "text"  # text | vision | embedding
     num_ctx: int = 0  # num_ctx of the model's params layer; 0 when it sets none
@@ -117,6 +122,11 @@ class ModelEntry:
     def attention_heads(self) -> int:
         """Query heads (the catalog's ``heads``, or 4 per KV head when unknown)."""
         return self.heads or DEFAULT_HEADS_PER_KV_HEAD * self.kv_heads
+
+    @property
+    def hidden(self) -> int:
+        """Embedding length (the catalog's ``embd``, or heads x head_dim when unknown)."""
+        return self.embd or self.attention_heads * self.head_dim
 
     @property
     def full_layers(self) -> int:
@@ -297,6 +307,8 @@ def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> Mod
         swa_window=swa_window,
         vocab=_int(row.get("vocab") or DEFAULT_VOCAB, "vocab", 1, _MAX_VOCAB),
         heads=_int(row.get("heads") or 0, "heads", 0, _MAX_HEADS),
+        embd=_int(row.get("embd") or 0, "embd", 0, _MAX_EMBD),
+        tied=bool(_int(row.get("tied") or 0, "tied", 0, 1)),
         projector_bytes=projector,
         kind=_kind(row.get("kind"), categories),
         num_ctx=_int(row.get("num_ctx") or 0, "num_ctx", 0, _MAX_CONTEXT),

@@ -18,7 +18,9 @@ component (docs/model-sizing.md has the same list with the sources)::
               >= 0.30, embedding: min(2048, cells)      (DefaultEmbeddingNumBatchForContext)
               < 0.30: 512                               (api.DefaultOptions NumBatch)
               ollama_batch_size > 0 pins it (a num_batch option)
-    weights = the GGUF blob (the tag's download size, projector included)
+    weights = the GGUF blob (the tag's download size, projector included), less the token
+              embeddings llama.cpp keeps in host memory when the output layer does not reuse
+              them: vocab x embd x bytes of the quantisation (``token_embd_bytes``)
     KV      = 2 (K and V) x kv_heads x head_dim x bytes
               x (full_layers x cells + swa_layers x min(cells, swa_window x parallel + batch))
               0 for an embedding model (non-causal: llama.cpp allocates no KV cache)
@@ -26,7 +28,7 @@ component (docs/model-sizing.md has the same list with the sources)::
               widest = max(vocab, ctx x heads)  without flash attention (logits | attention scores)
                      = vocab                     with flash attention
                      = ctx x heads or 0          for an embedding model (no logits)
-              hidden = heads x head_dim (the activation alive beside the widest buffer)
+              hidden = embd (the activation alive beside the widest buffer)
     vision  = 1 GiB on the first GPU for the projector's own buffers (mmprojOffloadHeadroom;
               llm/memory.go's projector.graph before 0.30)
     total   = weights + KV + graph + vision             (the need on one GPU)
@@ -249,10 +251,22 @@ def kv_cache_bytes(
 
 def graph_bytes(entry: ModelEntry, context: int, batch: int, flash_attention: bool) -> int:
     """The compute buffer of one GPU: batch x 4 B x (widest intermediate + hidden state)."""
-    heads = entry.attention_heads
-    attention = 0 if flash_attention else min(context, entry.context) * heads
+    attention = 0 if flash_attention else min(context, entry.context) * entry.attention_heads
     widest = attention if entry.kind == "embedding" else max(entry.vocab, attention)
-    return batch * F32_BYTES * (widest + heads * entry.head_dim)
+    return batch * F32_BYTES * (widest + entry.hidden)
+
+
+def host_embedding_bytes(entry: ModelEntry) -> int:
+    """Bytes of the blob llama.cpp keeps in host memory: the untied token-embedding matrix."""
+    if entry.tied:
+        return 0
+    per_element = _table()["token_embd_bytes"].get(entry.quant, 0.0)
+    return math.floor(entry.vocab * entry.hidden * per_element)
+
+
+def gpu_weights_mib(entry: ModelEntry) -> int:
+    """The part of the blob that goes to the GPU(s), in MiB."""
+    return math.ceil((entry.size_bytes - host_embedding_bytes(entry)) / MIB)
 
 
 @lru_cache(maxsize=65536)
@@ -276,7 +290,7 @@ def estimate(
     rules = rules_for(version)
     ctx = model_context(entry, context, version)
     cells = ctx * parallel
-    weights = math.ceil(entry.size_bytes / MIB)
+    weights = gpu_weights_mib(entry)
     vision = rules.vision_headroom_mib if entry.kind == "vision" else 0
     # Ollama's own pre-flight prediction (llm.PredictServerVRAM): file size plus KV.
     kv_preflight = kv_cache_bytes(entry, ctx, parallel, kv_cache_type, rules.batch_default)
