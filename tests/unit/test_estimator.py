@@ -179,8 +179,8 @@ def test_untied_token_embeddings_stay_in_host_memory():
     )
     # tied models keep the matrix on the GPU too (it is the output layer)
     assert host_embedding_bytes(CATALOG["gemma3:12b"]) == 0
-    # a quantisation whose token_embd type is not known subtracts nothing
-    assert host_embedding_bytes(CATALOG["gpt-oss:20b"]) == 0
+    # gpt-oss (MXFP4 experts) keeps an f16 token_embd: 201088 x 2880 x 2 B
+    assert host_embedding_bytes(CATALOG["gpt-oss:20b"]) == 201088 * 2880 * 2
 
 
 def test_model_context_follows_params_then_pinned_then_trained():
