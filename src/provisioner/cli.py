@@ -130,32 +130,27 @@ def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
 @click.option(
     "--profile", default=None, help="Model profile for --what-if hosts (default: general)."
 )
+@data_option
 @json_option
 def plan(
     inventory: str | None,
     limit: tuple[str, ...],
     what_if: tuple[str, ...],
     profile: str | None,
+    data: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Show which models each host will serve, sized to its GPUs' memory."""
-    from provisioner import planner, settings
+    """Show which models each host will serve, sized to its GPUs' memory.
+
+    With --what-if, --data sets the host data of the imaginary hosts (context, parallelism, KV
+    type, an explicit models list, ...), parsed and validated as `apply --data`.
+    """
+    from provisioner import planner
 
     if what_if:
         if inventory:
             _fail_input("give either INVENTORY or --what-if, not both")
-        data = {"model_profile": profile} if profile else {}
-        problems = settings.validate(data)
-        if problems:
-            _fail_input(f"--profile: {problems[0][1]}")
-        for spec in what_if:
-            try:
-                planner.parse_what_if(spec)
-            except planner.WhatIfError as exc:
-                _fail_input(f"--what-if {spec!r}: {exc}")
-        result = planner.plan_what_if(list(what_if), settings.resolve(data))
-        _show_plan(result, as_json)
-        sys.exit(EXIT_OK)
+        _plan_what_if(what_if, profile, _parse_data(data), as_json)
 
     if not inventory:
         _fail_input("give an INVENTORY or at least one --what-if SPEC (see provision plan --help)")
@@ -163,6 +158,8 @@ def plan(
         _fail_input(
             "--profile applies to --what-if; set model_profile in the inventory's data instead"
         )
+    if data:
+        _fail_input("--data applies to --what-if; set host data in the inventory instead")
     from provisioner.gather import gather
 
     loaded = _load(inventory, limit)
@@ -172,6 +169,33 @@ def plan(
     )
     _show_plan(result, as_json)
     _exit_for_unreachable(gathered)
+
+
+def _plan_what_if(
+    what_if: tuple[str, ...], profile: str | None, data: dict[str, Any], as_json: bool
+) -> NoReturn:
+    """Plan imaginary hosts; bad --profile, --data or --what-if exits 2 before anything runs."""
+    from provisioner import planner, settings
+    from provisioner.inventory import data_problems
+
+    if profile:
+        if "model_profile" in data:
+            _fail_input("give the profile either with --profile or --data model_profile=")
+        data["model_profile"] = profile
+    problems = data_problems(data)
+    for key, message in problems:
+        option = "--profile" if key == "model_profile" and profile else f"--data {key}"
+        click.echo(f"provision: error: {option}: {message}", err=True)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+    for spec in what_if:
+        try:
+            planner.parse_what_if(spec)
+        except planner.WhatIfError as exc:
+            _fail_input(f"--what-if {spec!r}: {exc}")
+    result = planner.plan_what_if(list(what_if), settings.resolve(data))
+    _show_plan(result, as_json)
+    sys.exit(EXIT_OK)
 
 
 def _show_plan(result: dict[str, Any], as_json: bool) -> None:

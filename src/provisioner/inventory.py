@@ -141,20 +141,29 @@ def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
     return loaded.source
 
 
-def validate(loaded: LoadedInventory) -> None:
-    """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
+def data_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for every problem in one host's data: types, models, cross-key rules.
+
+    The checks an inventory gets before any host is touched; ``plan --what-if --data`` runs the
+    same ones on its override data.
+    """
     from provisioner.catalog import check_host_data
     from provisioner.deploys.ollama import check_settings
 
+    found = settings.validate(data)
+    typed_wrong = {key for key, _ in found}
+    if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
+        found += check_host_data(data)
+    if not typed_wrong:
+        found += check_settings(settings.resolve(data))
+    return found
+
+
+def validate(loaded: LoadedInventory) -> None:
+    """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
     problems: list[str] = []
     for host in loaded.hosts:
-        data = loaded.data_of(host)
-        found = settings.validate(data)
-        typed_wrong = {key for key, _ in found}
-        if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
-            found += check_host_data(data)
-        if not typed_wrong:
-            found += check_settings(settings.resolve(data))
+        found = data_problems(loaded.data_of(host))
         for key, message in found:
             problems.append(
                 f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}"
