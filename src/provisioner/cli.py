@@ -399,5 +399,57 @@ def models_mirror(
     sys.exit(max((r.exit_code for r in results), default=EXIT_OK))
 
 
+@models.command("table")
+@click.option(
+    "--context",
+    type=click.IntRange(min=1, max=16 * 2**20),
+    default=None,
+    help="Context per request (default: ollama_context_length's default).",
+)
+@click.option(
+    "--tiers",
+    default="8,16,24,48,80",
+    show_default=True,
+    help="Card sizes in GB to check each model against.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also draw VRAM against context for the most used models into this PNG (matplotlib).",
+)
+@data_option
+def models_table(
+    context: int | None, tiers: str, fmt: str, chart_path: str | None, data: tuple[str, ...]
+) -> None:
+    """Print every catalog model with the VRAM it needs and the cards that hold it."""
+    from provisioner import model_table
+    from provisioner.inventory import data_problems
+
+    override = _parse_data(data)
+    for key, message in data_problems(override):
+        _fail_input(f"--data {key}: {message}")
+    try:
+        tier_list = model_table.parse_tiers(tiers)
+        rows = model_table.rows(context, tier_list, override)
+    except model_table.TableError as exc:
+        _fail_input(str(exc))
+    ctx = context or int(override.get("ollama_context_length") or 0) or rows[0]["context"]
+    if context is None and not data and fmt == "md" and tier_list == model_table.DEFAULT_TIERS:
+        click.echo(model_table.markdown_page(tier_list), nl=False)
+    else:
+        click.echo(model_table.render(rows, fmt, ctx), nl=False)
+    if chart_path:
+        try:
+            model_table.chart(chart_path)
+        except model_table.TableError as exc:
+            _fail_input(str(exc))
+    sys.exit(EXIT_OK)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
