@@ -390,15 +390,16 @@ def cached_catalog(extra: list[dict] | None) -> dict[str, ModelEntry]:
     return catalog
 
 
-MODEL_LIST_KEYS = ("models", "models_always", "models_pinned")
+MODEL_LIST_KEYS = ("models", "models_always", "models_pinned", "models_resident")
 
 
 def check_host_data(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(key, message)`` for each model-related problem in one host's data.
 
-    Checks ``model_catalog_extra`` and that every tag in ``models``, ``models_always`` and
-    ``models_pinned`` is either in the catalog or a valid Ollama name (an unknown but valid
-    name is not an error here: the planner reports it as skipped, since it cannot be sized).
+    Checks ``model_catalog_extra`` and that every tag in ``models``, ``models_always``,
+    ``models_pinned`` and ``models_resident`` is either in the catalog or a valid Ollama name (an
+    unknown but valid name is not an error here: the planner reports it as skipped, since it
+    cannot be sized).
     """
     problems: list[tuple[str, str]] = []
     try:

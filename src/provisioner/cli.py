@@ -130,6 +130,13 @@ def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
 @click.option(
     "--profile", default=None, help="Model profile for --what-if hosts (default: general)."
 )
+@click.option(
+    "--users",
+    type=click.IntRange(min=1, max=256),
+    default=None,
+    help="Concurrent requests each model must serve: sizes the KV cache for them "
+    "(ollama_num_parallel for this plan).",
+)
 @data_option
 @json_option
 def plan(
@@ -137,6 +144,7 @@ def plan(
     limit: tuple[str, ...],
     what_if: tuple[str, ...],
     profile: str | None,
+    users: int | None,
     data: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -150,7 +158,12 @@ def plan(
     if what_if:
         if inventory:
             _fail_input("give either INVENTORY or --what-if, not both")
-        _plan_what_if(what_if, profile, _parse_data(data), as_json)
+        override = _parse_data(data)
+        if users is not None:
+            if "ollama_num_parallel" in override:
+                _fail_input("give either --users or --data ollama_num_parallel=, not both")
+            override["ollama_num_parallel"] = users
+        _plan_what_if(what_if, profile, override, as_json)
 
     if not inventory:
         _fail_input("give an INVENTORY or at least one --what-if SPEC (see provision plan --help)")
@@ -164,8 +177,12 @@ def plan(
 
     loaded = _load(inventory, limit)
     gathered = gather(loaded)
+    users_data = {"ollama_num_parallel": users} if users is not None else {}
     result = planner.plan_fleet(
-        {host.name: (gathered[host.name], loaded.resolved(host)) for host in loaded.hosts}
+        {
+            host.name: (gathered[host.name], {**loaded.resolved(host), **users_data})
+            for host in loaded.hosts
+        }
     )
     _show_plan(result, as_json)
     _exit_for_unreachable(gathered)

@@ -147,12 +147,12 @@ def data_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     The checks an inventory gets before any host is touched; ``plan --what-if --data`` runs the
     same ones on its override data.
     """
-    from provisioner.catalog import check_host_data
+    from provisioner.catalog import MODEL_LIST_KEYS, check_host_data
     from provisioner.deploys.ollama import check_settings
 
     found = settings.validate(data)
     typed_wrong = {key for key, _ in found}
-    if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
+    if not typed_wrong & {*MODEL_LIST_KEYS, "model_catalog_extra"}:
         found += check_host_data(data)
     if not typed_wrong:
         found += check_settings(settings.resolve(data))

@@ -137,6 +137,9 @@ class _Settings:
     always: tuple[str, ...]
     pinned: tuple[str, ...]
     models_max: int
+    resident: tuple[str, ...] = ()
+    max_loaded: int = 0  # OLLAMA_MAX_LOADED_MODELS; 0: Ollama's 3 per GPU
+    read_mb_s: int = 500  # model store read rate, for cold loads
 
 
 def _value(data: Mapping[str, Any], key: str) -> Any:
@@ -166,6 +169,9 @@ def _settings(data: Mapping[str, Any]) -> _Settings:
         always=tuple(_value(data, "models_always")),
         pinned=tuple(_value(data, "models_pinned")),
         models_max=int(_value(data, "models_max")),
+        resident=tuple(_value(data, "models_resident")),
+        max_loaded=int(_value(data, "ollama_max_loaded_models")),
+        read_mb_s=int(_value(data, "model_store_read_mb_s")),
     )
 
 
@@ -504,7 +510,120 @@ def _select(
         selector.wanted(raw, "wanted on top of the plan (models_always)", "models_always")
     for raw in s.pinned:
         selector.wanted(raw, "pinned by the operator (models_pinned)", "models_pinned")
+    for raw in s.resident:
+        selector.wanted(raw, "must stay loaded (models_resident)", "models_resident")
     return tuple(selector.models), tuple(selector.skipped)
+
+
+# --- resident set ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Resident:
+    placed: tuple[tuple[str, int, tuple[int, ...]], ...]  # (tag, footprint MiB, gpus)
+    left_out: tuple[tuple[str, str], ...]  # (tag, reason)
+    limit: int  # OLLAMA_MAX_LOADED_MODELS in effect
+    left: tuple[tuple[int, int], ...]  # (gpu index or -1 for RAM, MiB left beside them)
+
+
+def _place_beside(est: Estimate, room: dict[int, int]) -> tuple[int, ...] | None:
+    """GPUs for ``est`` within what the models already resident left (``room``), or None."""
+    order = sorted(room, key=lambda i: (-room[i], i))
+    if order and est.total_mib <= room[order[0]]:
+        return (order[0],)
+    need, chosen = est.weights_mib + est.kv_mib + est.vision_mib, []
+    for idx in order:
+        if room[idx] <= est.graph_mib:
+            break
+        chosen.append(idx)
+        need -= room[idx] - est.graph_mib
+        if len(chosen) >= 2 and need <= 0:
+            return tuple(sorted(chosen))
+    return None
+
+
+def _take_room(est: Estimate, gpus: tuple[int, ...], room: dict[int, int]) -> None:
+    if len(gpus) == 1:
+        room[gpus[0]] -= est.total_mib
+        return
+    need = est.weights_mib + est.kv_mib + est.vision_mib
+    for idx in sorted(gpus, key=lambda i: -room[i]):
+        share = min(need, room[idx] - est.graph_mib)
+        room[idx] -= share + est.graph_mib
+        need -= share
+
+
+@lru_cache(maxsize=4096)
+def _resident(shape: _Shape, s: _Settings, catalog_key: str, planned: tuple[str, ...]) -> _Resident:
+    """Place ``models_resident`` side by side, in order, within OLLAMA_MAX_LOADED_MODELS."""
+    selector = _Selector(shape, s, catalog_key)
+    if shape.mode == "gpu":
+        room = dict(selector.offers)
+    else:
+        room = {-1: shape.budget_mib}
+    limit = s.max_loaded or 3 * max(1, len(shape.devices))
+    placed: list[tuple[str, int, tuple[int, ...]]] = []
+    left_out: list[tuple[str, str]] = []
+    for raw in dict.fromkeys(s.resident):
+        tag = normalise_tag(raw) if is_valid_ollama_name(raw) else str(raw)
+        if tag not in planned:
+            left_out.append((tag, "not in the plan (see skipped)"))
+            continue
+        if len(placed) >= limit:
+            left_out.append((tag, f"OLLAMA_MAX_LOADED_MODELS allows {limit} loaded models"))
+            continue
+        est = selector.estimate(selector.catalog[tag])
+        gpus = _place_beside(est, room)
+        if gpus is None:
+            left = ", ".join(f"{m} MiB" for m in sorted(room.values(), reverse=True))
+            left_out.append(
+                (tag, f"needs {est.total_mib} MiB beside the resident models; left: {left}")
+            )
+            continue
+        _take_room(est, gpus, room)
+        footprint = est.footprint_mib(len(gpus))
+        placed.append((tag, footprint, () if shape.mode != "gpu" else gpus))
+    return _Resident(tuple(placed), tuple(left_out), limit, tuple(sorted(room.items())))
+
+
+def _resident_json(res: _Resident, s: _Settings) -> dict:
+    return {
+        "models": [tag for tag, _, _ in res.placed],
+        "total_mib": sum(mib for _, mib, _ in res.placed),
+        "max_loaded_models": res.limit,
+        "fits": not res.left_out,
+        "left_out": [{"tag": tag, "reason": why} for tag, why in res.left_out],
+        "left_mib": {("ram" if i < 0 else str(i)): mib for i, mib in res.left},
+        "parallel": s.parallel,
+    }
+
+
+def _model_json(model: _Model, res: _Resident | None, s: _Settings, catalog: dict) -> dict:
+    tag, mib, gpus, why, via, rank, context = model
+    out = {
+        "tag": tag,
+        "estimated_vram_mib": mib,
+        "gpus": list(gpus),
+        "reason": why,
+        "via": via,
+        "rank": rank,
+        "context": context,
+        "parallel": s.parallel,
+        "resident": False,
+    }
+    entry = catalog.get(tag)
+    placed = {t: (m, g) for t, m, g in res.placed} if res else {}
+    if tag in placed:
+        out["estimated_vram_mib"], gpus = placed[tag]
+        out["gpus"] = list(gpus)
+        out["resident"] = True
+    elif entry is not None:
+        # an on-demand model is read from the store when a request needs it
+        out["cold_load_s"] = round(entry.size_bytes / (s.read_mb_s * 1e6), 1)
+        if res is not None and res.placed:
+            room = max((m for _, m in res.left), default=0)
+            out["fits_beside_resident"] = mib <= room
+    return out
 
 
 # --- public -------------------------------------------------------------------------------------
@@ -527,10 +646,13 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     reason = host.reason
     models: tuple[_Model, ...] = ()
     skipped: tuple[_Skip, ...] = ()
+    resident: _Resident | None = None
+    key = _catalog_key(data.get("model_catalog_extra"))
     if host.mode != "none":
         shape = _Shape(host.mode, host.devices, host.budget_mib)
-        key = _catalog_key(data.get("model_catalog_extra"))
         models, skipped = _select(shape, s, key, profile)
+        if s.resident:
+            resident = _resident(shape, s, key, tuple(m[0] for m in models))
         if profile is not None and not any(m[4].startswith("profile:") for m in models):
             reason += f"; no model of profile {profile} fits"
     return {
@@ -539,18 +661,8 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
         "budget_mib": host.budget_mib,
         "mode": host.mode,
         "reason": reason,
-        "models": [
-            {
-                "tag": tag,
-                "estimated_vram_mib": mib,
-                "gpus": list(gpus),
-                "reason": why,
-                "via": via,
-                "rank": rank,
-                "context": context,
-            }
-            for tag, mib, gpus, why, via, rank, context in models
-        ],
+        "models": [_model_json(m, resident, s, _catalog_of(key)) for m in models],
+        "resident": _resident_json(resident, s) if resident is not None else None,
         "skipped": [{"tag": tag, "reason": why} for tag, why in skipped],
         "profile": profile if host.mode != "none" else None,
         "ram_mib": host.ram_mib,

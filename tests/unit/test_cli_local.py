@@ -169,3 +169,16 @@ def test_plan_what_if_with_data_sizes_for_that_data(tmp_path):
     # 28 layers x 4 KV heads x 128 x 2 (K, V) x 2 B: 56 KiB per token; 2 x 32768 - 4096 more tokens
     growth = long["models"][0]["estimated_vram_mib"] - short["models"][0]["estimated_vram_mib"]
     assert growth >= (2 * 32768 - 4096) * 56 // 1024
+
+
+def test_plan_users_sizes_for_concurrent_requests(tmp_path):
+    args = ["plan", "--what-if", "NVIDIA H100 80GB HBM3:81559", "--json"]
+    args += ["--data", 'models_resident=["qwen3:8b","nomic-embed-text:v1.5"]', "--users", "8"]
+    result = run(args, dict(os.environ), tmp_path)
+    assert result.returncode == 0, result.stderr
+    host = json.loads(result.stdout)["hosts"]["what-if-1"]
+    assert host["settings"]["num_parallel"] == 8
+    assert host["resident"]["fits"] and host["resident"]["parallel"] == 8
+    assert all(m["parallel"] == 8 for m in host["models"])
+    both = run(args + ["--data", "ollama_num_parallel=2"], dict(os.environ), tmp_path)
+    assert both.returncode == 2 and "--users" in both.stderr
