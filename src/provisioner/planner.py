@@ -32,10 +32,14 @@ Models
     then the strongest remaining models of its categories, up to ``models_max``.
   * then ``models_always`` and ``models_pinned``, each when it fits (else skipped).
 
-Each model is sized and placed on its own: the plan assumes Ollama holds one model at a time
-(it loads a model on request and evicts the others when memory is short), so the models of a
-plan are not summed. ``OLLAMA_MAX_LOADED_MODELS`` above 1 with all models resident at once would
-need their sum to fit; no host data key sets it today, so the plan does not check that.
+Each model is sized and placed on its own: Ollama loads a model on request and evicts the others
+when memory is short, so the models of a plan are not summed. The exception is the resident set
+(``models_resident``): those models must stay loaded together, so they are placed side by side on
+the GPUs (each on the GPU with the most room left, split when none holds it), in order, within
+``OLLAMA_MAX_LOADED_MODELS`` (0: Ollama's 3 per GPU); the ones that do not fit are reported in
+``resident.left_out``. The other models load on demand: ``cold_load_s`` is their blob read from
+the store at ``model_store_read_mb_s``, ``fits_beside_resident`` whether the GPU with the most
+room left holds them without evicting a resident model.
 
 Deterministic: candidates sorted by rank (descending), then download size, then tag; GPUs by
 offer (descending), then index. Estimates and placements are cached per (model, settings) and

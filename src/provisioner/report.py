@@ -54,10 +54,14 @@ def plan_table(plan: dict[str, Any]) -> Table:
         models = (
             "\n".join(
                 f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m.get('gpus') or 'CPU'}"
+                + ("  resident" if m.get("resident") else "")
                 for m in host.get("models", [])
             )
             or f"[yellow]{host.get('reason', 'none')}[/]"
         )
+        resident = host.get("resident") or {}
+        for out in resident.get("left_out") or []:
+            models += f"\n[yellow]not resident: {out['tag']}: {out['reason']}[/]"
         skipped = "\n".join(f"{s['tag']}: {s['reason']}" for s in host.get("skipped", [])) or "-"
         table.add_row(name, gpu_text, _gib(host.get("budget_mib")), models, skipped)
     return table
