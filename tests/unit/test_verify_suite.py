@@ -457,3 +457,32 @@ def test_suite_runs_directly_with_pytest_pyargs(tmp_path: Path) -> None:
     records = json.loads(results.read_text())["results"]
     assert {r["host"] for r in records} == {"box"}
     assert {r["layer"] for r in records} == {"driver", "cuda", "pytorch", "ollama", "host"}
+
+
+def test_resident_models_are_found_loaded_together(ollama, smi) -> None:
+    env = smi()
+    plan = {**_plan(), "resident": {"models": list(MODELS)}}
+    double = ollama(env=env)
+    report = run_verify(
+        [VerifyTarget("@local", data=_ollama_data(double), plan=plan)], workers=1, env=env
+    )
+    together = _checks(report)["ollama/resident_models_loaded_together"]
+    assert together.status == "pass", together.message
+    assert "verify-small:tiny, verify-big:tiny loaded together" in together.message
+
+    # an Ollama that keeps one model loaded evicts the first resident model for the second
+    one = ollama(env={**env, "OLLAMA_MAX_LOADED_MODELS": "1"})
+    report = run_verify(
+        [VerifyTarget("@local", data=_ollama_data(one), plan=plan)], workers=1, env=env
+    )
+    evicted = _checks(report)["ollama/resident_models_loaded_together"]
+    assert evicted.status == "fail"
+    assert "verify-small:tiny not loaded" in evicted.message
+    assert "OLLAMA_MAX_LOADED_MODELS" in evicted.message
+
+    # no resident set: skipped with the reason
+    report = run_verify(
+        [VerifyTarget("@local", data=_ollama_data(double), plan=_plan())], workers=1, env=env
+    )
+    skipped = _checks(report)["ollama/resident_models_loaded_together"]
+    assert skipped.status == "skip" and "models_resident" in skipped.message

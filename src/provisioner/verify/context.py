@@ -383,6 +383,12 @@ class HostContext:
             )
         return list(wanted.values())
 
+    def resident_models(self) -> list[str]:
+        """The plan's resident set (``models_resident`` that fit together), tags normalised."""
+        resident = self.plan.get("resident") or {}
+        models = resident.get("models") if isinstance(resident, dict) else None
+        return [normalise(str(tag)) for tag in models or [] if tag]
+
     def model_size(self, tag: str) -> int | None:
         """Download size in bytes: what Ollama reports, else the model catalog's."""
         installed = self.installed_models() or {}

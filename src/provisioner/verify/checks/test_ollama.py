@@ -229,3 +229,53 @@ def test_model_on_gpu(target: HostContext, request: pytest.FixtureRequest) -> No
                 f"{model} placement", f"on CPU ({reason}): size_vram 0", f"size_vram {vram}"
             )
         target.passed(request, f"{model} on CPU ({reason})")
+
+
+def _loaded_models(target: HostContext) -> dict[str, dict]:
+    """``/api/ps`` by normalised name (fails the check when it does not answer)."""
+    ps = target.http("GET", target.ollama_url("/api/ps"))
+    document = ps.json() if ps.status == 200 else None
+    if not isinstance(document, dict):
+        target.fail("GET /api/ps", "HTTP 200 with the loaded models", ps.describe())
+    return {
+        normalise(str(m.get("name"))): m
+        for m in document.get("models") or []
+        if isinstance(m, dict)
+    }
+
+
+def test_resident_models_loaded_together(
+    target: HostContext, request: pytest.FixtureRequest
+) -> None:
+    """The plan's resident set (``models_resident``) stays loaded together: after a generation
+    with each, ``/api/ps`` lists them all at once, fully on the GPU where one is expected."""
+    resident = target.resident_models()
+    if not resident:
+        target.skip("no resident set planned (models_resident)")
+    for model in resident:
+        answer = target.generation(model)
+        if answer.status != 200:
+            target.fail(f"loading {model}", "a loaded model", answer.describe())
+    loaded = _loaded_models(target)
+    missing = [m for m in resident if m not in loaded]
+    if missing:
+        target.fail(
+            "resident models in /api/ps",
+            f"all of {', '.join(resident)} loaded together",
+            f"{', '.join(missing)} not loaded (loaded: {', '.join(loaded) or 'none'})",
+            "Ollama evicted them: check OLLAMA_MAX_LOADED_MODELS and the GPU memory",
+        )
+    gpu_expected, _ = target.gpu_expected()
+    partial = [
+        m
+        for m in resident
+        if int(loaded[m].get("size_vram") or 0) != int(loaded[m].get("size") or 0)
+    ]
+    if gpu_expected and partial:
+        target.fail(
+            "resident models placement",
+            "each fully on GPU (size_vram == size)",
+            f"{', '.join(partial)} partly on CPU",
+            "the resident set does not fit the GPUs together",
+        )
+    target.passed(request, f"{', '.join(resident)} loaded together")
