@@ -92,6 +92,26 @@ def test_verify_passes_on_every_host(lab, applied):
     assert junit.exists() and 'failures="0"' in junit.read_text()
 
 
+def test_resident_set_is_planned_together_and_found_loaded_together(lab, applied):
+    """gpu1's chat/code model and embedding model (models_resident) fit its GPU together, and
+    verify finds both in /api/ps at once (issue 14)."""
+    code, plan, err = provision("plan", str(lab.inventory), "--limit", "gpu1")
+    assert code == 0 and plan is not None, err
+    host = plan["hosts"]["gpu1"]
+    resident = host["resident"]
+    assert resident["fits"] and resident["models"] == ["qwen2.5-coder:14b", "nomic-embed-text:v1.5"]
+    models = {m["tag"]: m for m in host["models"]}
+    assert all(models[t]["resident"] for t in resident["models"])
+    assert resident["total_mib"] <= host["budget_mib"]
+    assert models["llama3.2:3b"]["resident"] is False and models["llama3.2:3b"]["cold_load_s"] > 0
+    code, report, err = provision("verify", str(lab.inventory), "--limit", "gpu1")
+    assert report is not None, err
+    checks = {f"{c['layer']}/{c['check']}": c for c in report["hosts"]["gpu1"]["checks"]}
+    together = checks["ollama/resident_models_loaded_together"]
+    assert together["status"] == "pass", together
+    assert "qwen2.5-coder:14b, nomic-embed-text:v1.5 loaded together" in together["message"]
+
+
 def test_second_apply_changes_nothing(lab, applied):
     code, result, err = provision("apply", str(lab.inventory))
     assert code == 0, err
