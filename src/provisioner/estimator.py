@@ -199,6 +199,18 @@ def _batch_fits(batch: int, predicted_mib: int, available_mib: int, rules: Sizin
     return batch_surcharge_mib(batch) <= threshold - predicted_mib
 
 
+def preflight_mib(entry: ModelEntry, cells: int) -> int:
+    """Ollama's own pre-flight prediction (llm/llama_server.go ``PredictServerVRAM``).
+
+    File size plus an f16 KV cache on every layer: ``2 x layers x kv_heads x (embd / heads) x
+    cells x 2`` (no sliding window, and ``embd / heads`` as the head size, as Ollama computes it).
+    Ollama steps its automatic batch down against this figure, not against the real need.
+    """
+    head = entry.hidden // max(1, entry.attention_heads)
+    kv = 2 * entry.layers * entry.kv_heads * head * cells * 2
+    return math.ceil((entry.size_bytes + kv) / MIB)
+
+
 def choose_batch(
     entry: ModelEntry,
     cells: int,
@@ -292,15 +304,13 @@ def estimate(
     cells = ctx * parallel
     weights = gpu_weights_mib(entry)
     vision = rules.vision_headroom_mib if entry.kind == "vision" else 0
-    # Ollama's own pre-flight prediction (llm.PredictServerVRAM): file size plus KV.
-    kv_preflight = kv_cache_bytes(entry, ctx, parallel, kv_cache_type, rules.batch_default)
     batch = choose_batch(
         entry,
         cells,
         rules,
         pinned=batch_size,
         flash_attention=flash_attention,
-        predicted_mib=weights + math.ceil(kv_preflight / MIB),
+        predicted_mib=preflight_mib(entry, cells),
         available_mib=available_mib,
     )
     kv = math.ceil(kv_cache_bytes(entry, ctx, parallel, kv_cache_type, batch) / MIB)

@@ -20,6 +20,7 @@ from provisioner.estimator import (
     largest_offer,
     model_context,
     place,
+    preflight_mib,
     rules_for,
     usable_mib,
 )
@@ -133,6 +134,14 @@ def test_batch_rules_follow_the_release_and_the_options():
     # embedding models: 2048, capped at context x parallel
     assert choose_batch(CATALOG["nomic-embed-text:v1.5"], 8192, new) == 2048
     assert choose_batch(CATALOG["nomic-embed-text:v1.5"], 1024, new) == 1024
+
+
+def test_preflight_is_ollamas_predict_server_vram():
+    # file size + 2 x layers x kv_heads x (embd / heads) x cells x 2 B, every layer at f16
+    entry = CATALOG["gemma3:27b"]
+    head = 5376 // 32  # 168, not the real 128: Ollama's embedding / heads
+    kv = 2 * 62 * 16 * head * 8192 * 2
+    assert preflight_mib(entry, 8192) == math.ceil((entry.size_bytes + kv) / MIB)
 
 
 def test_automatic_batch_steps_down_when_the_gpu_is_tight():
