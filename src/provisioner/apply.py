@@ -138,7 +138,7 @@ def parse_results(
     results = raw.get("results") or {}
     for op in results.get("operations", []):
         name = op.get("name", "?")
-        if name in BOOKKEEPING_OPERATIONS:  # changes on every run by nature: not a change
+        if name.rsplit(" | ", 1)[-1] in BOOKKEEPING_OPERATIONS:  # changes on every run by nature
             continue
         for host in op.get("success", []):
             hosts.setdefault(host, HostRun()).changed.append(name)

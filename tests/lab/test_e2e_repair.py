@@ -24,9 +24,6 @@ def test_verify_repair_applies_only_to_the_broken_host(lab):
     repair = report["repair"]
     assert repair["broken"] == [broken]
     assert set(repair["apply"]["hosts"]) == {broken}
-    assert (
-        "Ollama" in " ".join(repair["apply"]["hosts"][broken]["changed"])
-        or repair["apply"]["hosts"][broken]["changed"]
-    ), repair["apply"]
+    assert repair["apply"]["hosts"][broken]["changed"], repair["apply"]  # Ollama started
     assert repair["after"]["hosts"][broken]["status"] == "pass"
     assert lab.ssh(broken, "systemctl is-active ollama").stdout.strip() == "active"

@@ -214,7 +214,7 @@ def collector_config(target: Any, exporter: Exporter, wanted: list[str]) -> dict
     """What the collector reads (``/etc/provisioner/monitoring.json``)."""
     from provisioner.deploys.ollama import settings_from
 
-    cfg, _ = settings_from(target.data)
+    cfg, _ = settings_from(settings.resolve(target.data.dict()))
     return {
         "textfile_dir": exporter.textfile_dir,
         "ollama_api": cfg.api_url if cfg is not None else "http://127.0.0.1:11434",
