@@ -13,7 +13,7 @@ def test_verify_repair_applies_only_to_the_broken_host(lab):
     broken, healthy = "gpu1", "cpu1"
     if not {broken, healthy} <= set(lab.hosts):
         pytest.skip("needs gpu1 and cpu1")
-    code, _, err = provision("apply", str(lab.inventory), "--limit", f"{broken},{healthy}")
+    code, _, err = provision("apply", str(lab.inventory), "--limit", broken, "--limit", healthy)
     assert code == 0, err
     lab.ssh(broken, "systemctl stop ollama")
     code, report, err = provision(
