@@ -148,6 +148,7 @@ def data_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     same ones on its override data.
     """
     from provisioner.catalog import MODEL_LIST_KEYS, check_host_data
+    from provisioner.deploys import monitoring
     from provisioner.deploys.ollama import check_settings
 
     found = settings.validate(data)
@@ -155,7 +156,8 @@ def data_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     if not typed_wrong & {*MODEL_LIST_KEYS, "model_catalog_extra"}:
         found += check_host_data(data)
     if not typed_wrong:
-        found += check_settings(settings.resolve(data))
+        resolved = settings.resolve(data)
+        found += check_settings(resolved) + monitoring.check_settings(resolved)
     return found
 
 
