@@ -20,12 +20,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from importlib import resources
 from io import StringIO
 from typing import Any
 
-import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
@@ -33,7 +31,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from provisioner import ollama_release, settings
+from provisioner import ollama_release, rendering, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import ollama
@@ -315,26 +313,9 @@ def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 # --- templates --------------------------------------------------------------------------------
 
 
-def _systemd_quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.files("provisioner") / "templates")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["systemd_quote"] = _systemd_quote
-    return env
-
-
 def render(template: str, **context: Any) -> str:
-    """Render ``templates/<template>`` (jinja2, undefined names are errors)."""
-    return _environment().get_template(template).render(**context)
+    """Render ``templates/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(template, **context)
 
 
 def render_unit(cfg: OllamaSettings) -> str:

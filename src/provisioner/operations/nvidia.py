@@ -15,12 +15,10 @@ import hashlib
 import shlex
 import time
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from io import StringIO
 from typing import Any
 
 import gevent
-import jinja2
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
@@ -30,7 +28,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack
+from provisioner import fact_cache, gpu_stack, rendering
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
@@ -50,13 +48,8 @@ DRIVER_CHANGED = "the driver packages changed in this run"
 
 
 def _render(template: str, **values: Any) -> str:
-    """Render ``templates/gpu/<template>`` (jinja2, undefined names are errors). The text is
-    read through importlib.resources, so that this works from a zipped package too."""
-    text = (resources.files("provisioner") / "templates" / "gpu" / template).read_text("utf-8")
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    )
-    return env.from_string(text).render(**values)
+    """Render ``templates/gpu/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(f"gpu/{template}", **values)
 
 
 def _command(parts: Sequence[str], *args: str) -> StringCommand:
