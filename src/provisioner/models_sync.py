@@ -193,6 +193,10 @@ class PullProgress(BaseStateCallback):
         self.tasks: dict[tuple[str, str], Any] = {}
         self.errors: dict[str, list[str]] = {}
 
+    def host_refused(self, state: State, host: Host, reason: str) -> None:
+        """A host refused by ``provisioner.operations.system.fail_host``: its reason is kept."""
+        self.errors.setdefault(host.name, []).append(reason)
+
     def ollama_pull_progress(
         self, state: State, host: Host, model: str, event: Mapping[str, Any]
     ) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import gevent
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.apt import AptSources
@@ -591,16 +591,6 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
         gevent.sleep(MODULE_SETTLE_INTERVAL)
 
 
-def fail_host(message: str) -> FunctionCommand:
-    """A command that fails the host with ``message`` (logged in red)."""
-
-    def refuse(state: Any, host: Any, message: str) -> bool:
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return FunctionCommand(refuse, (message,), {})
-
-
 @operation()
 def reboot_if_needed(
     distro: str,
@@ -673,7 +663,9 @@ def reboot_if_needed(
     if _executing():
         problem = _wait_for_module(target, settle_seconds)
         if problem:
-            yield fail_host(f"after the reboot the NVIDIA kernel module is not right: {problem}")
+            yield system.fail_host(
+                f"after the reboot the NVIDIA kernel module is not right: {problem}"
+            )
             return
     if marker_present:
         yield from files.file._inner(path=marker, present=False)

@@ -1,12 +1,39 @@
-"""Operations on the host itself (reboot), paired with ``provisioner.facts.system``."""
+"""Operations on the host itself (reboot, refusing it), paired with ``provisioner.facts.system``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gevent import sleep
+from pyinfra import logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 
 from provisioner.facts.system import BootId
+
+#: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
+REFUSED_CALLBACK = "host_refused"
+
+
+def announce_refusal(state: Any, host: Any, reason: str) -> None:
+    """Log ``reason`` in red for ``host`` and hand it to every state callback handler that has
+    a ``host_refused(state, host, reason)`` method (e.g. the model sync's result)."""
+    host.log_styled(reason, fg="red", log_func=logger.error)
+    for handler in getattr(state, "callback_handlers", ()):
+        callback = getattr(handler, REFUSED_CALLBACK, None)
+        if callback is not None:
+            callback(state, host, reason)
+
+
+def _refuse(state: Any, host: Any, reason: str) -> bool:
+    announce_refusal(state, host, reason)
+    return False
+
+
+def fail_host(reason: str) -> FunctionCommand:
+    """The one way to refuse a host while its operations run: a command that, when it runs,
+    announces ``reason`` (:func:`announce_refusal`) and fails this host; the others go on."""
+    return FunctionCommand(_refuse, (reason,), {})
 
 
 @operation(is_idempotent=False)
