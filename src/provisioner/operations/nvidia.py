@@ -28,7 +28,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack, rendering
+from provisioner import fact_cache, gpu_stack, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
@@ -648,11 +648,9 @@ def reboot_if_needed(
         why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
     if why_not:
         if _executing():
-            host.log_styled(
-                f"PENDING REBOOT ({why_not}): {'; '.join(reasons)}",
-                fg="yellow",
-                log_func=logger.warning,
-            )
+            why = f"({why_not}): {'; '.join(reasons)}"
+            host.log_styled(f"PENDING REBOOT {why}", fg="yellow", log_func=logger.warning)
+            run_events.record(host.name, run_events.PENDING_REBOOT, reason=why)
         # what the host itself shows, so that the marker stays the same until the reboot
         text = _render("reboot-required.j2", reasons=found or reasons)
         yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
