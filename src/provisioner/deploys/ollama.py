@@ -31,7 +31,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from provisioner import ollama_release, rendering, settings
+from provisioner import addresses, ollama_release, rendering, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import ollama
@@ -58,7 +58,7 @@ FIREWALL_TABLE = "provisioner_ollama"
 FIREWALL_UNIT = "provisioner-ollama-firewall.service"
 FIREWALL_RULES = "/etc/provisioner/ollama.nft"
 
-LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_NAMES = addresses.LOOPBACK_NAMES
 # Variables the keys set; ollama_extra_env may not change them behind the plan's back.
 MANAGED_ENV = (
     "OLLAMA_HOST",
@@ -114,22 +114,12 @@ class OllamaSettings:
 
     @property
     def ollama_host(self) -> str:
-        address = self.listen_address
-        if ":" in address:
-            address = f"[{address}]"
-        return f"{address}:{self.port}"
+        return f"{addresses.url_host(self.listen_address)}:{self.port}"
 
     @property
     def api_url(self) -> str:
         """Where the API answers from the host itself."""
-        address = self.listen_address
-        if address in ("0.0.0.0", ""):
-            address = "127.0.0.1"
-        elif address == "::":
-            address = "::1"
-        if ":" in address:
-            address = f"[{address}]"
-        return f"http://{address}:{self.port}"
+        return addresses.local_url(self.listen_address, self.port)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -154,15 +144,6 @@ class OllamaSettings:
             network = ipaddress.ip_network(entry, strict=False)
             (v4 if network.version == 4 else v6).append(str(network))
         return v4, v6
-
-
-def _is_loopback(address: str) -> bool:
-    if address in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def _get(data: Any, key: str) -> Any:
@@ -193,7 +174,7 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
     except ValueError:
         if listen not in LOOPBACK_NAMES:
             problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
-    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+    if expose in ("loopback", "proxy") and not addresses.is_loopback(listen):
         problems.append(
             (
                 "ollama_listen_address",
