@@ -52,12 +52,8 @@ def connect(state: State, hosts: Iterable[Host]) -> dict[str, str]:
     A host that connects is activated in ``state`` (``state.active_hosts``); the result holds,
     by host name, the error of each host that did not (refused, auth, DNS, timeout...).
     """
-    import logging
-
     import gevent
 
-    # pyinfra's own warnings (e.g. unknown host keys) would interleave with our reports.
-    logging.getLogger("pyinfra").setLevel(logging.ERROR)
     errors: dict[str, str] = {}
 
     def one(target: Host) -> None:

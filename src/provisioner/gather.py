@@ -71,8 +71,12 @@ def unreachable(error: str) -> dict[str, Any]:
 
 def gather(loaded: LoadedInventory, parallel: int = 0) -> dict[str, dict[str, Any]]:
     """Facts of every selected host, by host name, in inventory order."""
+    import logging
+
     from provisioner import fleet
 
+    # pyinfra's own warnings (e.g. unknown host keys) would interleave with our report.
+    logging.getLogger("pyinfra").setLevel(logging.ERROR)
     state = fleet.make_state(loaded, parallel)
     results = {
         name: unreachable(error) for name, error in fleet.connect(state, loaded.hosts).items()
