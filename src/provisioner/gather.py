@@ -76,15 +76,17 @@ def gather(loaded: LoadedInventory, parallel: int = 0) -> dict[str, dict[str, An
     from provisioner import fleet
 
     # pyinfra's own warnings (e.g. unknown host keys) would interleave with our report.
-    logging.getLogger("pyinfra").setLevel(logging.ERROR)
+    pyinfra_log = logging.getLogger("pyinfra")
+    level = pyinfra_log.level
+    pyinfra_log.setLevel(logging.ERROR)
     state = fleet.make_state(loaded, parallel)
-    results = {
-        name: unreachable(error) for name, error in fleet.connect(state, loaded.hosts).items()
-    }
     try:
+        unreached = fleet.connect(state, loaded.hosts)
         facts, errors = fleet.each(state, fleet.connected(state, loaded.hosts), host_facts)
     finally:
         fleet.disconnect(state)
+        pyinfra_log.setLevel(level)
+    results = {name: unreachable(error) for name, error in unreached.items()}
     results.update(facts)
     for name, error in errors.items():
         results[name] = {**unreachable(f"fact gathering failed: {error}"), "gpu_state": "error"}

@@ -194,7 +194,7 @@ class PullProgress(BaseStateCallback):
         self.errors: dict[str, list[str]] = {}
 
     def host_refused(self, state: State, host: Host, reason: str) -> None:
-        """A host refused by ``provisioner.operations.system.fail_host``: its reason is kept."""
+        """A refused host (``provisioner.operations.system.fail_host``): its reason is kept."""
         self.errors.setdefault(host.name, []).append(reason)
 
     def ollama_pull_progress(

@@ -79,3 +79,22 @@ def test_gather_reports_a_fact_failure_as_that_hosts_error(monkeypatch):
     facts = gather.gather(_loaded(("@local", {})))
     assert facts["@local"]["gpu_state"] == "error"
     assert facts["@local"]["error"] == "fact gathering failed: RuntimeError: lsb_release: no output"
+
+
+def test_gather_restores_pyinfras_log_level(monkeypatch):
+    import logging
+
+    monkeypatch.setattr(gather, "host_facts", lambda host: {"gpu_state": "no-gpu"})
+    pyinfra_log = logging.getLogger("pyinfra")
+    monkeypatch.setattr(pyinfra_log, "level", logging.INFO)
+    seen = []
+    real = fleet.connect
+
+    def spy(state, hosts):
+        seen.append(pyinfra_log.level)
+        return real(state, hosts)
+
+    monkeypatch.setattr(fleet, "connect", spy)
+    gather.gather(_loaded(("@local", {})))
+    assert seen == [logging.ERROR]  # quiet while gathering: warnings would break the report
+    assert pyinfra_log.level == logging.INFO

@@ -1,4 +1,5 @@
-"""provisioner.operations.system.fail_host: the one way to refuse a host while a run goes on."""
+"""provisioner.operations.system.fail_host: the one way to refuse a host while a run goes on
+(operations yield ``system.refusal(reason)``, a command running it)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ class FakeState:
 
 
 def test_fail_host_is_a_command_that_fails_the_host_and_announces_the_reason():
-    command = system.fail_host("no sha256 known for 0.32.15")
-    assert isinstance(command, FunctionCommand)
+    command = system.refusal("no sha256 known for 0.32.15")
+    assert isinstance(command, FunctionCommand) and command.function is system.fail_host
     refusals, host = Refusals(), FakeHost()
     assert command.function(FakeState(Silent(), refusals), host, *command.args) is False
     assert host.logged == [("no sha256 known for 0.32.15", "red")]

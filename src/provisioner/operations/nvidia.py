@@ -661,7 +661,7 @@ def reboot_if_needed(
     if _executing():
         problem = _wait_for_module(target, settle_seconds)
         if problem:
-            yield system.fail_host(
+            yield system.refusal(
                 f"after the reboot the NVIDIA kernel module is not right: {problem}"
             )
             return

@@ -60,7 +60,7 @@ def refuse(reason: str):
 
         ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
     """
-    yield system.fail_host(reason)
+    yield system.refusal(reason)
 
 
 # --- release ----------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def store(path: str, user: str = "ollama", group: str = "ollama", mode: str = "7
     path = path.rstrip("/") or "/"
     chain = host.get_fact(PathChain, path=path)
     if not chain:
-        yield system.fail_host(f"cannot inspect {path} on the host")
+        yield system.refusal(f"cannot inspect {path} on the host")
         return
     *parents, leaf = chain
     for entry in parents:
@@ -487,7 +487,7 @@ def models(
     try:
         planned = models() if callable(models) else list(models)
     except Exception as exc:  # the planner failed for this host: fail it, not the run
-        yield system.fail_host(f"no model plan for this host: {exc}")
+        yield system.refusal(f"no model plan for this host: {exc}")
         return
     try:
         wanted = _unique(ModelName.parse(n).display for n in [*planned, *(pinned or [])])
@@ -516,7 +516,7 @@ def models(
             remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
             if "error" in remote:
                 verb = "check" if present else "fetch"
-                yield system.fail_host(
+                yield system.refusal(
                     f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
                 )
                 return

@@ -25,15 +25,17 @@ def announce_refusal(state: Any, host: Any, reason: str) -> None:
             callback(state, host, reason)
 
 
-def _refuse(state: Any, host: Any, reason: str) -> bool:
+def fail_host(state: Any, host: Any, reason: str) -> bool:
+    """The one way to refuse a host while its operations run (the body of the command that
+    :func:`refusal` yields): announce ``reason`` (:func:`announce_refusal`) and fail this host;
+    the others go on."""
     announce_refusal(state, host, reason)
     return False
 
 
-def fail_host(reason: str) -> FunctionCommand:
-    """The one way to refuse a host while its operations run: a command that, when it runs,
-    announces ``reason`` (:func:`announce_refusal`) and fails this host; the others go on."""
-    return FunctionCommand(_refuse, (reason,), {})
+def refusal(reason: str) -> FunctionCommand:
+    """The command an operation yields to refuse its host with ``reason`` (:func:`fail_host`)."""
+    return FunctionCommand(fail_host, (reason,), {})
 
 
 @operation(is_idempotent=False)
