@@ -7,6 +7,7 @@ it asks Ollama, which listeners are allowed). Pure functions, no I/O.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 __all__ = [
     "LOOPBACK_NAMES",
@@ -15,6 +16,7 @@ __all__ = [
     "is_wildcard",
     "local_address",
     "local_url",
+    "networks_by_family",
     "same_listener",
     "url_host",
 ]
@@ -71,3 +73,14 @@ def same_listener(bind: str, address: str) -> bool:
         return ipaddress.ip_address(bind) == ipaddress.ip_address(address)
     except ValueError:
         return bind == address
+
+
+def networks_by_family(entries: Iterable[str]) -> tuple[list[str], list[str]]:
+    """An allowlist split into (IPv4, IPv6) networks, normalised (``10.1.2.3/8`` → ``10.0.0.0/8``);
+    raises ValueError on an entry that is not a network."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for entry in entries:
+        network = ipaddress.ip_network(entry, strict=False)
+        (v4 if network.version == 4 else v6).append(str(network))
+    return v4, v6

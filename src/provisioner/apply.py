@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
+# Operations that record a run rather than change the host (deploys/monitoring.py).
+BOOKKEEPING_OPERATIONS = ("Record the successful apply (monitoring)",)
+
 EXIT_PENDING_REBOOT = 3
 
 
@@ -138,6 +141,8 @@ def parse_results(
     results = raw.get("results") or {}
     for op in results.get("operations", []):
         name = op.get("name", "?")
+        if name.rsplit(" | ", 1)[-1] in BOOKKEEPING_OPERATIONS:  # changes on every run by nature
+            continue
         for host in op.get("success", []):
             hosts.setdefault(host, HostRun()).changed.append(name)
         for host in op.get("no_change", []):

@@ -83,3 +83,10 @@ def test_the_ollama_deploy_uses_the_same_answers(listen, api_url, ollama_host):
     assert not problems and cfg is not None
     assert cfg.api_url == api_url
     assert cfg.environment()["OLLAMA_HOST"] == ollama_host
+
+
+def test_networks_by_family():
+    v4, v6 = addresses.networks_by_family(["10.1.2.3/8", "fd00::1/64", "192.168.0.0/24"])
+    assert v4 == ["10.0.0.0/8", "192.168.0.0/24"] and v6 == ["fd00::/64"]
+    with pytest.raises(ValueError):
+        addresses.networks_by_family(["not-a-network"])

@@ -139,11 +139,7 @@ class OllamaSettings:
 
     def networks(self) -> tuple[list[str], list[str]]:
         """The allowlist split into IPv4 and IPv6 networks (normalised)."""
-        v4, v6 = [], []
-        for entry in self.allow_networks:
-            network = ipaddress.ip_network(entry, strict=False)
-            (v4 if network.version == 4 else v6).append(str(network))
-        return v4, v6
+        return addresses.networks_by_family(self.allow_networks)
 
 
 def _get(data: Any, key: str) -> Any:
