@@ -435,6 +435,7 @@ def test_update_picks_up_a_repushed_tag_and_names_a_failing_host(registry, serve
             "fake_responses": {
                 "cat /proc/meminfo": "MemTotal:       16318480 kB",
                 "manifest.v2+json": f"error {refused}",  # the registry manifest request
+                "provisioner.lock.owner": "held",  # provisioner.host_lock: free
             },
         },
     )

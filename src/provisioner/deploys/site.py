@@ -11,12 +11,14 @@ from pyinfra.api import deploy
 from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.models import ollama_models
 from provisioner.deploys.ollama import install_ollama
+from provisioner.operations import system
 
 
 @deploy("provisioner")
 def site() -> None:
     """
-    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host.
+    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host, under the
+    host's provisioner lock (one run per host at a time, ``provisioner.host_lock``).
 
     **Example:**
 
@@ -26,6 +28,7 @@ def site() -> None:
 
         site()
     """
+    system.run_lock(name="Hold the host lock")
     gpu_stack()
     install_ollama()
     ollama_models()
