@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from provisioner.interrupts import stop_child
 from provisioner.run_outcome import OUTCOME_ENV
 from provisioner.run_outcome import read as read_outcome
 
@@ -197,8 +198,12 @@ def _run_pyinfra(
     # pyinfra's progress goes on to the terminal as it comes; pending reboots are noted on the way.
     reader = threading.Thread(target=_relay_stderr, args=(proc.stderr, pending), daemon=True)
     reader.start()
-    out = proc.stdout.read() if proc.stdout else ""
-    proc.wait()
+    try:
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait()
+    except KeyboardInterrupt:  # pyinfra got the terminal's Ctrl-C too: bound its exit
+        stop_child(proc)
+        raise
     reader.join()
     return proc.returncode, out
 

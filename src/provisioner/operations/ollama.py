@@ -359,15 +359,31 @@ def _stream(state: Any, target: Any, command: str, on_line: Callable[[str], None
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                on_line(line.rstrip("\n"))
-            return proc.wait()
+            try:
+                for line in proc.stdout:
+                    on_line(line.rstrip("\n"))
+                return proc.wait()
+            except BaseException:  # interrupted, or on_line raised: stop the command it ran
+                _terminate_group(proc)
+                raise
     status, output = target.run_shell_command(StringCommand(command), **arguments)
     for line in [*output.stdout_lines, *output.stderr_lines]:
         on_line(line)
     return 0 if status else 1
+
+
+def _terminate_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (the shell and the command it started)."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _report(state: Any, target: Any, model: str, event: dict[str, Any]) -> None:
