@@ -523,4 +523,3 @@ def test_store_fact_reads_what_the_server_lists(registry, server):
     fact = OllamaModels().process(output.splitlines())
     assert {name: m["digest"].removeprefix("sha256:") for name, m in fact.items()} == server.tags()
     assert all(m["complete"] for m in fact.values())
-
