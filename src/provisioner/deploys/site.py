@@ -10,6 +10,7 @@ from pyinfra.api import deploy
 
 from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.models import ollama_models
+from provisioner.deploys.monitoring import monitoring, record_apply
 from provisioner.deploys.ollama import install_ollama
 from provisioner.operations import system
 
@@ -17,8 +18,10 @@ from provisioner.operations import system
 @deploy("provisioner")
 def site() -> None:
     """
-    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host, under the
-    host's provisioner lock (one run per host at a time, ``provisioner.host_lock``).
+    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host → monitoring
+    (node_exporter and the health collector, with ``monitoring = true``), and last the record
+    of the successful run; all of it under the host's provisioner lock (one run per host at a
+    time, ``provisioner.host_lock``).
 
     **Example:**
 
@@ -32,3 +35,5 @@ def site() -> None:
     gpu_stack()
     install_ollama()
     ollama_models()
+    monitoring()
+    record_apply()
