@@ -4,12 +4,11 @@ what happened and exits 130."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
+import pyinfra_cli  # noqa: F401  (patches the standard library for gevent, as provision does)
 import pytest
 from click.testing import CliRunner
 
@@ -17,10 +16,9 @@ from provisioner import apply, bounds, cli
 from provisioner.interrupts import EXIT_INTERRUPTED, stop_child
 
 
-def _ctrl_c_after(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
+def _ctrl_c_after(seconds: float) -> subprocess.Popen:
+    """The operator: presses Ctrl-C (SIGINT to this process) after ``seconds``."""
+    return subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -INT {os.getpid()}"])
 
 
 @pytest.mark.parametrize("ignores_sigint", [False, True])
@@ -38,10 +36,11 @@ def test_apply_passes_ctrl_c_to_pyinfra_and_bounds_its_exit(monkeypatch, ignores
         return children[-1]
 
     monkeypatch.setattr(apply.subprocess, "Popen", popen)
-    _ctrl_c_after(0.5)
+    operator = _ctrl_c_after(0.5)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         apply._run_pyinfra([sys.executable, "-c", body], dict(os.environ), {})
+    operator.wait()
     assert time.monotonic() - started < 5
     assert children[0].poll() is not None  # no pyinfra left running
 
