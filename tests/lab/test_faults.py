@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "http://169.254.100.1:5000"
 STORE = "/var/lib/ollama/models"
 BIG = 48 * 1024 * 1024  # the large blob: tens of MB, made here, never committed
-RATE = "24mbit"  # ~3 MB/s on the victim's link: the big blob takes ~16 s
+RATE = "8mbit"  # ~1 MB/s on the victim's link: the big blob takes ~50 s
 
 
 def _command(*args: str) -> list[str]:
