@@ -158,7 +158,9 @@ def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
     lab = fleet
     host = lab.hosts[-1]
     repository, tag, seed = _library_model(lab, host)
-    digest = push_model(REGISTRY, repository, tag, seed="issue-18-big", size=BIG, chunk_size=None)
+    digest = push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-big-{time.time()}", size=BIG, chunk_size=None
+    )
     _, manifest = fetch_manifest(REGISTRY, repository, tag)
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
@@ -209,7 +211,9 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     lab = fleet
     host, others = lab.hosts[-1], lab.hosts[:-1]
     repository, tag, seed = _library_model(lab, host)
-    push_model(REGISTRY, repository, tag, seed="issue-18-stop", size=BIG, chunk_size=None)
+    push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-stop-{time.time()}", size=BIG, chunk_size=None
+    )
     _, manifest = fetch_manifest(REGISTRY, repository, tag)
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
