@@ -217,6 +217,12 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     _, manifest = fetch_manifest(REGISTRY, repository, tag)
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
+    # apply does not re-check present tags (ollama_models_refresh): remove the model so that
+    # this apply must fetch it
+    short = f"{repository.removeprefix('library/')}:{tag}"
+    api = "http://127.0.0.1:11434/api/delete"
+    for name in (short, f"{REGISTRY.removeprefix('http://')}/{repository}:{tag}"):
+        lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
     _throttle(lab, host, True)
     try:
         run = start("apply", str(lab.inventory))
@@ -237,7 +243,6 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
         assert result["hosts"][other]["status"] != "failed", result["hosts"][other]
     code, result, err = provision("apply", str(lab.inventory))
     assert code == 0, (result, err)
-    short = f"{repository.removeprefix('library/')}:{tag}"
     assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
         "sha256:"
     )
