@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provisioner import run_events
 from provisioner.interrupts import stop_child
 from provisioner.run_outcome import OUTCOME_ENV
 from provisioner.run_outcome import read as read_outcome
@@ -29,10 +31,8 @@ if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
-# What the driver deploy logs for a host that needs a reboot it may not do (--no-reboot).
 # Operations that record a run rather than change the host (deploys/monitoring.py).
 BOOKKEEPING_OPERATIONS = ("Record the successful apply (monitoring)",)
-PENDING_REBOOT = re.compile(r"\[(?P<host>[^\]]+)\]\s+PENDING REBOOT (?P<why>.*)")
 
 EXIT_PENDING_REBOOT = 3
 
@@ -179,37 +179,16 @@ def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResul
     """
     dry = bool(options.get("dry"))
     command = pyinfra_command(loaded, deploy, **options)
+    with tempfile.TemporaryDirectory(prefix="provision-apply-") as folder:
+        events_file = Path(folder) / "events.jsonl"
+        events_file.touch()
+        outcome_file = Path(folder) / "outcome.json"
+        env = {**os.environ, run_events.ENV: str(events_file), OUTCOME_ENV: str(outcome_file)}
+        out, returncode = _run_pyinfra(command, env)
+        pending = run_events.pending_reboots(run_events.read(events_file))
+        outcome = read_outcome(str(outcome_file))
     names = [host.name for host in loaded.hosts]
-    pending: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="provision-") as scratch:
-        side = os.path.join(scratch, "outcome.json")
-        returncode, out = _run_pyinfra(command, {**os.environ, OUTCOME_ENV: side}, pending)
-        outcome = read_outcome(side)
     return summarise(deploy, dry, returncode, out, outcome, names, pending)
-
-
-def _run_pyinfra(
-    command: list[str], env: dict[str, str], pending: dict[str, str]
-) -> tuple[int, str]:
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    # pyinfra's progress goes on to the terminal as it comes; pending reboots are noted on the way.
-    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr, pending), daemon=True)
-    reader.start()
-    try:
-        out = proc.stdout.read() if proc.stdout else ""
-        proc.wait()
-    except KeyboardInterrupt:  # pyinfra got the terminal's Ctrl-C too: bound its exit
-        stop_child(proc)
-        raise
-    reader.join()
-    return proc.returncode, out
 
 
 def summarise(
@@ -265,10 +244,31 @@ def _unexplained(run: HostRun, returncode: int) -> str:
     )
 
 
-def _relay_stderr(stream, pending: dict[str, str]) -> None:
+def _run_pyinfra(command: list[str], env: dict[str, str]) -> tuple[str, int]:
+    """Run pyinfra; its progress (stderr) goes on to the terminal as it comes. Returns its
+    stdout (the ``--json`` result) and exit status."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
+    reader.start()
+    try:
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait()
+    except KeyboardInterrupt:  # pyinfra got the terminal's Ctrl-C too: bound its exit
+        stop_child(proc)
+        raise
+    reader.join()
+    return out, proc.returncode
+
+
+def _relay_stderr(stream: Iterable[str]) -> None:
+    """Copy pyinfra's log to our stderr, line by line."""
     for line in stream:
         sys.stderr.write(line)
-        match = PENDING_REBOOT.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
-        if match:
-            pending[match["host"]] = match["why"].strip()
     sys.stderr.flush()

@@ -39,7 +39,7 @@ def test_apply_passes_ctrl_c_to_pyinfra_and_bounds_its_exit(monkeypatch, ignores
     operator = _ctrl_c_after(0.5)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        apply._run_pyinfra([sys.executable, "-c", body], dict(os.environ), {})
+        apply._run_pyinfra([sys.executable, "-c", body], dict(os.environ))
     operator.wait()
     assert time.monotonic() - started < 5
     assert children[0].poll() is not None  # no pyinfra left running
