@@ -153,6 +153,12 @@ def test_every_host_failing_keeps_true_counts_and_every_reason(fleet):
         assert "did not match its checksum" in entry["error"], entry
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured on the lab (2 runs): the concurrent apply is refused naming the sync's pid, "
+    "but SIGINT to `provision models sync` over SSH does not stop it (it finishes, exit 0); "
+    "the @local path stops (tests/unit/test_ollama_sync.py). Open: issue 18 item 4.",
+)
 def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
     """Also two runs at once: an apply during the sync is refused, naming the sync's run."""
     lab = fleet
