@@ -97,6 +97,7 @@ def test_a_killed_launcher_leaves_an_empty_outcome(tmp_path):
     ("detail", "cause"),
     [
         ("Command socket/SSH error: Socket is closed", "the host stopped answering"),
+        ("llama3.2:1b: the pull command failed (exit -1)", "the host stopped answering"),
         ("tee: /srv/x: No space left on device", "the disk is full"),
         ("checksum mismatch for http://r/o.tgz: expected ab, got cd", "did not match"),
         ("another provisioner run holds /run/provisioner.lock", "another run holds"),
