@@ -3,7 +3,9 @@
 ``provision apply`` runs ``pyinfra INVENTORY provisioner/entrypoints/site.py`` as a subprocess
 so that group_data, ``--limit``, ordering and failure handling are exactly pyinfra's. pyinfra's
 progress goes straight to the terminal (stderr); its ``--json`` result (stdout) is turned into a
-per-host summary: changed / unchanged / failed operations.
+per-host summary: changed / unchanged / failed operations. pyinfra runs through
+:mod:`provisioner.run_outcome`, which writes each failed host's reason (and the results when
+every host failed and pyinfra printed none) to a side file this module reads back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner import run_events
+from provisioner.interrupts import stop_child
+from provisioner.run_outcome import OUTCOME_ENV
+from provisioner.run_outcome import read as read_outcome
 
 if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
@@ -38,6 +43,8 @@ class HostRun:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     pending_reboot: str | None = None
+    #: Why the host failed: the step and its cause, in one sentence (None when it did not fail).
+    error: str | None = None
 
     @property
     def status(self) -> str:
@@ -79,6 +86,7 @@ class RunResult:
                     "unchanged": len(run.unchanged),
                     "failed": run.failed,
                     "pending_reboot": run.pending_reboot,
+                    "error": run.error,
                 }
                 for name, run in self.hosts.items()
             },
@@ -90,10 +98,13 @@ class RunResult:
         lines = []
         for name in self.failed_hosts:
             run = self.hosts.get(name)
-            where = f" at '{run.failed[0]}'" if run and run.failed else ""
+            if run and run.error:
+                why = f": {run.error}"
+            else:
+                where = f" at '{run.failed[0]}'" if run and run.failed else ""
+                why = f"{where}; the reason is in pyinfra's output above"
             lines.append(
-                f"provision: host {name} failed{where}; the reason is in pyinfra's output above. "
-                f"Fix it and re-run with --limit {name}."
+                f"provision: host {name} failed{why}. Fix it and re-run with --limit {name}."
             )
         for name, run in self.hosts.items():
             if run.pending_reboot and name not in self.failed_hosts:
@@ -119,7 +130,9 @@ def pyinfra_command(
     batch: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> list[str]:
-    command = [sys.executable, "-m", "pyinfra", loaded.source, entrypoint(deploy), "--json"]
+    # pyinfra's own CLI, through the launcher that reports each failed host's reason
+    command = [sys.executable, "-m", "provisioner.run_outcome", loaded.source, entrypoint(deploy)]
+    command.append("--json")
     # --dry without -y: pyinfra detects changes, prints the plan and executes nothing.
     command.append("--dry" if dry else "-y")
     for pattern in limit:
@@ -169,22 +182,66 @@ def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResul
     with tempfile.TemporaryDirectory(prefix="provision-apply-") as folder:
         events_file = Path(folder) / "events.jsonl"
         events_file.touch()
-        out, returncode = _run_pyinfra(command, {**os.environ, run_events.ENV: str(events_file)})
+        outcome_file = Path(folder) / "outcome.json"
+        env = {**os.environ, run_events.ENV: str(events_file), OUTCOME_ENV: str(outcome_file)}
+        out, returncode = _run_pyinfra(command, env)
         pending = run_events.pending_reboots(run_events.read(events_file))
+        outcome = read_outcome(str(outcome_file))
     names = [host.name for host in loaded.hosts]
+    return summarise(deploy, dry, returncode, out, outcome, names, pending)
+
+
+def summarise(
+    deploy: str,
+    dry: bool,
+    returncode: int,
+    out: str,
+    outcome: dict[str, Any],
+    names: list[str],
+    pending: dict[str, str],
+) -> RunResult:
+    """Turn pyinfra's --json output (``out``) and the launcher's outcome into a :class:`RunResult`.
+
+    When pyinfra printed no result (every host failed: ``No hosts remaining!``), the results the
+    launcher rebuilt from pyinfra's state stand in, so the counts stay true.
+    """
     try:
         raw = json.loads(out) if out.strip() else None
     except json.JSONDecodeError:
         sys.stderr.write(out)
         raw = None
+    if raw is None and outcome.get("results"):
+        raw = {"plan": [], "results": outcome["results"]}
+    told = {
+        name: entry
+        for name, entry in (outcome.get("hosts") or {}).items()
+        if isinstance(entry, dict) and entry.get("error")
+    }
     if raw is None:
         hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
-        return RunResult(deploy, dry, returncode or 1, hosts, names, None)
-    hosts, failed = parse_results(raw, names)
+        failed = list(names)
+        returncode = returncode or 1
+    else:
+        hosts, failed = parse_results(raw, names)
+        failed = sorted(set(failed) | set(told) & set(names))
+    for name in failed:
+        run = hosts.setdefault(name, HostRun())
+        entry = told.get(name) or {}
+        if not run.failed:  # failed before any operation ran: the step the launcher named
+            run.failed.append(str(entry.get("step") or "pyinfra run"))
+        run.error = str(entry["error"]) if entry else _unexplained(run, returncode)
     for name, why in pending.items():
         if name in hosts:
             hosts[name].pending_reboot = why
     return RunResult(deploy, dry, returncode, hosts, failed, raw)
+
+
+def _unexplained(run: HostRun, returncode: int) -> str:
+    step = run.failed[0] if run.failed else "pyinfra run"
+    return (
+        f"step '{step}' failed (pyinfra exited {returncode}); no reason was reported: "
+        "see pyinfra's output above"
+    )
 
 
 def _run_pyinfra(command: list[str], env: dict[str, str]) -> tuple[str, int]:
@@ -200,8 +257,12 @@ def _run_pyinfra(command: list[str], env: dict[str, str]) -> tuple[str, int]:
     )
     reader = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
     reader.start()
-    out = proc.stdout.read() if proc.stdout else ""
-    proc.wait()
+    try:
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait()
+    except KeyboardInterrupt:  # pyinfra got the terminal's Ctrl-C too: bound its exit
+        stop_child(proc)
+        raise
     reader.join()
     return out, proc.returncode
 

@@ -9,8 +9,10 @@ Imports stay inside the commands so that ``provision --help`` is fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -261,10 +263,24 @@ def apply(
     if batch:
         override["nvidia_reboot_batch"] = batch
     loaded = _load(inventory, limit, override or None)
-    result = run_deploy(
-        loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
-    )
+    with _interruptible("apply"):
+        result = run_deploy(
+            loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
+        )
     _report_run(result, as_json)
+
+
+@contextlib.contextmanager
+def _interruptible(what: str) -> Iterator[None]:
+    """Ctrl-C: the run stops what it started on the hosts (see provisioner.interrupts), then
+    ``provision`` says so and exits 130."""
+    from provisioner.interrupts import EXIT_INTERRUPTED, message
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(message(what), err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _report_run(result, as_json: bool) -> None:
@@ -398,9 +414,10 @@ def models_sync(
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
 
-    result = sync_lib.sync(
-        loaded, prune=True if prune else None, dry=dry, batch=batch, show_progress=not as_json
-    )
+    with _interruptible("models sync"):
+        result = sync_lib.sync(
+            loaded, prune=True if prune else None, dry=dry, batch=batch, show_progress=not as_json
+        )
     _report_models(result, as_json)
 
 
@@ -419,7 +436,9 @@ def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
 
-    _report_models(sync_lib.update(loaded, batch=batch, show_progress=not as_json), as_json)
+    with _interruptible("models update"):
+        result = sync_lib.update(loaded, batch=batch, show_progress=not as_json)
+    _report_models(result, as_json)
 
 
 @models.command("mirror")

@@ -326,6 +326,7 @@ def sync(
 
     from provisioner import fleet
     from provisioner.deploys.models import ollama_models
+    from provisioner.interrupts import stop_run
 
     state = fleet.make_state(loaded)
     results = {target.name: HostResult(target.name) for target in loaded.hosts}
@@ -346,6 +347,7 @@ def sync(
     progress = _rich_progress(console) if show_progress and not dry else None
     handler = PullProgress(progress)
     state.add_callback_handler(handler)
+    interrupted = False
     deploy_args: dict[str, Any] = {"prune": prune, "refresh": refresh}
     if batch:
         deploy_args["_parallel"] = batch
@@ -364,12 +366,16 @@ def sync(
                 run_ops(state)
             except PyinfraError:
                 pass  # every host failed: each one's reason is collected below
+            except KeyboardInterrupt:  # Ctrl-C: stop every host's step now, report nothing
+                interrupted = True
+                stop_run(state)
+                raise
             finally:
                 if progress is not None:
                     progress.stop()
     finally:
         after: dict[str, dict[str, Any]] = {}
-        if not dry:
+        if not dry and not interrupted:
             gevent.joinall([state.pool.spawn(read_store, t, after) for t in connected])
         for target in connected:
             result = results[target.name]
@@ -385,7 +391,7 @@ def sync(
                 result.models = {
                     n: m["digest"] for n, m in after[target.name].items() if m.get("digest")
                 }
-        if check and not dry:
+        if check and not dry and not interrupted:
 
             def check_one(target: Host) -> None:
                 if target.name not in after:

@@ -74,6 +74,7 @@ def run_table(result: RunResult) -> Table:
     )
     for column in ("host", "status", verb, "unchanged", "failed at"):
         table.add_column(column)
+    table.add_column("reason", overflow="fold")
     style = {"changed": "yellow", "unchanged": "green", "failed": "red", "pending-reboot": "red"}
     for name, run in result.hosts.items():
         table.add_row(
@@ -82,5 +83,6 @@ def run_table(result: RunResult) -> Table:
             str(len(run.changed)),
             str(len(run.unchanged)),
             ", ".join(run.failed) or "-",
+            run.error or "-",
         )
     return table

@@ -434,6 +434,8 @@ class GpuHostDouble:
             return ["/tmp"]
         if command == "cut -d. -f1 /proc/uptime":
             return [str(self.uptime)]
+        if command.startswith("lock=") and "provisioner.lock" in command:  # host_lock: free
+            return ["held"]
         if command == BootId().command():
             return [f"00000000-0000-0000-0000-{self.boots:012d}"]
         if command == NvidiaPciDevices().command():

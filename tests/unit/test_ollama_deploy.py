@@ -363,6 +363,7 @@ def _fake(name: str, **data):
         "command -v useradd": "/usr/sbin/useradd",
         "uname -s": "Linux",
         "stat -c '%a %U %G %n'": ["755 root root /"],
+        "provisioner.lock.owner": "held",  # provisioner.host_lock: the lock is free
     }
     return (
         f"@fake/{name}",

@@ -435,6 +435,7 @@ def test_update_picks_up_a_repushed_tag_and_names_a_failing_host(registry, serve
             "fake_responses": {
                 "cat /proc/meminfo": "MemTotal:       16318480 kB",
                 "manifest.v2+json": f"error {refused}",  # the registry manifest request
+                "provisioner.lock.owner": "held",  # provisioner.host_lock: free
             },
         },
     )
@@ -522,3 +523,107 @@ def test_store_fact_reads_what_the_server_lists(registry, server):
     fact = OllamaModels().process(output.splitlines())
     assert {name: m["digest"].removeprefix("sha256:") for name, m in fact.items()} == server.tags()
     assert all(m["complete"] for m in fact.values())
+
+
+# --- interrupt ----------------------------------------------------------------------------------
+
+
+class SlowLink:
+    """A forwarding proxy in front of the registry that sends blob bodies in 16 KiB chunks,
+    ``delay`` seconds apart (a slow site link), passing Range requests on; it counts the body
+    bytes it sent."""
+
+    def __init__(self, upstream: str, delay: float = 0.02) -> None:
+        link = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                request = urllib.request.Request(upstream + self.path)
+                for name in ("Accept", "Range"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    response = urllib.request.urlopen(request, timeout=30)
+                except urllib.error.HTTPError as error:
+                    response = error
+                self.send_response(response.status)
+                for name, value in response.headers.items():
+                    if name.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.end_headers()
+                slow = "/blobs/" in self.path
+                try:
+                    while chunk := response.read(16384):
+                        self.wfile.write(chunk)
+                        link.sent += len(chunk)
+                        if slow:
+                            time.sleep(link.delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.delay, self.sent = delay, 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ctrl_c_stops_the_sync_and_its_curl_and_the_next_run_resumes(registry, server):
+    """Ctrl-C (a real SIGINT to this process) in the middle of a blob: the sync stops within
+    seconds, no curl keeps writing into the store, the bytes that arrived stay, and the next
+    sync fetches only the rest (a Range request; the proxy counts the bytes)."""
+    size = 4 * 1024 * 1024
+    digest = registry_double.push_model(
+        registry.url, "site/big", "1b", seed="interrupt", size=size, chunk_size=None
+    )
+    link = SlowLink(registry.url)
+    try:
+        manifest = Registry(link.url).manifest("site/big", "1b")
+        weights = max(manifest.layers, key=lambda b: b.size)
+        part = server.models / ".provisioner-tmp" / weights.file_name
+        data = _host_data(server, link.url, ["big:1b"])
+        quarter = weights.size // 4
+        # the "operator" presses Ctrl-C once a quarter of the blob has arrived
+        operator = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                f'while [ "$(stat -c %s {part} 2>/dev/null || echo 0)" -lt {quarter} ]; do '
+                f"sleep 0.1; done; kill -INT {os.getpid()}",
+            ]
+        )
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _sync(("@local", data))
+        finally:
+            operator.kill()
+            operator.wait()
+
+        def writers() -> list[str]:
+            ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True)
+            return [line for line in ps.stdout.splitlines() if str(part) in line]
+
+        deadline = time.monotonic() + 5
+        while writers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not writers()  # no orphaned helper or curl
+        kept = part.stat().st_size
+        time.sleep(1)
+        assert part.stat().st_size == kept and quarter <= kept < weights.size
+        assert "big:1b" not in server.tags()
+
+        link.delay, link.sent = 0.0, 0
+        again = _sync(("@local", data))
+        assert again.exit_code == 0, again.to_json()
+        assert server.tags()["big:1b"] == digest.removeprefix("sha256:")
+        # resumed: the rest of the blob (plus the small manifests) came, not the whole blob
+        assert weights.size - kept <= link.sent < weights.size - kept + 64 * 1024
+    finally:
+        link.stop()

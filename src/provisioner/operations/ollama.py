@@ -16,6 +16,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
+from provisioner import bounds
 from provisioner.facts.ollama import (
     APPLIED_STAMP,
     INSTALL_DIR,
@@ -80,7 +81,11 @@ def _release_script(version: str, url: str, sha256: str, install_dir: str, archi
             "umask 022",
             f"mkdir -p {q(d)}",
             f"rm -rf {q(staging)} {q(download)}",
-            f"curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)} {q(url)}",
+            f"curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
+            f"-o {q(download)} {q(url)} || {{ rc=$?; rm -f {q(download)}; "
+            f'echo "download of {url} into {d} failed (curl exit $rc'
+            "$([ $rc -eq 23 ] && echo ', no space left on device')); nothing was unpacked\" >&2; "
+            "exit 1; }",
             f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
             f'if [ "$actual" != {q(sha256)} ]; then rm -f {q(download)}; '
             f'echo "checksum mismatch for {url}: expected {sha256}, got $actual; '
@@ -344,15 +349,31 @@ def _stream(state: Any, target: Any, command: str, on_line: Callable[[str], None
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                on_line(line.rstrip("\n"))
-            return proc.wait()
+            try:
+                for line in proc.stdout:
+                    on_line(line.rstrip("\n"))
+                return proc.wait()
+            except BaseException:  # interrupted, or on_line raised: stop the command it ran
+                _terminate_group(proc)
+                raise
     status, output = target.run_shell_command(StringCommand(command), **arguments)
     for line in [*output.stdout_lines, *output.stderr_lines]:
         on_line(line)
     return 0 if status else 1
+
+
+def _terminate_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (the shell and the command it started)."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _report(state: Any, target: Any, model: str, event: dict[str, Any]) -> None:
@@ -416,8 +437,13 @@ def pull_model(state: Any, host: Any, label: str, api: str, name: str, insecure:
 
 
 def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool:
-    """Place a model from a registry into the store with the fetch helper, checking its output."""
-    return _follow(state, host, label, shlex.join(arguments))
+    """Place a model from a registry into the store with the fetch helper, checking its output.
+    The helper's transfer and lock bounds come from ``data/bounds.toml``."""
+    env = [
+        "PROVISIONER_CURL_BOUNDS=" + " ".join(bounds.curl_options("blob_max_time_s")),
+        f"PROVISIONER_STORE_WAIT={bounds.get('store_lock', 'wait_s')}",
+    ]
+    return _follow(state, host, label, shlex.join(["env", *env, *arguments]))
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -390,18 +390,46 @@ class HostContext:
         return [normalise(str(tag)) for tag in models or [] if tag]
 
     def model_size(self, tag: str) -> int | None:
-        """Download size in bytes: what Ollama reports, else the model catalog's."""
+        """Download size in bytes (see :meth:`model_bytes`)."""
+        return self.model_bytes(tag)[0]
+
+    def model_bytes(self, tag: str) -> tuple[int | None, str]:
+        """The bytes of ``tag``'s blobs and where that number comes from: what Ollama reports
+        for the model in its store (the sum of its manifest's blobs), else the manifest the
+        registry serves for it now (the blobs the next fetch downloads), else the catalog's
+        estimate (``catalog estimate``; ``(None, "unknown")`` when none of them knows)."""
         installed = self.installed_models() or {}
         size = (installed.get(tag) or {}).get("size")
         if isinstance(size, int) and size > 0:
-            return size
+            return size, "store manifest"
+        remote = self.registry_manifest(tag)
+        if remote and isinstance(remote.get("size"), int) and remote["size"] > 0:
+            return int(remote["size"]), "registry manifest"
         try:
             from provisioner.catalog import cached_catalog
 
             entry = cached_catalog(self.key("model_catalog_extra") or None).get(tag)
         except Exception:  # a bad catalog is reported by `provision plan`, not here
             entry = None
-        return entry.size_bytes if entry is not None else None
+        if entry is not None and entry.size_bytes:
+            return entry.size_bytes, "catalog estimate"
+        return None, "unknown"
+
+    def registry_manifest(self, tag: str) -> dict[str, Any] | None:
+        """The manifest the host would fetch ``tag`` by (its site registry when
+        ``ollama_registry`` is set), as :class:`OllamaRegistryManifest` reads it on the host;
+        None when it cannot be read."""
+        from provisioner.facts.ollama import OllamaRegistryManifest
+        from provisioner.ollama_api import ModelName, site_name
+
+        try:
+            registry = self.key("ollama_registry")
+            namespace = self.key("ollama_registry_namespace") or "library"
+            source = site_name(tag, registry, namespace) if registry else ModelName.parse(tag)
+        except ValueError:
+            return None
+        remote = self.fact(OllamaRegistryManifest, source.manifest_url)
+        return None if not isinstance(remote, dict) or "error" in remote else remote
 
     def smallest_planned_model(self) -> str | None:
         planned = self.planned_models()
