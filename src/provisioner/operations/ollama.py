@@ -76,54 +76,90 @@ def refuse(reason: str):
 # --- release ----------------------------------------------------------------------------------
 
 
-def _release_script(version: str, url: str, sha256: str, install_dir: str, archive: str) -> str:
+def _release_script(
+    version: str,
+    url: str,
+    sha256: str | None,
+    install_dir: str,
+    archive: str,
+    sums_url: str = "",
+    source: str = "ollama_sha256",
+) -> str:
     d = install_dir.rstrip("/")
     staging, download, final = (
         f"{d}/.staging-{version}",
         f"{d}/.download-{version}",
         f"{d}/{version}",
     )
-    untar = "tar -xzf" if archive == "tgz" else "tar --zstd -xf"
-    return "\n".join(
-        [
-            "set -e",
-            "umask 022",
-            f"mkdir -p {q(d)}",
-            f"rm -rf {q(staging)} {q(download)}",
-            f"curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)} {q(url)}",
-            f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
-            f'if [ "$actual" != {q(sha256)} ]; then rm -f {q(download)}; '
-            f'echo "checksum mismatch for {url}: expected {sha256}, got $actual; '
-            'nothing was unpacked" >&2; exit 1; fi',
-            f"mkdir {q(staging)}",
-            f"{untar} {q(download)} -C {q(staging)} --no-same-owner",
-            f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
-            f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
-            f"echo {q(sha256)} > {q(staging)}/{RELEASE_MARKER}",
-            f"rm -rf {q(final)}",
-            f"mv {q(staging)} {q(final)}",
-            f"rm -f {q(download)}",
-        ]
+    asset = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    # zstd -dc | tar: any tar can read it (GNU tar's --zstd needs 1.31+); `zstd` is the
+    # package of that name on Debian, Ubuntu and EL, which the deploy installs.
+    untar = (
+        f"tar -xzf {q(download)}" if archive == "tgz" else f"zstd -dcq {q(download)} | tar -xf -"
     )
+    lines = [
+        "set -e",
+        "umask 022",
+        f"mkdir -p {q(d)}",
+        f"rm -rf {q(staging)} {q(download)} {q(download)}.sums",
+        f"curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)} {q(url)}",
+    ]
+    if sha256:
+        lines.append(f"expected={q(sha256)}; source={q(source)}")
+    else:  # the release's own sha256sum.txt, from the same source as the archive
+        lines += [
+            f"if ! curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)}.sums {q(sums_url)}; "
+            f'then rm -f {q(download)}; echo "cannot fetch {sums_url}, and no sha256 is pinned '
+            '(ollama_sha256): nothing was unpacked" >&2; exit 1; fi',
+            f'expected=$(awk -v a={q(asset)} \'{{n=$2; sub(/^\\*/, "", n); '
+            f'sub(/^\\.\\//, "", n)}} n == a && length($1) == 64 && $1 !~ /[^0-9a-fA-F]/ '
+            f"{{print tolower($1); exit}}' {q(download)}.sums)",
+            f"rm -f {q(download)}.sums",
+            f'if [ -z "$expected" ]; then rm -f {q(download)}; echo "{sums_url} has no line '
+            f'for ./{asset}: nothing was unpacked" >&2; exit 1; fi',
+            f"source={q(sums_url)}",
+        ]
+    lines += [
+        f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
+        f'if [ "$actual" != "$expected" ]; then rm -f {q(download)}; '
+        f'echo "checksum mismatch for {url}: expected $expected (from $source), got $actual; '
+        'nothing was unpacked" >&2; exit 1; fi',
+        f"mkdir {q(staging)}",
+        f"{untar} -C {q(staging)} --no-same-owner",
+        f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
+        f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
+        f'echo "$actual" > {q(staging)}/{RELEASE_MARKER}',
+        f"rm -rf {q(final)}",
+        f"mv {q(staging)} {q(final)}",
+        f"rm -f {q(download)}",
+        f'echo "Ollama {version}: sha256 $actual verified against $source"',
+    ]
+    return "\n".join(lines)
 
 
 @operation()
 def release(
     version: str,
     url: str,
-    sha256: str,
+    sha256: str | None = None,
     install_dir: str = INSTALL_DIR,
     archive: str = "tgz",
+    sums_url: str = "",
+    sha256_source: str = "ollama_sha256",
 ):
     """
     Unpack one Ollama release into ``install_dir/<version>``, checked against its sha256
-    before anything is unpacked. A release already unpacked with the same sum is left alone.
+    before anything is unpacked. A release already unpacked with the same sum (or, with no
+    pinned sum, unpacked at all: it was verified when it was) is left alone.
 
     + version: the Ollama version, the name of its directory
     + url: where the release archive is downloaded from
-    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing
+    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing.
+      None: take it from ``sums_url`` (the release's ``sha256sum.txt``), on the host
     + install_dir: the parent of the versioned directories
     + archive: ``tgz`` or ``zst`` (``.tar.zst``, needs ``zstd`` on the host)
+    + sums_url: the release's ``sha256sum.txt`` (lines ``<sha256>  ./<archive name>``)
+    + sha256_source: where a pinned sum came from, for the messages
 
     **Example:**
 
@@ -132,18 +168,24 @@ def release(
         ollama.release(
             name="Unpack Ollama 0.32.15",
             version="0.32.15",
-            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tgz",
-            sha256="<sha256 from the release's sha256sum.txt>",
+            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tar.zst",
+            sums_url="https://github.com/ollama/ollama/releases/download/v0.32.15/sha256sum.txt",
+            archive="zst",
         )
     """
     if archive not in ("tgz", "zst"):
         raise OperationValueError(f"archive must be tgz or zst, not {archive!r}")
-    sha256 = sha256.lower()
+    if not sha256 and not sums_url:
+        raise OperationValueError("give sha256 or sums_url: an archive is never unpacked unchecked")
+    sha256 = sha256.lower() if sha256 else None
     installed = host.get_fact(OllamaInstall, install_dir=install_dir)
-    if installed["releases"].get(version) == sha256:
-        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version}")
+    have = installed["releases"].get(version)
+    if have and (sha256 is None or have == sha256):
+        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version} (sha256 {have})")
         return
-    yield StringCommand(_release_script(version, url, sha256, install_dir, archive))
+    yield StringCommand(
+        _release_script(version, url, sha256, install_dir, archive, sums_url, sha256_source)
+    )
 
 
 # --- service ----------------------------------------------------------------------------------
@@ -192,7 +234,7 @@ def _wait_script(
 @operation()
 def service(
     version: str,
-    release_sha256: str,
+    release_sha256: str | None,
     config_sha256: str,
     api_url: str = DEFAULT_API,
     start_timeout: int = 60,
@@ -207,7 +249,8 @@ def service(
     rolled back to the version that was serving, and the host fails with the reason.
 
     + version: the release to serve (unpacked by ``ollama.release``)
-    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too)
+    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too); None
+      when it was not pinned: the sum the host verified (``.provisioner-sha256``) is used
     + config_sha256: a digest of the rendered unit and drop-in (a change restarts)
     + api_url: where the API answers on the host (``/api/version`` is polled)
     + start_timeout: seconds to wait for the API after a restart
@@ -227,7 +270,9 @@ def service(
     """
     installed = host.get_fact(OllamaInstall, install_dir=install_dir, service=service_name)
     d = install_dir.rstrip("/")
-    desired = f"{version} {release_sha256.lower()} {config_sha256}"
+    # the sum of the unpacked release: pinned, or as the host verified it (sha256sum.txt)
+    unpacked = (release_sha256 or "").lower() or installed["releases"].get(version) or ""
+    desired = f"{version} {unpacked} {config_sha256}"
 
     changed = False
     if installed["enabled"] != "enabled":
@@ -243,7 +288,10 @@ def service(
         if switch:
             yield _switch_script(version, install_dir)
         yield _wait_script(version, api_url, start_timeout, service_name, install_dir, previous)
-        yield f"echo {q(desired)} > {q(d + '/' + APPLIED_STAMP)}"
+        yield (
+            f'echo {q(version)} "$(cat {q(f"{d}/{version}/{RELEASE_MARKER}")})" '
+            f"{q(config_sha256)} > {q(d + '/' + APPLIED_STAMP)}"
+        )
         changed = True
     if not changed:
         host.noop(f"Ollama {version} is serving with the current configuration")
