@@ -608,7 +608,7 @@ def models(
                             user,
                             base,
                             remote["digest"],
-                            remote["raw"],
+                            source.manifest_url,  # fetched by the helper: never argv
                             source.manifest_path,
                             *blobs,
                         ],
