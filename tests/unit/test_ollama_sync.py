@@ -308,6 +308,39 @@ def test_pull_through_a_redirecting_registry_works(registry, server):
     assert server.tags()["tiny:1b"] == digest.removeprefix("sha256:")
 
 
+def test_insecure_goes_only_to_the_site_registrys_own_host(registry, server):
+    """`insecure: true` lets Ollama use plain HTTP; it is sent for the site registry's pulls
+    only, so a model named with another (plain-HTTP) registry is pulled over https and fails
+    there instead of silently downgrading."""
+    registry.push("site/tiny", "1b", seed="insecure-site")
+    registry.push("other/tiny", "1b", seed="insecure-other")
+    front = RedirectingRegistry(registry.port)
+    elsewhere = f"127.0.0.1:{registry.port}/other/tiny:1b"
+    try:
+        data = _host_data(
+            server, front.url, ["tiny:1b", elsewhere], ollama_registry_transport="pull"
+        )
+        result = _sync(("@local", data), refresh=False)  # straight to Ollama's /api/pull
+    finally:
+        front.stop()
+    assert result.exit_code == 1
+    errors = " ".join(result.hosts["@local"].errors)
+    assert "server gave HTTP response to HTTPS client" in errors, errors
+    assert "tiny:1b" in server.tags() and elsewhere not in server.tags()
+
+
+def test_api_commands_show_ollamas_error_body(server):
+    """Not `curl -f`: a 4xx answer fails the command with Ollama's own {"error": ...}."""
+    command = ollama_ops._api_command(
+        f"http://127.0.0.1:{server.port}", "DELETE", "/api/delete", {"model": "nope:1"}
+    )
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        'DELETE /api/delete: HTTP 404: {"error":"model \'nope:1\' not found"}'
+    )
+
+
 def test_prune_removes_unplanned_models_but_keeps_pinned_ones(registry, server):
     for name in ("tiny", "small", "embed"):
         registry.push(f"site/{name}", "1b", seed=f"prune-{name}")

@@ -458,10 +458,19 @@ def _follow(state: Any, target: Any, model: str, command: str) -> bool:
 def _api_command(
     api: str, method: str, path: str, body: dict[str, Any], *, stream: bool = False
 ) -> str:
-    flags = "-sS -N" if stream else "-fsS"
-    return (
-        f"curl {flags} -X {method} -H 'Content-Type: application/json' "
+    request = (
+        f"-X {method} -H 'Content-Type: application/json' "
         f"--data-binary {q(json.dumps(body, sort_keys=True))} {q(api.rstrip('/') + path)}"
+    )
+    if stream:
+        return f"curl -sS -N {request}"
+    # not `curl -f`, which hides Ollama's {"error": ...} body: keep it and fail on >= 400
+    return (
+        "t=$(mktemp) || exit 1; "
+        f'code=$(curl -sS -o "$t" -w "%{{http_code}}" {request}) || {{ rm -f "$t"; exit 1; }}; '
+        'if [ "$code" -ge 400 ]; then '
+        f'echo "{method} {path}: HTTP $code: $(cat "$t")" >&2; rm -f "$t"; exit 1; fi; '
+        'rm -f "$t"'
     )
 
 
@@ -479,6 +488,13 @@ def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool
 
 
 # --- models -----------------------------------------------------------------------------------
+
+
+def _site_host(registry: str | None, namespace: str) -> str:
+    """The site registry's host (``host:port``, lower case), or "" without one."""
+    if not registry:
+        return ""
+    return site_name("library/probe:latest", registry, namespace).host.lower()
 
 
 def _unique(names: Iterable[str]) -> list[str]:
@@ -560,6 +576,7 @@ def models(
             raise OperationValueError(
                 f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
             )
+    site_host = _site_host(registry, namespace)
 
     installed = host.get_fact(OllamaModels, models_dir=models_dir)
     current: list[str] = []
@@ -616,7 +633,9 @@ def models(
                     {},
                 )
             else:
-                yield FunctionCommand(pull_model, (name, api, source.pull_name, insecure), {})
+                # insecure only towards the site registry's own host, never another registry
+                plain = insecure and source.host.lower() == site_host
+                yield FunctionCommand(pull_model, (name, api, source.pull_name, plain), {})
         if source.display != name:
             yield _api_command(
                 api, "POST", "/api/copy", {"source": source.display, "destination": name}
