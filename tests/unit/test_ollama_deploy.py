@@ -484,9 +484,7 @@ def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum(
     pinned = "c" * 64
 
     def run(override):
-        inventory = Inventory(
-            ([_fake("host", ollama_sha256=pinned)], {}), override_data=override
-        )
+        inventory = Inventory(([_fake("host", ollama_sha256=pinned)], {}), override_data=override)
         state = State(inventory=inventory, config=Config())
         connect_all(state)
         add_deploy(state, deploy.install_ollama)

@@ -86,9 +86,7 @@ def test_the_operator_may_accept_a_vulnerable_version_explicitly():
 )
 def test_the_default_url_names_the_archive_ollama_publishes_for_the_version(version, asset, fmt):
     release = resolve(version, "x86_64", URL, allow_vulnerable=True)
-    assert release.url == (
-        f"https://github.com/ollama/ollama/releases/download/v{version}/{asset}"
-    )
+    assert release.url == (f"https://github.com/ollama/ollama/releases/download/v{version}/{asset}")
     assert release.asset == asset
     assert release.format == fmt
 
