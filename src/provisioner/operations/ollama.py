@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pyinfra import host, logger
@@ -490,6 +490,72 @@ def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool
 # --- models -----------------------------------------------------------------------------------
 
 
+def _sources(
+    names: list[str], registry: str | None, namespace: str, insecure: bool
+) -> dict[str, ModelName]:
+    """Each wanted model (display name, first mention wins) and where it comes from."""
+    try:
+        wanted = _unique(ModelName.parse(n).display for n in names)
+        sources = {
+            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
+            for name in wanted
+        }
+    except ValueError as exc:
+        raise OperationValueError(str(exc)) from None
+    for name, source in sources.items():
+        if source.scheme == "http" and not insecure:
+            raise OperationValueError(
+                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
+            )
+    return sources
+
+
+def _fetch_commands(
+    name: str,
+    source: ModelName,
+    remote: dict[str, Any] | None,
+    have_source: dict[str, Any] | None,
+    place: bool,
+    *,
+    api: str,
+    models_dir: str,
+    user: str,
+    fetch_helper: str,
+    insecure: bool,
+    site_host: str,
+) -> Iterator[Any]:
+    """Get ``name`` from ``source`` (unless the site copy is already current) and alias it."""
+    source_ok = (
+        source.display != name
+        and have_source is not None
+        and have_source.get("complete")
+        and remote is not None
+        and have_source["content"] == remote["content"]
+    )
+    if not source_ok and place:
+        assert remote is not None
+        base = source.blob_url("").rstrip("/") + "/"
+        blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
+        arguments = [
+            fetch_helper,
+            models_dir,
+            user,
+            base,
+            remote["digest"],
+            source.manifest_url,  # fetched by the helper: a manifest is never an argument
+            source.manifest_path,
+            *blobs,
+        ]
+        yield FunctionCommand(fetch_model, (name, arguments), {})
+    elif not source_ok:
+        # insecure only towards the site registry's own host, never another registry
+        plain = insecure and source.host.lower() == site_host
+        yield FunctionCommand(pull_model, (name, api, source.pull_name, plain), {})
+    if source.display != name:
+        alias = {"source": source.display, "destination": name}
+        yield _api_command(api, "POST", "/api/copy", alias)
+
+
 def _site_host(registry: str | None, namespace: str) -> str:
     """The site registry's host (``host:port``, lower case), or "" without one."""
     if not registry:
@@ -563,20 +629,16 @@ def models(
     except Exception as exc:  # the planner failed for this host: fail it, not the run
         yield _refusal(f"no model plan for this host: {exc}")
         return
-    try:
-        wanted = _unique(ModelName.parse(n).display for n in [*planned, *(pinned or [])])
-        sources = {
-            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
-            for name in wanted
-        }
-    except ValueError as exc:
-        raise OperationValueError(str(exc)) from None
-    for name, source in sources.items():
-        if source.scheme == "http" and not insecure:
-            raise OperationValueError(
-                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
-            )
-    site_host = _site_host(registry, namespace)
+    sources = _sources([*planned, *(pinned or [])], registry, namespace, insecure)
+    wanted = list(sources)
+    fetch = {
+        "api": api,
+        "models_dir": models_dir,
+        "user": user,
+        "fetch_helper": fetch_helper,
+        "insecure": insecure,
+        "site_host": _site_host(registry, namespace),
+    }
 
     installed = host.get_fact(OllamaModels, models_dir=models_dir)
     current: list[str] = []
@@ -603,43 +665,7 @@ def models(
             replaced[name] = [digest for digest in have["content"] if digest not in new]
 
         have_source = installed.get(source.display)
-        source_ok = (
-            source.display != name
-            and have_source is not None
-            and have_source.get("complete")
-            and remote is not None
-            and have_source["content"] == remote["content"]
-        )
-        if not source_ok:
-            if place:
-                assert remote is not None
-                base = source.blob_url("").rstrip("/") + "/"
-                blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
-                yield FunctionCommand(
-                    fetch_model,
-                    (
-                        name,
-                        [
-                            fetch_helper,
-                            models_dir,
-                            user,
-                            base,
-                            remote["digest"],
-                            source.manifest_url,  # fetched by the helper: never argv
-                            source.manifest_path,
-                            *blobs,
-                        ],
-                    ),
-                    {},
-                )
-            else:
-                # insecure only towards the site registry's own host, never another registry
-                plain = insecure and source.host.lower() == site_host
-                yield FunctionCommand(pull_model, (name, api, source.pull_name, plain), {})
-        if source.display != name:
-            yield _api_command(
-                api, "POST", "/api/copy", {"source": source.display, "destination": name}
-            )
+        yield from _fetch_commands(name, source, remote, have_source, place, **fetch)
 
     keep = set(wanted) | {source.display for source in sources.values()}
     removed = sorted(name for name in installed if name not in keep) if prune else []
