@@ -247,6 +247,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "OLLAMA_HOST": f"127.0.0.1:{port}",
         "OLLAMA_MODELS": str(models),
         "OLLAMA_CONTEXT_LENGTH": "8192",
+        "OLLAMA_DOUBLE_RETRY_SCALE": "0.001",  # not Ollama's: shortens the double's retries
     }
     with (tmp / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -298,7 +299,21 @@ def _transfer_digest(record: dict[str, Any], tmp: Path) -> None:
     assert '*[!0-9a-f]*) fail "bad digest' in helper  # place checks every digest's form
 
 
-SERVED = {"api.ps_fields", "api.not_found", "api.version"}
+@check("api.pull_stream")
+def _pull_stream(record: dict[str, Any], served: tuple[str, int]) -> None:
+    _, port = served
+    body = json.dumps({"model": f"127.0.0.1:{_free_port()}/library/x:1", "insecure": True})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/pull", data=body.encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 200
+        lines = [json.loads(line) for line in answer.read().splitlines() if line.strip()]
+    assert lines[0] == {"status": record["expect"]["first"]}
+    assert list(lines[-1]) == ["error"] and "connection refused" in lines[-1]["error"]
+
+
+SERVED = {"api.ps_fields", "api.not_found", "api.version", "api.pull_stream"}
 
 
 # --- the tests -----------------------------------------------------------------------------------
