@@ -37,7 +37,9 @@ if _LAB_JSON.exists():
     # ollama_sha256: each host checks the archive against the mirrored sha256sum.txt, as a
     # default install does. LAB_OLLAMA_VERSION plays another offered version (the oldest
     # supported one, in tests/lab/test_e2e.py).
-    ollama_version = os.environ.get("LAB_OLLAMA_VERSION", _LAB["ollama"]["default"])
+    _OLLAMA = os.environ.get("LAB_OLLAMA_VERSION") or _LAB.get("ollama", {}).get("default")
+    if _OLLAMA:  # else the toolkit's default ollama_version
+        ollama_version = _OLLAMA
     ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.{{ext}}"
 
     # Models come from the site registry (CNCF Distribution over plain HTTP).
