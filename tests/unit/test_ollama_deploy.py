@@ -473,7 +473,7 @@ def test_a_refused_release_fails_its_host_only_and_downloads_nothing():
     assert "releases/download/v0.32.15/sha256sum.txt" in unpinned
 
 
-def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum():
+def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum(caplog):
     """`--data ollama_version=X` without a sum: the group's ollama_sha256 (for its own version)
     is ignored and the sum comes from X's sha256sum.txt; with --data ollama_sha256 too, it wins."""
     from pyinfra.api import Config, Inventory, State
@@ -492,10 +492,16 @@ def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum(
         (host,) = inventory
         return "\n".join(host.connector.executed_commands)
 
+    caplog.set_level("INFO")
     overridden = run({"ollama_version": "0.20.3"})
+    logged = caplog.text
+    assert "ollama_sha256 is ignored: --data ollama_version=0.20.3 came without a sum" in logged
+    assert "sha256 from the release's own sha256sum.txt (https://github.com/ollama/" in logged
     assert "v0.20.3/ollama-linux-amd64.tar.zst" in overridden
     assert "v0.20.3/sha256sum.txt" in overridden
     assert pinned not in overridden
+    caplog.clear()
     both = run({"ollama_version": "0.20.3", "ollama_sha256": "d" * 64})
     assert "d" * 64 in both and "sha256sum.txt" not in both
+    assert "sha256 from ollama_sha256" in caplog.text
     assert pinned in run({})
