@@ -677,7 +677,7 @@ def models(
         blobs_dir = models_dir.rstrip("/") + "/blobs"
         yield (
             f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
-            'grep -rqs "sha256:$h" ../manifests ../manifests-v2 || rm -f "sha256-$h"; done'
+            'grep -rqs "sha256:$h" ../manifests || rm -f "sha256-$h"; done'
         )
 
     if not replaced and not removed and len(current) == len(wanted):
