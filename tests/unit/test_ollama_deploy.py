@@ -500,6 +500,10 @@ def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum(
     assert "v0.20.3/ollama-linux-amd64.tar.zst" in overridden
     assert "v0.20.3/sha256sum.txt" in overridden
     assert pinned not in overridden
+    assert "newer than the newest version" not in caplog.text
+    caplog.clear()
+    run({"ollama_version": "0.40.0"})
+    assert "Ollama 0.40.0 is newer than the newest version this toolkit was checked" in caplog.text
     caplog.clear()
     both = run({"ollama_version": "0.20.3", "ollama_sha256": "d" * 64})
     assert "d" * 64 in both and "sha256sum.txt" not in both

@@ -524,6 +524,14 @@ def _log_release(cfg: OllamaSettings, release: ollama_release.Release) -> None:
         f"Ollama {release.version}: {release.url}, sha256 from {source}",
         log_func=logger.info,
     )
+    newest = ollama_release.newest_verified()
+    if ollama_release.parse_version(cfg.version) > ollama_release.parse_version(newest):
+        host.log_styled(
+            f"Ollama {cfg.version} is newer than the newest version this toolkit was checked "
+            f"against ({newest}): see docs/ollama.md, supported versions",
+            fg="yellow",
+            log_func=logger.warning,
+        )
     exposed = ollama_release.cves_affecting(cfg.version)
     if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
         host.log_styled(
