@@ -9,22 +9,25 @@ per-host summary: changed / unchanged / failed operations.
 from __future__ import annotations
 
 import json
-import re
+import os
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from provisioner import run_events
 
 if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
-# What the driver deploy logs for a host that needs a reboot it may not do (--no-reboot).
 # Operations that record a run rather than change the host (deploys/monitoring.py).
 BOOKKEEPING_OPERATIONS = ("Record the successful apply (monitoring)",)
-PENDING_REBOOT = re.compile(r"\[(?P<host>[^\]]+)\]\s+PENDING REBOOT (?P<why>.*)")
 
 EXIT_PENDING_REBOOT = 3
 
@@ -163,20 +166,11 @@ def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResul
     """
     dry = bool(options.get("dry"))
     command = pyinfra_command(loaded, deploy, **options)
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    pending: dict[str, str] = {}
-    # pyinfra's progress goes on to the terminal as it comes; pending reboots are noted on the way.
-    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr, pending), daemon=True)
-    reader.start()
-    out = proc.stdout.read() if proc.stdout else ""
-    proc.wait()
-    reader.join()
+    with tempfile.TemporaryDirectory(prefix="provision-apply-") as folder:
+        events_file = Path(folder) / "events.jsonl"
+        events_file.touch()
+        out, returncode = _run_pyinfra(command, {**os.environ, run_events.ENV: str(events_file)})
+        pending = run_events.pending_reboots(run_events.read(events_file))
     names = [host.name for host in loaded.hosts]
     try:
         raw = json.loads(out) if out.strip() else None
@@ -185,18 +179,35 @@ def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResul
         raw = None
     if raw is None:
         hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
-        return RunResult(deploy, dry, proc.returncode or 1, hosts, names, None)
+        return RunResult(deploy, dry, returncode or 1, hosts, names, None)
     hosts, failed = parse_results(raw, names)
     for name, why in pending.items():
         if name in hosts:
             hosts[name].pending_reboot = why
-    return RunResult(deploy, dry, proc.returncode, hosts, failed, raw)
+    return RunResult(deploy, dry, returncode, hosts, failed, raw)
 
 
-def _relay_stderr(stream, pending: dict[str, str]) -> None:
+def _run_pyinfra(command: list[str], env: dict[str, str]) -> tuple[str, int]:
+    """Run pyinfra; its progress (stderr) goes on to the terminal as it comes. Returns its
+    stdout (the ``--json`` result) and exit status."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
+    reader.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    proc.wait()
+    reader.join()
+    return out, proc.returncode
+
+
+def _relay_stderr(stream: Iterable[str]) -> None:
+    """Copy pyinfra's log to our stderr, line by line."""
     for line in stream:
         sys.stderr.write(line)
-        match = PENDING_REBOOT.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
-        if match:
-            pending[match["host"]] = match["why"].strip()
     sys.stderr.flush()

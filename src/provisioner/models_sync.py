@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyinfra.api.state import BaseStateCallback
 
+from provisioner.fleet import in_context
 from provisioner.ollama_api import (
     ManifestError,
     ModelName,
@@ -192,6 +193,10 @@ class PullProgress(BaseStateCallback):
         self.tasks: dict[tuple[str, str], Any] = {}
         self.errors: dict[str, list[str]] = {}
 
+    def host_refused(self, state: State, host: Host, reason: str) -> None:
+        """A refused host (``provisioner.operations.system.fail_host``): its reason is kept."""
+        self.errors.setdefault(host.name, []).append(reason)
+
     def ollama_pull_progress(
         self, state: State, host: Host, model: str, event: Mapping[str, Any]
     ) -> None:
@@ -239,46 +244,13 @@ def _rich_progress(console: Console | None) -> Progress:
 # --- running the deploy -----------------------------------------------------------------------
 
 
-def _make_state(loaded: LoadedInventory) -> State:
-    from pyinfra.api import Config, State
-
-    state = State()
-    state.init(loaded.inventory, Config(PARALLEL=0, FAIL_PERCENT=None), initial_limit=loaded.hosts)
-    return state
-
-
-def _connect(state: State, hosts: list[Host]) -> dict[str, str]:
-    """Connect to every host in parallel; return the error of each host that failed."""
-    import gevent
-
-    errors: dict[str, str] = {}
-
-    def one(target: Host) -> None:
-        try:
-            target.connect(raise_exceptions=True, show_errors=False)
-        except Exception as exc:  # refused, auth, DNS...: reported, the others go on
-            errors[target.name] = f"cannot connect: {type(exc).__name__}: {exc}".strip()
-            return
-        state.activate_host(target)
-
-    gevent.joinall([state.pool.spawn(one, target) for target in hosts])
-    return errors
-
-
-def _in_context(state: State, target: Host, func: Any, *args: Any, **kwargs: Any) -> Any:
-    from pyinfra.context import ctx_host, ctx_state
-
-    with ctx_state.use(state), ctx_host.use(target):
-        return func(*args, **kwargs)
-
-
 def _store(state: State, target: Host) -> dict[str, Any]:
     from provisioner.deploys.models import source_settings
     from provisioner.facts.ollama import OllamaModels
     from provisioner.settings import resolve
 
     models_dir = source_settings(resolve(target.data.dict()))["models_dir"]
-    return _in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
+    return in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
 
 
 def _failed_op_output(state: State, target: Host) -> list[str]:
@@ -300,7 +272,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
 
     data = resolve(target.data.dict())
     src = source_settings(data)
-    wanted = _in_context(state, target, planned_models, target)
+    wanted = in_context(state, target, planned_models, target)
     wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
     problems = []
     for tag in wanted:
@@ -314,7 +286,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
             if src["registry"]
             else ModelName.parse(name)
         )
-        remote = _in_context(
+        remote = in_context(
             state, target, target.get_fact, OllamaRegistryManifest, url=source.manifest_url
         )
         if "error" in remote:
@@ -352,13 +324,14 @@ def sync(
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
 
+    from provisioner import fleet
     from provisioner.deploys.models import ollama_models
 
-    state = _make_state(loaded)
+    state = fleet.make_state(loaded)
     results = {target.name: HostResult(target.name) for target in loaded.hosts}
-    for name, error in _connect(state, list(loaded.hosts)).items():
-        results[name].errors.append(error)
-    connected = [t for t in loaded.hosts if t in state.active_hosts]
+    for name, error in fleet.connect(state, loaded.hosts).items():
+        results[name].errors.append(f"cannot connect: {error}")
+    connected = fleet.connected(state, loaded.hosts)
 
     before: dict[str, dict[str, Any]] = {}
 
@@ -382,7 +355,7 @@ def sync(
             for target in connected:
                 for op_hash in state.ops.get(target, {}):
                     meta = state.get_op_data_for_host(target, op_hash).operation_meta
-                    will = _in_context(state, target, lambda m=meta: m.will_change)
+                    will = in_context(state, target, lambda m=meta: m.will_change)
                     results[target.name].would_change |= bool(will)
         else:
             if progress is not None:
@@ -423,9 +396,7 @@ def sync(
                     results[target.name].problems.append(f"check failed: {exc}")
 
             gevent.joinall([state.pool.spawn(check_one, t) for t in connected])
-        from pyinfra.api.connect import disconnect_all
-
-        disconnect_all(state)
+        fleet.disconnect(state)
     return SyncResult(action="update" if check else "sync", dry=dry, hosts=results)
 
 

@@ -12,6 +12,7 @@ from provisioner import gpu_stack, settings
 from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
 from provisioner.facts.system import KernelRelease, OsInfo
+from provisioner.operations import system
 
 # Every key the stack reads, so that each deploy also works when called on its own.
 STACK_DEFAULTS: dict[str, Any] = {
@@ -43,12 +44,10 @@ def refuse(component: str, error: Exception) -> None:
     """Fail this host now, at prepare time, with the reason: none of its operations run, the
     other hosts go on (pyinfra's ``state.fail_hosts``; with ``--fail-percent`` or the CLI's
     confirmation prompt pyinfra may stop the run, as it does for any failed host)."""
-    host.log_styled(
-        f"{component}: refused, nothing was changed on this host: {error}",
-        fg="red",
-        log_func=logger.error,
-    )
-    ctx_state.get().fail_hosts({ctx_host.get()})
+    state = ctx_state.get()
+    reason = f"{component}: refused, nothing was changed on this host: {error}"
+    system.announce_refusal(state, ctx_host.get(), reason)
+    state.fail_hosts({ctx_host.get()})
 
 
 def announce(component: str, message: str) -> None:

@@ -20,12 +20,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from importlib import resources
 from io import StringIO
 from typing import Any
 
-import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
@@ -33,7 +31,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from provisioner import ollama_release, settings
+from provisioner import addresses, ollama_release, rendering, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import ollama
@@ -60,7 +58,7 @@ FIREWALL_TABLE = "provisioner_ollama"
 FIREWALL_UNIT = "provisioner-ollama-firewall.service"
 FIREWALL_RULES = "/etc/provisioner/ollama.nft"
 
-LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_NAMES = addresses.LOOPBACK_NAMES
 # Variables the keys set; ollama_extra_env may not change them behind the plan's back.
 MANAGED_ENV = (
     "OLLAMA_HOST",
@@ -117,22 +115,12 @@ class OllamaSettings:
 
     @property
     def ollama_host(self) -> str:
-        address = self.listen_address
-        if ":" in address:
-            address = f"[{address}]"
-        return f"{address}:{self.port}"
+        return f"{addresses.url_host(self.listen_address)}:{self.port}"
 
     @property
     def api_url(self) -> str:
         """Where the API answers from the host itself."""
-        address = self.listen_address
-        if address in ("0.0.0.0", ""):
-            address = "127.0.0.1"
-        elif address == "::":
-            address = "::1"
-        if ":" in address:
-            address = f"[{address}]"
-        return f"http://{address}:{self.port}"
+        return addresses.local_url(self.listen_address, self.port)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -152,20 +140,7 @@ class OllamaSettings:
 
     def networks(self) -> tuple[list[str], list[str]]:
         """The allowlist split into IPv4 and IPv6 networks (normalised)."""
-        v4, v6 = [], []
-        for entry in self.allow_networks:
-            network = ipaddress.ip_network(entry, strict=False)
-            (v4 if network.version == 4 else v6).append(str(network))
-        return v4, v6
-
-
-def _is_loopback(address: str) -> bool:
-    if address in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+        return addresses.networks_by_family(self.allow_networks)
 
 
 def _get(data: Any, key: str) -> Any:
@@ -196,7 +171,7 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
     except ValueError:
         if listen not in LOOPBACK_NAMES:
             problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
-    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+    if expose in ("loopback", "proxy") and not addresses.is_loopback(listen):
         problems.append(
             (
                 "ollama_listen_address",
@@ -317,26 +292,9 @@ def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 # --- templates --------------------------------------------------------------------------------
 
 
-def _systemd_quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.files("provisioner") / "templates")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["systemd_quote"] = _systemd_quote
-    return env
-
-
 def render(template: str, **context: Any) -> str:
-    """Render ``templates/<template>`` (jinja2, undefined names are errors)."""
-    return _environment().get_template(template).render(**context)
+    """Render ``templates/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(template, **context)
 
 
 def render_unit(cfg: OllamaSettings) -> str:

@@ -15,14 +15,12 @@ import hashlib
 import shlex
 import time
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from io import StringIO
 from typing import Any
 
 import gevent
-import jinja2
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.apt import AptSources
@@ -30,7 +28,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack
+from provisioner import fact_cache, gpu_stack, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
@@ -50,13 +48,8 @@ DRIVER_CHANGED = "the driver packages changed in this run"
 
 
 def _render(template: str, **values: Any) -> str:
-    """Render ``templates/gpu/<template>`` (jinja2, undefined names are errors). The text is
-    read through importlib.resources, so that this works from a zipped package too."""
-    text = (resources.files("provisioner") / "templates" / "gpu" / template).read_text("utf-8")
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    )
-    return env.from_string(text).render(**values)
+    """Render ``templates/gpu/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(f"gpu/{template}", **values)
 
 
 def _command(parts: Sequence[str], *args: str) -> StringCommand:
@@ -598,16 +591,6 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
         gevent.sleep(MODULE_SETTLE_INTERVAL)
 
 
-def fail_host(message: str) -> FunctionCommand:
-    """A command that fails the host with ``message`` (logged in red)."""
-
-    def refuse(state: Any, host: Any, message: str) -> bool:
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return FunctionCommand(refuse, (message,), {})
-
-
 @operation()
 def reboot_if_needed(
     distro: str,
@@ -665,11 +648,9 @@ def reboot_if_needed(
         why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
     if why_not:
         if _executing():
-            host.log_styled(
-                f"PENDING REBOOT ({why_not}): {'; '.join(reasons)}",
-                fg="yellow",
-                log_func=logger.warning,
-            )
+            why = f"({why_not}): {'; '.join(reasons)}"
+            host.log_styled(f"PENDING REBOOT {why}", fg="yellow", log_func=logger.warning)
+            run_events.record(host.name, run_events.PENDING_REBOOT, reason=why)
         # what the host itself shows, so that the marker stays the same until the reboot
         text = _render("reboot-required.j2", reasons=found or reasons)
         yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
@@ -680,7 +661,9 @@ def reboot_if_needed(
     if _executing():
         problem = _wait_for_module(target, settle_seconds)
         if problem:
-            yield fail_host(f"after the reboot the NVIDIA kernel module is not right: {problem}")
+            yield system.refusal(
+                f"after the reboot the NVIDIA kernel module is not right: {problem}"
+            )
             return
     if marker_present:
         yield from files.file._inner(path=marker, present=False)

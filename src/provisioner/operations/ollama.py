@@ -27,6 +27,7 @@ from provisioner.facts.ollama import (
     PathChain,
 )
 from provisioner.ollama_api import ModelName, PullError, PullStream, site_name
+from provisioner.operations import system
 
 __all__ = ["FETCH_HELPER", "SERVICE_USER", "models", "refuse", "release", "service", "store"]
 
@@ -44,17 +45,6 @@ q = shlex.quote
 # --- refusing a host -------------------------------------------------------------------------
 
 
-def fail_host(state: Any, host: Any, reason: str) -> bool:
-    """Fail ``host`` with ``reason`` when the operation runs (a FunctionCommand)."""
-    host.log_styled(reason, fg="red", log_func=logger.error)
-    _report(state, host, "", {"error": reason})
-    return False
-
-
-def _refusal(reason: str) -> FunctionCommand:
-    return FunctionCommand(fail_host, (reason,), {})
-
-
 @operation()
 def refuse(reason: str):
     """
@@ -70,7 +60,7 @@ def refuse(reason: str):
 
         ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
     """
-    yield _refusal(reason)
+    yield system.refusal(reason)
 
 
 # --- release ----------------------------------------------------------------------------------
@@ -333,7 +323,7 @@ def store(path: str, user: str = "ollama", group: str = "ollama", mode: str = "7
     path = path.rstrip("/") or "/"
     chain = host.get_fact(PathChain, path=path)
     if not chain:
-        yield _refusal(f"cannot inspect {path} on the host")
+        yield system.refusal(f"cannot inspect {path} on the host")
         return
     *parents, leaf = chain
     for entry in parents:
@@ -627,7 +617,7 @@ def models(
     try:
         planned = models() if callable(models) else list(models)
     except Exception as exc:  # the planner failed for this host: fail it, not the run
-        yield _refusal(f"no model plan for this host: {exc}")
+        yield system.refusal(f"no model plan for this host: {exc}")
         return
     sources = _sources([*planned, *(pinned or [])], registry, namespace, insecure)
     wanted = list(sources)
@@ -653,7 +643,7 @@ def models(
             remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
             if "error" in remote:
                 verb = "check" if present else "fetch"
-                yield _refusal(
+                yield system.refusal(
                     f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
                 )
                 return

@@ -1,12 +1,41 @@
-"""Operations on the host itself (reboot), paired with ``provisioner.facts.system``."""
+"""Operations on the host itself (reboot, refusing it), paired with ``provisioner.facts.system``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gevent import sleep
+from pyinfra import logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 
 from provisioner.facts.system import BootId
+
+#: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
+REFUSED_CALLBACK = "host_refused"
+
+
+def announce_refusal(state: Any, host: Any, reason: str) -> None:
+    """Log ``reason`` in red for ``host`` and hand it to every state callback handler that has
+    a ``host_refused(state, host, reason)`` method (e.g. the model sync's result)."""
+    host.log_styled(reason, fg="red", log_func=logger.error)
+    for handler in getattr(state, "callback_handlers", ()):
+        callback = getattr(handler, REFUSED_CALLBACK, None)
+        if callback is not None:
+            callback(state, host, reason)
+
+
+def fail_host(state: Any, host: Any, reason: str) -> bool:
+    """The one way to refuse a host while its operations run (the body of the command that
+    :func:`refusal` yields): announce ``reason`` (:func:`announce_refusal`) and fail this host;
+    the others go on."""
+    announce_refusal(state, host, reason)
+    return False
+
+
+def refusal(reason: str) -> FunctionCommand:
+    """The command an operation yields to refuse its host with ``reason`` (:func:`fail_host`)."""
+    return FunctionCommand(fail_host, (reason,), {})
 
 
 @operation(is_idempotent=False)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from provisioner import settings
+from provisioner import addresses, settings
 from provisioner.verify import parse
 
 # Seconds a command may run on the host before it is given up (where timeout(1) exists).
@@ -344,7 +344,7 @@ class HostContext:
 
     def ollama_url(self, path: str) -> str:
         host, port = self.ollama_bind()
-        return f"http://{parse.url_host(parse.connect_address(host))}:{port}{path}"
+        return addresses.local_url(host, port, path)
 
     def ollama_tags(self) -> HttpResult:
         """``GET /api/tags`` (taken once per host)."""

@@ -86,24 +86,6 @@ def split_host_port(address: str, default_port: int = OLLAMA_DEFAULT_PORT) -> tu
     return host, port
 
 
-def is_wildcard(address: str) -> bool:
-    return address in ("0.0.0.0", "::", "*")
-
-
-def connect_address(host: str) -> str:
-    """Where a client on the same machine reaches a server bound to ``host``."""
-    if host in ("0.0.0.0", "*", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes in a URL (IPv6 in brackets)."""
-    return f"[{host}]" if ":" in host else host
-
-
 def _hex_ipv4(text: str) -> str:
     raw = bytes.fromhex(text)
     return str(ipaddress.IPv4Address(raw[::-1]))

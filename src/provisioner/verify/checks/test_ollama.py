@@ -3,10 +3,9 @@ models, and a generation with the smallest of them fully on the GPU (on CPU host
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
 
+from provisioner import addresses
 from provisioner.deploys.ollama import FIREWALL_TABLE
 from provisioner.verify import parse
 from provisioner.verify.context import HostContext, normalise
@@ -56,25 +55,6 @@ def test_api_answers(target: HostContext, request: pytest.FixtureRequest) -> Non
     target.passed(request, f"{url} answers, version {document['version']}")
 
 
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-def _same_address(bind: str, address: str) -> bool:
-    """Whether a listener on ``address`` is what binding ``bind`` gives."""
-    if parse.is_wildcard(bind):
-        return parse.is_wildcard(address)
-    if bind == "localhost":
-        return _loopback(address)
-    try:
-        return ipaddress.ip_address(bind) == ipaddress.ip_address(address)
-    except ValueError:
-        return bind == address
-
-
 def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> None:
     """Ollama listens only on ``ollama_listen_address``; beyond loopback only when
     ``ollama_expose`` puts an allowlist in front of it."""
@@ -86,7 +66,7 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
     if not listening:
         target.fail(f"listener on port {port}", f"{bind}:{port}", "nothing listens there")
     if expose not in EXPOSED_DIRECTLY:
-        public = [a for a in listening if not _loopback(a)]
+        public = [a for a in listening if not addresses.is_loopback(a)]
         if public:
             target.fail(
                 f"listeners on port {port}",
@@ -94,7 +74,7 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
                 shown,
                 "Ollama has no authentication; anyone who reaches it can use and replace models",
             )
-    others = [a for a in listening if not _same_address(bind, a)]
+    others = [a for a in listening if not addresses.same_listener(bind, a)]
     if others:
         target.fail(f"listeners on port {port}", f"{bind}:{port} only", shown)
     target.passed(request, f"listening on {shown} (ollama_expose: {expose})")
