@@ -49,8 +49,8 @@ q = shlex.quote
 def refuse(reason: str):
     """
     Fail this host, with ``reason``, when the run reaches this operation; the other hosts go
-    on. For problems found while preparing a host (a release nobody pinned a checksum for):
-    raising would stop every host of the run.
+    on. For problems found while preparing a host (a version below the CVE floor): raising
+    would stop every host of the run.
 
     + reason: the message the host fails with
 
@@ -58,7 +58,7 @@ def refuse(reason: str):
 
     .. code:: python
 
-        ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
+        ollama.refuse(name="Check the Ollama release", reason="0.17.1 is below the CVE floor")
     """
     yield system.refusal(reason)
 
