@@ -1,7 +1,7 @@
 """Data for every lab host: connection, and every source pointed at the lab's mirrors.
 
-This is also the worked example of an air-gapped site: only URLs (and the checksums that pin
-what they serve) change; the deploy code is the same as for production.
+This is also the worked example of an air-gapped site: only URLs (and the keys that pin what
+they serve) change; the deploy code is the same as for production.
 
 pyinfra imports every file of group_data/ for every inventory of this folder, so this file
 must not fail when the lab is down: it then sets nothing (inventories/lab.py itself says the lab
@@ -33,10 +33,14 @@ if _LAB_JSON.exists():
     pytorch_index_url = f"{_MIRROR}/whl"
     pytorch_index_trusted = True  # plain HTTP on the lab's own network
 
-    # Ollama release archive and its pinned checksum.
-    ollama_version = "0.32.15"
-    ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.tgz"
-    ollama_sha256 = _LAB["ollama"]["releases"][ollama_version]["sha256"]
+    # Ollama release archive from the lab mirror, laid out as Ollama's releases are. No
+    # ollama_sha256: each host checks the archive against the mirrored sha256sum.txt, as a
+    # default install does. LAB_OLLAMA_VERSION plays another offered version (the oldest
+    # supported one, in tests/lab/test_e2e.py).
+    _OLLAMA = os.environ.get("LAB_OLLAMA_VERSION") or _LAB.get("ollama", {}).get("default")
+    if _OLLAMA:  # else the toolkit's default ollama_version
+        ollama_version = _OLLAMA
+    ollama_release_url = f"{_MIRROR}/ollama/v{{version}}/ollama-linux-{{arch}}.{{ext}}"
 
     # Models come from the site registry (CNCF Distribution over plain HTTP).
     ollama_registry = "http://169.254.100.1:5000"

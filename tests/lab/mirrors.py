@@ -223,7 +223,11 @@ class Mirrors:
     def publish_ollama_releases(self) -> None:
         release_py = DOUBLES / "ollama" / "release.py"
         versions = self.config["mirror"]["ollama"]["releases"]
-        self.info["ollama"] = {"base_url": f"{self.http_url}/ollama", "releases": {}}
+        self.info["ollama"] = {
+            "base_url": f"{self.http_url}/ollama",
+            "default": self.config["mirror"]["ollama"]["default"],
+            "releases": {},
+        }
         if not release_py.exists():  # HOOK: tests/doubles/ollama/release.py not written yet
             self.info["ollama"]["missing"] = str(release_py)
             return
@@ -234,6 +238,7 @@ class Mirrors:
             tarball = Path(release.build_release(folder, version))
             self.info["ollama"]["releases"][version] = {
                 "url": f"{self.http_url}/ollama/v{version}/{tarball.name}",
+                "path": str(tarball),  # on the machine: the e2e tampers with it and restores it
                 "sha256": sha256(tarball),
                 "sha256sum_url": f"{self.http_url}/ollama/v{version}/sha256sum.txt",
             }

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "http://169.254.100.1:5000"
 
 
-def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
+def provision(
+    *args: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> tuple[int, Any, str]:
     """Run the real CLI; return (exit code, parsed JSON stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "provisioner.cli", *args, "--json"],
@@ -32,7 +34,7 @@ def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     try:
         payload = json.loads(proc.stdout) if proc.stdout.strip() else None
@@ -250,33 +252,82 @@ def ollama_state(lab, host: str) -> tuple[str, str]:
     return version, active
 
 
+def _ends() -> tuple[str, str]:
+    """The supported range's ends: the CVE floor and the default (newest verified) version."""
+    from provisioner import ollama_release
+
+    return ollama_release.cve_floor(), ollama_release.newest_verified()
+
+
+def test_the_mirror_offers_both_ends_of_the_supported_range(lab):
+    oldest, default = _ends()
+    assert {oldest, default} <= set(lab.info["ollama"]["releases"])
+    assert lab.info["ollama"]["default"] == default
+
+
+def test_the_default_release_was_checked_against_its_own_sha256sum_txt(lab, applied):
+    """No ollama_sha256 anywhere in the lab's data: the host took the sum from the mirrored
+    sha256sum.txt and unpacked the .tar.zst only after it matched."""
+    _, default = _ends()
+    host = lab.hosts[0]
+    marker = lab.ssh(host, f"cat /opt/ollama/{default}/.provisioner-sha256").stdout.strip()
+    assert marker == lab.info["ollama"]["releases"][default]["sha256"]
+    assert lab.info["ollama"]["releases"][default]["url"].endswith(".tar.zst")
+    assert ollama_state(lab, host) == (f"ollama version is {default}", "active")
+
+
 def test_checksum_mismatch_leaves_the_serving_version_untouched(lab, applied):
+    oldest, default = _ends()
     host = lab.hosts[0]
     before = ollama_state(lab, host)
-    assert before == ("ollama version is 0.32.15", "active"), before
+    assert before == (f"ollama version is {default}", "active"), before
     code, result, err = provision(
         "apply", str(lab.inventory), "--limit", host,
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={'0' * 64}",
+        "--data", f"ollama_version={oldest}", "--data", f"ollama_sha256={'0' * 64}",
     )  # fmt: skip
     assert code == 1, err
     assert result["failed_hosts"] == [host]
     assert ollama_state(lab, host) == before
-    assert lab.ssh(host, "test -e /opt/ollama/0.33.0/bin/ollama", check=False).returncode != 0
+    assert lab.ssh(host, f"test -e /opt/ollama/{oldest}/bin/ollama", check=False).returncode != 0
 
 
-def test_upgrade_switches_atomically_and_back(lab, applied):
+def test_a_tampered_archive_fails_against_the_release_sums(lab, applied):
+    """The mirror serves a changed archive next to the release's unchanged sha256sum.txt: with
+    no sum in any data the host fails on the mismatch and keeps serving what it served."""
+    oldest, default = _ends()
     host = lab.hosts[0]
-    sha = lab.info["ollama"]["releases"]["0.33.0"]["sha256"]
-    code, result, err = provision(
-        "apply", str(lab.inventory), "--limit", host,
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={sha}",
-    )  # fmt: skip
+    before = ollama_state(lab, host)
+    archive = Path(lab.info["ollama"]["releases"][oldest]["path"])
+    original = archive.read_bytes()
+    archive.write_bytes(original + b"tampered")
+    try:
+        code, result, err = provision(
+            "apply", str(lab.inventory), "--limit", host,
+            env={"LAB_OLLAMA_VERSION": oldest},
+        )  # fmt: skip
+    finally:
+        archive.write_bytes(original)
+    assert code == 1, err
+    assert result["failed_hosts"] == [host]
+    assert ollama_state(lab, host) == before
+    assert lab.ssh(host, f"test -e /opt/ollama/{oldest}", check=False).returncode != 0
+
+
+def test_the_oldest_supported_version_passes_apply_and_verify_then_switches_back(lab, applied):
+    """The e2e flow on the CVE floor: install it (sum from its sha256sum.txt, a .tar.zst),
+    verify every layer against it, then return to the default, atomically both ways."""
+    oldest, default = _ends()
+    host = lab.hosts[0]
+    old = {"LAB_OLLAMA_VERSION": oldest}
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host, env=old)
     assert code == 0, err
-    assert ollama_state(lab, host) == ("ollama version is 0.33.0", "active")
-    assert lab.ssh(host, "readlink /opt/ollama/current").stdout.strip().endswith("0.33.0")
+    assert ollama_state(lab, host) == (f"ollama version is {oldest}", "active")
+    assert lab.ssh(host, "readlink /opt/ollama/current").stdout.strip().endswith(oldest)
+    code, report, err = provision("verify", str(lab.inventory), "--limit", host, env=old)
+    assert code == 0, (err, failing_checks(report, host) if report else None)
     code, result, err = provision("apply", str(lab.inventory), "--limit", host)
     assert code == 0, err
-    assert ollama_state(lab, host) == ("ollama version is 0.32.15", "active")
+    assert ollama_state(lab, host) == (f"ollama version is {default}", "active")
 
 
 def test_proxy_refuses_requests_without_credentials(lab, applied):

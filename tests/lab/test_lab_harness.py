@@ -114,7 +114,8 @@ def test_the_mirror_serves_key_wheels_and_releases(lab):
     assert re.search(rb"torch-2\.9\.1%2Bcu130-py3-none-any\.whl#sha256=[0-9a-f]{64}", page)
     for version, release in lab.info["ollama"]["releases"].items():
         sums = urllib.request.urlopen(release["sha256sum_url"], timeout=10).read().decode()
-        assert f"{release['sha256']}  ./ollama-linux-amd64.tgz" in sums, version
+        name = release["url"].rsplit("/", 1)[-1]  # .tar.zst from 0.14.0, .tgz before
+        assert f"{release['sha256']}  ./{name}" in sums, version
 
 
 def test_a_reboot_inside_a_host_is_a_real_reboot(lab):

@@ -486,3 +486,43 @@ def test_resident_models_are_found_loaded_together(ollama, smi) -> None:
     )
     skipped = _checks(report)["ollama/resident_models_loaded_together"]
     assert skipped.status == "skip" and "models_resident" in skipped.message
+
+def _generate(double: OllamaDouble, body: dict) -> None:
+    request = urllib.request.Request(
+        double.url("/api/generate"), data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+def test_a_loaded_context_above_the_plan_fails_naming_host_and_model(ollama) -> None:
+    """OLLAMA_CONTEXT_LENGTH is a default: a client's options.num_ctx loads the model with a
+    larger context, which /api/ps reports and verify compares with the plan."""
+    double = ollama(env={"CUDA_VISIBLE_DEVICES": "-1"})
+    data = _ollama_data(double, gpu=False, ollama_context_length=2048)
+    _generate(double, {"model": "verify-big:tiny", "prompt": "", "keep_alive": "5m"})
+    report = run_verify([VerifyTarget("@local", data=data, plan=_plan())], workers=1)
+    within = _checks(report)["ollama/loaded_context_within_plan"]
+    assert within.status == "pass", within.message
+    assert "verify-big:tiny 2048" in within.message
+
+    _generate(
+        double,
+        {
+            "model": "verify-big:tiny",
+            "prompt": "",
+            "keep_alive": "5m",
+            "options": {"num_ctx": 8192},
+        },
+    )
+    report = run_verify([VerifyTarget("@local", data=data, plan=_plan())], workers=1)
+    over = _checks(report)["ollama/loaded_context_within_plan"]
+    assert over.status == "fail"
+    assert over.message.startswith("@local: loaded contexts")
+    assert "verify-big:tiny: context 8192 > planned 2048" in over.message
+
+    # a plan that sized the model with its own context (h6: plan model["context"]) accepts it
+    plan = _plan()
+    plan["models"][1]["context"] = 8192
+    report = run_verify([VerifyTarget("@local", data=data, plan=plan)], workers=1)
+    assert _checks(report)["ollama/loaded_context_within_plan"].status == "pass"

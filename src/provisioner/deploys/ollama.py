@@ -95,6 +95,7 @@ class OllamaSettings:
     max_loaded_models: int
     cuda_visible_devices: str | None
     extra_env: dict[str, str] = field(default_factory=dict)
+    sha256sum_url: str = ""
     expose: str = "loopback"
     allow_networks: tuple[str, ...] = ()
     proxy_port: int = 443
@@ -276,6 +277,7 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
             tls_key=val("ollama_tls_key"),
             htpasswd_file=val("ollama_htpasswd_file"),
             htpasswd_env=val("ollama_htpasswd_env"),
+            sha256sum_url=str(val("ollama_sha256sum_url") or ""),
         ),
         [],
     )
@@ -377,20 +379,17 @@ def install_ollama() -> None:
     os_info = host.get_fact(OsInfo)
     try:
         release = ollama_release.resolve(
-            cfg.version, os_info.get("arch"), cfg.release_url, cfg.sha256, cfg.allow_vulnerable
+            cfg.version,
+            os_info.get("arch"),
+            cfg.release_url,
+            _pinned_sum(cfg),
+            cfg.allow_vulnerable,
+            sums_url_template=cfg.sha256sum_url,
         )
     except ollama_release.ReleaseError as exc:
         ollama.refuse(name="Check the Ollama release", reason=str(exc))
         return
-    exposed = ollama_release.cves_affecting(cfg.version)
-    if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
-        host.log_styled(
-            f"Ollama {cfg.version} is exposed to "
-            + ", ".join(cve.id for cve in exposed)
-            + " (accepted by ollama_allow_vulnerable_version)",
-            fg="yellow",
-            log_func=logger.warning,
-        )
+    _log_release(cfg, release)
 
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
@@ -423,6 +422,8 @@ def install_ollama() -> None:
         sha256=release.sha256,
         install_dir=INSTALL_DIR,
         archive=release.format,
+        sums_url=release.sums_url,
+        sha256_source=release.sha256_source,
     )
     files.put(
         name="Install the model fetch helper",
@@ -446,6 +447,58 @@ def install_ollama() -> None:
         install_dir=INSTALL_DIR,
     )
     _proxy(cfg, os_info)
+
+
+def _pinned_sum(cfg: OllamaSettings) -> str | None:
+    """``ollama_sha256``, unless ``--data`` changed the version without giving a sum too: a sum
+    written for the inventory's version never checks another version's archive."""
+    if not cfg.sha256:
+        return None
+    overrides = _override_keys()
+    if "ollama_version" in overrides and "ollama_sha256" not in overrides:
+        host.log_styled(
+            f"ollama_sha256 is ignored: --data ollama_version={cfg.version} came without a sum, "
+            "and the inventory's sum is for its own version",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+        return None
+    return cfg.sha256
+
+
+def _override_keys() -> set[str]:
+    inventory = getattr(host, "inventory", None)
+    getter = getattr(inventory, "get_override_data", None)
+    return set(getter() or {}) if callable(getter) else set()
+
+
+def _log_release(cfg: OllamaSettings, release: ollama_release.Release) -> None:
+    source = (
+        f"the release's own sha256sum.txt ({release.sums_url}), fetched on the host"
+        if release.sha256 is None
+        else release.sha256_source
+    )
+    host.log_styled(
+        f"Ollama {release.version}: {release.url}, sha256 from {source}",
+        log_func=logger.info,
+    )
+    newest = ollama_release.newest_verified()
+    if ollama_release.parse_version(cfg.version) > ollama_release.parse_version(newest):
+        host.log_styled(
+            f"Ollama {cfg.version} is newer than the newest version this toolkit was checked "
+            f"against ({newest}): see docs/ollama.md, supported versions",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+    exposed = ollama_release.cves_affecting(cfg.version)
+    if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
+        host.log_styled(
+            f"Ollama {cfg.version} is exposed to "
+            + ", ".join(cve.id for cve in exposed)
+            + " (accepted by ollama_allow_vulnerable_version)",
+            fg="yellow",
+            log_func=logger.warning,
+        )
 
 
 def _firewall(cfg: OllamaSettings) -> None:

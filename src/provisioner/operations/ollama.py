@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pyinfra import host, logger
@@ -50,8 +50,8 @@ q = shlex.quote
 def refuse(reason: str):
     """
     Fail this host, with ``reason``, when the run reaches this operation; the other hosts go
-    on. For problems found while preparing a host (a release nobody pinned a checksum for):
-    raising would stop every host of the run.
+    on. For problems found while preparing a host (a version below the CVE floor): raising
+    would stop every host of the run.
 
     + reason: the message the host fails with
 
@@ -59,7 +59,7 @@ def refuse(reason: str):
 
     .. code:: python
 
-        ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
+        ollama.refuse(name="Check the Ollama release", reason="0.17.1 is below the CVE floor")
     """
     yield system.refusal(reason)
 
@@ -67,58 +67,95 @@ def refuse(reason: str):
 # --- release ----------------------------------------------------------------------------------
 
 
-def _release_script(version: str, url: str, sha256: str, install_dir: str, archive: str) -> str:
+def _release_script(
+    version: str,
+    url: str,
+    sha256: str | None,
+    install_dir: str,
+    archive: str,
+    sums_url: str = "",
+    source: str = "ollama_sha256",
+) -> str:
     d = install_dir.rstrip("/")
     staging, download, final = (
         f"{d}/.staging-{version}",
         f"{d}/.download-{version}",
         f"{d}/{version}",
     )
-    untar = "tar -xzf" if archive == "tgz" else "tar --zstd -xf"
-    return "\n".join(
-        [
-            "set -e",
-            "umask 022",
-            f"mkdir -p {q(d)}",
-            f"rm -rf {q(staging)} {q(download)}",
-            f"curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
-            f"-o {q(download)} {q(url)} || {{ rc=$?; rm -f {q(download)}; "
-            f'echo "download of {url} into {d} failed (curl exit $rc'
-            "$([ $rc -eq 23 ] && echo ', no space left on device')); nothing was unpacked\" >&2; "
-            "exit 1; }",
-            f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
-            f'if [ "$actual" != {q(sha256)} ]; then rm -f {q(download)}; '
-            f'echo "checksum mismatch for {url}: expected {sha256}, got $actual; '
-            'nothing was unpacked" >&2; exit 1; fi',
-            f"mkdir {q(staging)}",
-            f"{untar} {q(download)} -C {q(staging)} --no-same-owner",
-            f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
-            f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
-            f"echo {q(sha256)} > {q(staging)}/{RELEASE_MARKER}",
-            f"rm -rf {q(final)}",
-            f"mv {q(staging)} {q(final)}",
-            f"rm -f {q(download)}",
-        ]
+    asset = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    # zstd -dc | tar: any tar can read it (GNU tar's --zstd needs 1.31+); `zstd` is the
+    # package of that name on Debian, Ubuntu and EL, which the deploy installs.
+    untar = (
+        f"tar -xzf {q(download)}" if archive == "tgz" else f"zstd -dcq {q(download)} | tar -xf -"
     )
+    lines = [
+        "set -e",
+        "umask 022",
+        f"mkdir -p {q(d)}",
+        f"rm -rf {q(staging)} {q(download)} {q(download)}.sums",
+        f"curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
+        f"-o {q(download)} {q(url)} || {{ rc=$?; rm -f {q(download)}; "
+        f'echo "download of {url} into {d} failed (curl exit $rc'
+        "$([ $rc -eq 23 ] && echo ', no space left on device')); nothing was unpacked\" >&2; "
+        "exit 1; }",
+    ]
+    if sha256:
+        lines.append(f"expected={q(sha256)}; source={q(source)}")
+    else:  # the release's own sha256sum.txt, from the same source as the archive
+        lines += [
+            f"if ! curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
+            f"-o {q(download)}.sums {q(sums_url)}; "
+            f'then rm -f {q(download)}; echo "cannot fetch {sums_url}, and no sha256 is pinned '
+            '(ollama_sha256): nothing was unpacked" >&2; exit 1; fi',
+            f'expected=$(awk -v a={q(asset)} \'{{n=$2; sub(/^\\*/, "", n); '
+            f'sub(/^\\.\\//, "", n)}} n == a && length($1) == 64 && $1 !~ /[^0-9a-fA-F]/ '
+            f"{{print tolower($1); exit}}' {q(download)}.sums)",
+            f"rm -f {q(download)}.sums",
+            f'if [ -z "$expected" ]; then rm -f {q(download)}; echo "{sums_url} has no line '
+            f'for ./{asset}: nothing was unpacked" >&2; exit 1; fi',
+            f"source={q(sums_url)}",
+        ]
+    lines += [
+        f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
+        f'if [ "$actual" != "$expected" ]; then rm -f {q(download)}; '
+        f'echo "checksum mismatch for {url}: expected $expected (from $source), got $actual; '
+        'nothing was unpacked" >&2; exit 1; fi',
+        f"mkdir {q(staging)}",
+        f"{untar} -C {q(staging)} --no-same-owner",
+        f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
+        f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
+        f'echo "$actual" > {q(staging)}/{RELEASE_MARKER}',
+        f"rm -rf {q(final)}",
+        f"mv {q(staging)} {q(final)}",
+        f"rm -f {q(download)}",
+        f'echo "Ollama {version}: sha256 $actual verified against $source"',
+    ]
+    return "\n".join(lines)
 
 
 @operation()
 def release(
     version: str,
     url: str,
-    sha256: str,
+    sha256: str | None = None,
     install_dir: str = INSTALL_DIR,
     archive: str = "tgz",
+    sums_url: str = "",
+    sha256_source: str = "ollama_sha256",
 ):
     """
     Unpack one Ollama release into ``install_dir/<version>``, checked against its sha256
-    before anything is unpacked. A release already unpacked with the same sum is left alone.
+    before anything is unpacked. A release already unpacked with the same sum (or, with no
+    pinned sum, unpacked at all: it was verified when it was) is left alone.
 
     + version: the Ollama version, the name of its directory
     + url: where the release archive is downloaded from
-    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing
+    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing.
+      None: take it from ``sums_url`` (the release's ``sha256sum.txt``), on the host
     + install_dir: the parent of the versioned directories
     + archive: ``tgz`` or ``zst`` (``.tar.zst``, needs ``zstd`` on the host)
+    + sums_url: the release's ``sha256sum.txt`` (lines ``<sha256>  ./<archive name>``)
+    + sha256_source: where a pinned sum came from, for the messages
 
     **Example:**
 
@@ -127,18 +164,24 @@ def release(
         ollama.release(
             name="Unpack Ollama 0.32.15",
             version="0.32.15",
-            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tgz",
-            sha256="<sha256 from the release's sha256sum.txt>",
+            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tar.zst",
+            sums_url="https://github.com/ollama/ollama/releases/download/v0.32.15/sha256sum.txt",
+            archive="zst",
         )
     """
     if archive not in ("tgz", "zst"):
         raise OperationValueError(f"archive must be tgz or zst, not {archive!r}")
-    sha256 = sha256.lower()
+    if not sha256 and not sums_url:
+        raise OperationValueError("give sha256 or sums_url: an archive is never unpacked unchecked")
+    sha256 = sha256.lower() if sha256 else None
     installed = host.get_fact(OllamaInstall, install_dir=install_dir)
-    if installed["releases"].get(version) == sha256:
-        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version}")
+    have = installed["releases"].get(version)
+    if have and (sha256 is None or have == sha256):
+        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version} (sha256 {have})")
         return
-    yield StringCommand(_release_script(version, url, sha256, install_dir, archive))
+    yield StringCommand(
+        _release_script(version, url, sha256, install_dir, archive, sums_url, sha256_source)
+    )
 
 
 # --- service ----------------------------------------------------------------------------------
@@ -187,7 +230,7 @@ def _wait_script(
 @operation()
 def service(
     version: str,
-    release_sha256: str,
+    release_sha256: str | None,
     config_sha256: str,
     api_url: str = DEFAULT_API,
     start_timeout: int = 60,
@@ -202,7 +245,8 @@ def service(
     rolled back to the version that was serving, and the host fails with the reason.
 
     + version: the release to serve (unpacked by ``ollama.release``)
-    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too)
+    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too); None
+      when it was not pinned: the sum the host verified (``.provisioner-sha256``) is used
     + config_sha256: a digest of the rendered unit and drop-in (a change restarts)
     + api_url: where the API answers on the host (``/api/version`` is polled)
     + start_timeout: seconds to wait for the API after a restart
@@ -222,7 +266,9 @@ def service(
     """
     installed = host.get_fact(OllamaInstall, install_dir=install_dir, service=service_name)
     d = install_dir.rstrip("/")
-    desired = f"{version} {release_sha256.lower()} {config_sha256}"
+    # the sum of the unpacked release: pinned, or as the host verified it (sha256sum.txt)
+    unpacked = (release_sha256 or "").lower() or installed["releases"].get(version) or ""
+    desired = f"{version} {unpacked} {config_sha256}"
 
     changed = False
     if installed["enabled"] != "enabled":
@@ -238,7 +284,10 @@ def service(
         if switch:
             yield _switch_script(version, install_dir)
         yield _wait_script(version, api_url, start_timeout, service_name, install_dir, previous)
-        yield f"echo {q(desired)} > {q(d + '/' + APPLIED_STAMP)}"
+        yield (
+            f'echo {q(version)} "$(cat {q(f"{d}/{version}/{RELEASE_MARKER}")})" '
+            f"{q(config_sha256)} > {q(d + '/' + APPLIED_STAMP)}"
+        )
         changed = True
     if not changed:
         host.noop(f"Ollama {version} is serving with the current configuration")
@@ -421,10 +470,19 @@ def _follow(state: Any, target: Any, model: str, command: str) -> bool:
 def _api_command(
     api: str, method: str, path: str, body: dict[str, Any], *, stream: bool = False
 ) -> str:
-    flags = "-sS -N" if stream else "-fsS"
-    return (
-        f"curl {flags} -X {method} -H 'Content-Type: application/json' "
+    request = (
+        f"-X {method} -H 'Content-Type: application/json' "
         f"--data-binary {q(json.dumps(body, sort_keys=True))} {q(api.rstrip('/') + path)}"
+    )
+    if stream:
+        return f"curl -sS -N {request}"
+    # not `curl -f`, which hides Ollama's {"error": ...} body: keep it and fail on >= 400
+    return (
+        "t=$(mktemp) || exit 1; "
+        f'code=$(curl -sS -o "$t" -w "%{{http_code}}" {request}) || {{ rm -f "$t"; exit 1; }}; '
+        'if [ "$code" -ge 400 ]; then '
+        f'echo "{method} {path}: HTTP $code: $(cat "$t")" >&2; rm -f "$t"; exit 1; fi; '
+        'rm -f "$t"'
     )
 
 
@@ -447,6 +505,79 @@ def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool
 
 
 # --- models -----------------------------------------------------------------------------------
+
+
+def _sources(
+    names: list[str], registry: str | None, namespace: str, insecure: bool
+) -> dict[str, ModelName]:
+    """Each wanted model (display name, first mention wins) and where it comes from."""
+    try:
+        wanted = _unique(ModelName.parse(n).display for n in names)
+        sources = {
+            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
+            for name in wanted
+        }
+    except ValueError as exc:
+        raise OperationValueError(str(exc)) from None
+    for name, source in sources.items():
+        if source.scheme == "http" and not insecure:
+            raise OperationValueError(
+                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
+            )
+    return sources
+
+
+def _fetch_commands(
+    name: str,
+    source: ModelName,
+    remote: dict[str, Any] | None,
+    have_source: dict[str, Any] | None,
+    place: bool,
+    *,
+    api: str,
+    models_dir: str,
+    user: str,
+    fetch_helper: str,
+    insecure: bool,
+    site_host: str,
+) -> Iterator[Any]:
+    """Get ``name`` from ``source`` (unless the site copy is already current) and alias it."""
+    source_ok = (
+        source.display != name
+        and have_source is not None
+        and have_source.get("complete")
+        and remote is not None
+        and have_source["content"] == remote["content"]
+    )
+    if not source_ok and place:
+        assert remote is not None
+        base = source.blob_url("").rstrip("/") + "/"
+        blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
+        arguments = [
+            fetch_helper,
+            models_dir,
+            user,
+            base,
+            remote["digest"],
+            source.manifest_url,  # fetched by the helper: a manifest is never an argument
+            source.manifest_path,
+            *blobs,
+        ]
+        yield FunctionCommand(fetch_model, (name, arguments), {})
+    elif not source_ok:
+        # insecure only towards the site registry's own host, never another registry
+        plain = insecure and source.host.lower() == site_host
+        yield FunctionCommand(pull_model, (name, api, source.pull_name, plain), {})
+    if source.display != name:
+        alias = {"source": source.display, "destination": name}
+        yield _api_command(api, "POST", "/api/copy", alias)
+
+
+def _site_host(registry: str | None, namespace: str) -> str:
+    """The site registry's host (``host:port``, lower case), or "" without one."""
+    if not registry:
+        return ""
+    return site_name("library/probe:latest", registry, namespace).host.lower()
 
 
 def _unique(names: Iterable[str]) -> list[str]:
@@ -515,19 +646,16 @@ def models(
     except Exception as exc:  # the planner failed for this host: fail it, not the run
         yield system.refusal(f"no model plan for this host: {exc}")
         return
-    try:
-        wanted = _unique(ModelName.parse(n).display for n in [*planned, *(pinned or [])])
-        sources = {
-            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
-            for name in wanted
-        }
-    except ValueError as exc:
-        raise OperationValueError(str(exc)) from None
-    for name, source in sources.items():
-        if source.scheme == "http" and not insecure:
-            raise OperationValueError(
-                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
-            )
+    sources = _sources([*planned, *(pinned or [])], registry, namespace, insecure)
+    wanted = list(sources)
+    fetch = {
+        "api": api,
+        "models_dir": models_dir,
+        "user": user,
+        "fetch_helper": fetch_helper,
+        "insecure": insecure,
+        "site_host": _site_host(registry, namespace),
+    }
 
     installed = host.get_fact(OllamaModels, models_dir=models_dir)
     current: list[str] = []
@@ -554,41 +682,7 @@ def models(
             replaced[name] = [digest for digest in have["content"] if digest not in new]
 
         have_source = installed.get(source.display)
-        source_ok = (
-            source.display != name
-            and have_source is not None
-            and have_source.get("complete")
-            and remote is not None
-            and have_source["content"] == remote["content"]
-        )
-        if not source_ok:
-            if place:
-                assert remote is not None
-                base = source.blob_url("").rstrip("/") + "/"
-                blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
-                yield FunctionCommand(
-                    fetch_model,
-                    (
-                        name,
-                        [
-                            fetch_helper,
-                            models_dir,
-                            user,
-                            base,
-                            remote["digest"],
-                            remote["raw"],
-                            source.manifest_path,
-                            *blobs,
-                        ],
-                    ),
-                    {},
-                )
-            else:
-                yield FunctionCommand(pull_model, (name, api, source.pull_name, insecure), {})
-        if source.display != name:
-            yield _api_command(
-                api, "POST", "/api/copy", {"source": source.display, "destination": name}
-            )
+        yield from _fetch_commands(name, source, remote, have_source, place, **fetch)
 
     keep = set(wanted) | {source.display for source in sources.values()}
     removed = sorted(name for name in installed if name not in keep) if prune else []
@@ -600,7 +694,7 @@ def models(
         blobs_dir = models_dir.rstrip("/") + "/blobs"
         yield (
             f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
-            'grep -rqs "sha256:$h" ../manifests ../manifests-v2 || rm -f "sha256-$h"; done'
+            'grep -rqs "sha256:$h" ../manifests || rm -f "sha256-$h"; done'
         )
 
     if not replaced and not removed and len(current) == len(wanted):

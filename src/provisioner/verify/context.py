@@ -379,6 +379,7 @@ class HostContext:
                     "tag": tag,
                     "digest": parse.digest_hex(item.get("digest")),
                     "estimated_vram_mib": item.get("estimated_vram_mib"),
+                    "context": item.get("context"),
                 },
             )
         return list(wanted.values())
@@ -388,6 +389,21 @@ class HostContext:
         resident = self.plan.get("resident") or {}
         models = resident.get("models") if isinstance(resident, dict) else None
         return [normalise(str(tag)) for tag in models or [] if tag]
+
+    def planned_context(self, tag: str) -> int | None:
+        """The context the plan sized ``tag`` with: the model's own ``context`` in the plan
+        (its params-layer ``num_ctx``, which wins over the server default), else the plan's
+        ``settings.context_length``, else ``ollama_context_length``. None when unknown."""
+        for item in self.planned_models():
+            if item["tag"] == normalise(tag) and isinstance(item.get("context"), int):
+                return int(item["context"])
+        pinned = (self.plan.get("settings") or {}).get("context_length")
+        if pinned is None:
+            pinned = self.key("ollama_context_length")
+        try:
+            return int(pinned) if pinned is not None else None
+        except (TypeError, ValueError):
+            return None
 
     def model_size(self, tag: str) -> int | None:
         """Download size in bytes (see :meth:`model_bytes`)."""

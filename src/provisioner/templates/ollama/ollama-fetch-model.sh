@@ -3,9 +3,13 @@
 # Installed by provisioner (templates/ollama/ollama-fetch-model.sh); run by the ollama.models
 # operation, as root, once per model to fetch.
 #
-# usage: ollama-fetch-model MODELS_DIR OWNER BLOB_URL_PREFIX MANIFEST_DIGEST MANIFEST_BASE64
+# usage: ollama-fetch-model MODELS_DIR OWNER BLOB_URL_PREFIX MANIFEST_DIGEST MANIFEST
 #                           MANIFEST_PATH BLOB...
 #   BLOB_URL_PREFIX  e.g. http://10.0.0.5:5000/v2/library/qwen2.5/blobs/
+#   MANIFEST         the manifest's URL (http:// or https://), fetched here and checked against
+#                    MANIFEST_DIGEST: a manifest never travels on the command line, whose
+#                    arguments the kernel limits (MAX_ARG_STRLEN, 128 KiB each); or, for
+#                    small manifests, their base64
 #   MANIFEST_PATH    path under MODELS_DIR/manifests/ (host/namespace/model/tag)
 #   BLOB             sha256:<64 hex>:<size>, every blob the manifest references
 #
@@ -26,10 +30,10 @@
 set -u
 
 if [ "$#" -lt 7 ]; then
-    echo '{"error":"usage: ollama-fetch-model MODELS_DIR OWNER URL DIGEST BASE64 PATH BLOB..."}'
+    echo '{"error":"usage: ollama-fetch-model MODELS_DIR OWNER URL DIGEST MANIFEST PATH BLOB..."}'
     exit 2
 fi
-models=$1 owner=$2 base=$3 mdigest=$4 mb64=$5 mpath=$6
+models=$1 owner=$2 base=$3 mdigest=$4 msource=$5 mpath=$6
 shift 6
 
 fail() {
@@ -71,7 +75,23 @@ fi
 # bytes free in the store's file system
 free_bytes() { df -Pk "$models" 2>/dev/null | awk 'NR == 2 { printf "%.0f\n", $4 * 1024 }'; }
 
+mtmp=$(mktemp "$tmp/manifest.XXXXXX") || fail "cannot create a temporary file in $tmp"
+mfile=$mtmp
 status "pulling manifest"
+case "$msource" in
+    http://* | https://*)
+        curl -fsSL --retry 3 --connect-timeout 30 \
+            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+            -o "$mfile" "$msource" 2>"$err" ||
+            fail "cannot fetch the manifest $msource: $(cat "$err" 2>/dev/null)"
+        ;;
+    *) printf '%s' "$msource" | base64 -d >"$mfile" || fail "manifest is not base64" ;;
+esac
+actual="sha256:$(sha256sum "$mfile" | cut -d' ' -f1)"
+if [ "$actual" != "$mdigest" ]; then
+    rm -f "$mfile"
+    fail "manifest is $actual, expected $mdigest"
+fi
 for spec in "$@"; do
     digest=${spec%:*}
     size=${spec##*:}
@@ -139,13 +159,9 @@ for spec in "$@"; do
 done
 
 status "writing manifest"
-mtmp=$(mktemp "$tmp/manifest.XXXXXX") || fail "cannot create a temporary file in $tmp"
-printf '%s' "$mb64" | base64 -d >"$mtmp" || fail "manifest is not base64"
-actual="sha256:$(sha256sum "$mtmp" | cut -d' ' -f1)"
-[ "$actual" = "$mdigest" ] || fail "manifest is $actual, expected $mdigest"
 target="$models/manifests/$mpath"
 mkdir -p "$(dirname "$target")" || fail "cannot create $(dirname "$target")"
 chown -R "$owner:" "$models/manifests"
-chown "$owner:" "$mtmp" && chmod 644 "$mtmp" && mv -f "$mtmp" "$target" ||
+chown "$owner:" "$mfile" && chmod 644 "$mfile" && mv -f "$mfile" "$target" ||
     fail "cannot write $target"
 status "success"

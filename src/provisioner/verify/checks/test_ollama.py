@@ -211,17 +211,18 @@ def test_model_on_gpu(target: HostContext, request: pytest.FixtureRequest) -> No
         target.passed(request, f"{model} on CPU ({reason})")
 
 
-def _loaded_models(target: HostContext) -> dict[str, dict]:
-    """``/api/ps`` by normalised name (fails the check when it does not answer)."""
+def _loaded(target: HostContext) -> list[dict]:
+    """``/api/ps``'s models (fails the check when it does not answer)."""
     ps = target.http("GET", target.ollama_url("/api/ps"))
     document = ps.json() if ps.status == 200 else None
     if not isinstance(document, dict):
         target.fail("GET /api/ps", "HTTP 200 with the loaded models", ps.describe())
-    return {
-        normalise(str(m.get("name"))): m
-        for m in document.get("models") or []
-        if isinstance(m, dict)
-    }
+    return [m for m in document.get("models") or [] if isinstance(m, dict)]
+
+
+def _loaded_models(target: HostContext) -> dict[str, dict]:
+    """``/api/ps`` by normalised name (fails the check when it does not answer)."""
+    return {normalise(str(m.get("name"))): m for m in _loaded(target)}
 
 
 def test_resident_models_loaded_together(
@@ -259,3 +260,32 @@ def test_resident_models_loaded_together(
             "the resident set does not fit the GPUs together",
         )
     target.passed(request, f"{', '.join(resident)} loaded together")
+
+
+def test_loaded_context_within_plan(target: HostContext, request: pytest.FixtureRequest) -> None:
+    """No loaded model runs with a larger context than the plan assumed for it (``/api/ps``
+    ``context_length``). ``OLLAMA_CONTEXT_LENGTH`` is only a default: a model's own
+    ``num_ctx`` and a client's ``options.num_ctx`` win over it (server/routes.go), and a larger
+    context grows the KV cache beyond what the VRAM plan budgeted."""
+    loaded = _loaded(target)
+    if not loaded:
+        target.skip("no model loaded (/api/ps is empty)")
+    over, shown = [], []
+    for entry in loaded:
+        name = normalise(str(entry.get("name") or entry.get("model") or "?"))
+        context = entry.get("context_length")
+        if not isinstance(context, int) or context <= 0:
+            continue  # a version that does not report it: nothing to compare
+        planned = target.planned_context(name)
+        shown.append(f"{name} {context}")
+        if planned is not None and context > planned:
+            over.append(f"{name}: context {context} > planned {planned}")
+    if over:
+        target.fail(
+            "loaded contexts (/api/ps context_length)",
+            "at most the context the plan assumed",
+            "; ".join(over),
+            "a client sent options.num_ctx, or the model sets its own num_ctx: "
+            "see docs/ollama.md (Context)",
+        )
+    target.passed(request, ", ".join(shown) or "no context reported")
