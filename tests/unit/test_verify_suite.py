@@ -487,6 +487,7 @@ def test_resident_models_are_found_loaded_together(ollama, smi) -> None:
     skipped = _checks(report)["ollama/resident_models_loaded_together"]
     assert skipped.status == "skip" and "models_resident" in skipped.message
 
+
 def _generate(double: OllamaDouble, body: dict) -> None:
     request = urllib.request.Request(
         double.url("/api/generate"), data=json.dumps(body).encode(), method="POST"
