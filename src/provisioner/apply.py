@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from provisioner.inventory import pyinfra_limit
+
 if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
@@ -117,8 +119,9 @@ def pyinfra_command(
     command = [sys.executable, "-m", "pyinfra", loaded.source, entrypoint(deploy), "--json"]
     # --dry without -y: pyinfra detects changes, prints the plan and executes nothing.
     command.append("--dry" if dry else "-y")
-    for pattern in limit:
-        command += ["--limit", pattern]
+    if limit:  # pyinfra is given the hosts we selected, in a form its --limit understands
+        for value in pyinfra_limit(loaded):
+            command += ["--limit", value]
     if serial:
         command.append("--serial")
     if batch:
