@@ -106,6 +106,30 @@ def test_dry_run_shows_no_change_on_a_converged_fleet(lab, applied):
     assert all(r["changed"] == [] for r in result["hosts"].values()), result
 
 
+def test_apply_limit_with_a_comma_runs_on_those_hosts_only(lab, applied):
+    """Issue 18 item 1: `--limit gpu1,cpu1` once matched no host and reported success."""
+    chosen = ["gpu1", "cpu1"]
+    if not set(chosen) <= set(lab.hosts):
+        pytest.skip(f"needs gpu1 and cpu1 in the lab, which has {lab.hosts}")
+    for host in lab.hosts:  # a change for apply to make on every host: Ollama stopped
+        lab.ssh(host, "systemctl stop ollama")
+    try:
+        code, result, err = provision("apply", str(lab.inventory), "--limit", ",".join(chosen))
+        assert code == 0, err
+        assert set(result["hosts"]) == set(chosen), result["hosts"].keys()
+        for host in chosen:
+            run = result["hosts"][host]
+            assert run["changed"], (host, run)  # Ollama started again
+            assert len(run["changed"]) + len(run["unchanged"]) >= 10, (host, run)
+            assert lab.ssh(host, "systemctl is-active ollama", False).stdout.strip() == "active"
+        for host in set(lab.hosts) - set(chosen):  # never touched
+            state = lab.ssh(host, "systemctl is-active ollama", False).stdout.strip()
+            assert state == "inactive", (host, state)
+    finally:
+        for host in lab.hosts:
+            lab.ssh(host, "systemctl start ollama")
+
+
 def test_models_update_picks_up_a_re_pushed_tag(lab, applied):
     before, _ = fetch_manifest(REGISTRY, "library/llama3.2", "3b")
     after = push_model(REGISTRY, "library/llama3.2", "3b", seed="llama3.2:3b republished")
