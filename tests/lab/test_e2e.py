@@ -82,6 +82,20 @@ def test_gpu_hosts_came_back_from_the_driver_reboot_with_the_module_loaded(lab, 
             assert host["gpu_state"] == "no-gpu", (name, host)
 
 
+def test_driver_libraries_are_installed_and_held(lab, applied):
+    """The libraries an unattended upgrade would move ahead of the module are held (issue 17)."""
+    libraries = {"libnvidia-ml1", "libcuda1", "libnvidia-ptxjitcompiler1"}
+    gpu_hosts = [h for h in lab.hosts if lab.info["hosts"][h]["gpus"]]
+    assert gpu_hosts, lab.hosts
+    for host in gpu_hosts:
+        held = set(lab.ssh(host, "apt-mark showhold").stdout.split())
+        assert libraries <= held, (host, sorted(held))
+        versions = lab.ssh(
+            host, "dpkg-query -W -f='${Version}\\n' nvidia-driver " + " ".join(sorted(libraries))
+        ).stdout.split()
+        assert len(set(versions)) == 1, (host, versions)
+
+
 def test_verify_passes_on_every_host(lab, applied):
     junit = Path(os.environ.get("LAB_JUNIT_DIR", "/tmp")) / "provisioner-lab-verify.xml"
     code, report, err = provision("verify", str(lab.inventory), "--junit", str(junit))

@@ -98,3 +98,23 @@ def test_exact_dependencies_keep_unheld_libraries_with_the_held_driver(doubles, 
     for lib in libraries(distro):
         host.packages[lib]["held"] = False
     assert host.unattended_upgrade(NEWER) == []  # they need nvidia-* (= version), which is held
+
+
+def test_the_lab_repository_builds_the_debian_libraries_and_they_are_held():
+    """tests/lab/debs/packages.toml carries the same libraries, which debian12 holds."""
+    import tomllib
+    from pathlib import Path
+
+    spec = tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "lab" / "debs" / "packages.toml").read_text()
+    )
+    built = {p["name"]: p for p in spec["package"]}
+    wanted = libraries("debian12")
+    assert set(wanted) <= set(built), sorted(built)
+    assert "libnvidia-ml1 (= @VERSION@)" in built["nvidia-smi"]["depends"]
+    assert "libnvidia-ptxjitcompiler1 (= @VERSION@)" in built["libcuda1"]["depends"]
+    # the NVML version the nvidia-smi double reports comes from the library package
+    assert built["libnvidia-ml1"].get("postinst") == "nvidia-smi.postinst"
+    fact = {"packages": [{"name": n, "version": "580.126.09-1", "held": False} for n in built]}
+    held = gpu_stack.packages_to_hold(gpu_stack.distro("debian12"), fact)
+    assert set(wanted) <= set(held)
