@@ -1,0 +1,234 @@
+"""Tests written for the mutants that survived ``make mutation`` (docs/testing.md).
+
+Each test names the behaviour a surviving mutant changed without any test noticing. Mutants
+that cannot change behaviour (equivalent ones) are listed in docs/testing.md instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner import settings
+from provisioner.planner import (
+    WHAT_IF_MAX_GPUS,
+    WHAT_IF_MAX_MIB,
+    WhatIfError,
+    parse_what_if,
+    plan_host,
+)
+
+MIG_TEXT = "MIG enabled: Ollama sees its MIG instances, not the whole GPU"
+
+
+def data(**values):
+    return settings.resolve(values)
+
+
+def facts(gpus: list, memory_mib: int | None = 65536, state: str = "ok") -> dict:
+    return {
+        "gpu_state": state,
+        "gpus": gpus,
+        "driver_version": "580.126.09",
+        "cuda_version": "13.0",
+        "os": {"id": "debian", "version": "12"},
+        "memory_total_mib": memory_mib,
+        "pci_devices": [],
+    }
+
+
+def gpu(index, memory, mig="Disabled", name="NVIDIA Test GPU") -> dict:
+    out = {"name": name, "uuid": f"GPU-{index}", "memory_total_mib": memory, "mig": mig}
+    if index is not None:
+        out["index"] = index
+    return out
+
+
+# --- planner: the GPU entries of a plan (README: plan --json) -----------------------------------
+
+
+def test_plan_lists_every_gpu_with_why_one_is_left_out():
+    raw = [
+        gpu(0, 81559, name="NVIDIA H100 80GB HBM3"),
+        gpu(1, 40960, mig="Enabled", name="NVIDIA A100-SXM4-40GB"),
+        gpu(2, None, name="broken"),
+        gpu(3, 0, name="zero"),
+        "not a mapping",  # a garbled facts entry: kept, by its position, as unknown
+        gpu(None, 24564, name="no index"),  # no index: its position
+    ]
+    plan = plan_host("h", facts(raw), data(models=[]))
+    usable = int(0.9 * (81559 - 457))
+    assert plan["gpus"] == [
+        {
+            "index": 0,
+            "name": "NVIDIA H100 80GB HBM3",
+            "uuid": "GPU-0",
+            "memory_total_mib": 81559,
+            "usable_mib": usable,
+        },
+        {
+            "index": 1,
+            "name": "NVIDIA A100-SXM4-40GB",
+            "uuid": "GPU-1",
+            "memory_total_mib": 40960,
+            "usable_mib": 0,
+            "excluded": MIG_TEXT,
+        },
+        {
+            "index": 2,
+            "name": "broken",
+            "uuid": "GPU-2",
+            "memory_total_mib": None,
+            "usable_mib": 0,
+            "excluded": "memory.total unknown",
+        },
+        {
+            "index": 3,
+            "name": "zero",
+            "uuid": "GPU-3",
+            "memory_total_mib": 0,
+            "usable_mib": 0,
+            "excluded": "memory.total unknown",
+        },
+        {
+            "index": 4,
+            "name": None,
+            "uuid": None,
+            "memory_total_mib": None,
+            "usable_mib": 0,
+            "excluded": "memory.total unknown",
+        },
+        {
+            "index": 5,
+            "name": "no index",
+            "uuid": "GPU-None",
+            "memory_total_mib": 24564,
+            "usable_mib": int(0.9 * (24564 - 457)),
+        },
+    ]
+    assert plan["vram_mib"] == 81559 + 40960 + 24564
+    assert plan["budget_mib"] == usable + int(0.9 * (24564 - 457))
+    assert plan["reason"].endswith(
+        "left out: GPU 1 (MIG enabled), GPU 2 (memory unknown), GPU 3 (memory unknown), "
+        "GPU 4 (memory unknown)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mig", "excluded"),
+    [
+        ("Enabled", True),
+        (" enabled ", True),
+        ("On", True),
+        (True, True),
+        ("Disabled", False),
+        ("[N/A]", False),
+        (None, False),
+        (False, False),
+    ],
+)
+def test_mig_mode_values(mig, excluded):
+    plan = plan_host("h", facts([gpu(0, 81920, mig=mig)]), data(models=[]))
+    assert ("excluded" in plan["gpus"][0]) is excluded
+    assert plan["mode"] == ("none" if excluded else "gpu")
+
+
+@pytest.mark.parametrize("ram", [0, None])
+def test_cpu_host_without_memory_plans_nothing(ram):
+    plan = plan_host("vm", facts([], memory_mib=ram, state="no-gpu"), data())
+    assert plan["mode"] == "cpu" and plan["budget_mib"] == 0 and plan["models"] == []
+    assert "host memory unknown" in plan["reason"]
+    assert plan["vram_mib"] == 0 and plan["ram_mib"] == ram
+
+
+def test_cpu_host_reports_its_memory():
+    plan = plan_host("vm", facts([], memory_mib=1, state="no-gpu"), data())
+    assert "host memory unknown" not in plan["reason"] and plan["ram_mib"] == 1
+    plan = plan_host("vm", facts([], memory_mib=32768, state="no-gpu"), data())
+    assert plan["ram_mib"] == 32768 and plan["vram_mib"] == 0
+
+
+# --- planner: skip reasons an operator reads ----------------------------------------------------
+
+
+def test_a_model_too_large_says_what_it_needs_at_which_settings():
+    plan = plan_host(
+        "h",
+        facts([gpu(0, 8188)]),
+        data(models=["llama3.3:70b"], ollama_context_length=8192, ollama_num_parallel=2),
+    )
+    (skip,) = plan["skipped"]
+    assert skip["tag"] == "llama3.3:70b"
+    assert "at context 8192 x 2 parallel, f16 KV)" in skip["reason"]
+    assert skip["reason"].startswith("needs ")
+
+
+def test_the_same_bad_name_is_reported_once():
+    plan = plan_host("h", facts([gpu(0, 24564)]), data(models=["Not A Model!!", "Not A Model!!"]))
+    assert plan["skipped"] == [
+        {
+            "tag": "Not A Model!!",
+            "reason": "not a valid Ollama model name ([host/][namespace/]model[:tag])",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tag", "hint"),
+    [
+        ("llama3.1:13b", "llama3.1:8b"),
+        ("myorg/llama3.1:13b", "llama3.1:8b"),
+        ("registry.example/myorg/llama3.1:13b", "llama3.1:8b"),
+    ],
+)
+def test_an_unknown_tag_of_a_known_model_names_the_known_tags(tag, hint):
+    plan = plan_host("h", facts([gpu(0, 24564)]), data(models=[tag]))
+    (skip,) = plan["skipped"]
+    assert skip["reason"].startswith("not in the model catalog, so it cannot be sized: ")
+    assert "add an entry to model_catalog_extra (the catalog has " in skip["reason"]
+    known = skip["reason"].split("(the catalog has ", 1)[1].rstrip(")").split(", ")
+    assert hint in known and all(k.startswith("llama3.1:") for k in known)
+
+
+def test_an_unknown_model_gets_no_hint():
+    plan = plan_host("h", facts([gpu(0, 24564)]), data(models=["nosuchmodel:7b"]))
+    (skip,) = plan["skipped"]
+    assert skip["reason"].endswith("add an entry to model_catalog_extra")
+
+
+def test_a_listed_model_says_it_was_listed():
+    plan = plan_host("h", facts([gpu(0, 24564)]), data(models=["llama3.1:8b"]))
+    (model,) = plan["models"]
+    assert model["reason"].startswith("listed in models; ")
+    assert model["via"] == "models"
+
+
+# --- planner: --what-if bounds and the GPU shape ------------------------------------------------
+
+
+def test_what_if_bounds_are_inclusive():
+    assert len(parse_what_if(f"{WHAT_IF_MAX_GPUS}x GPU:1")) == WHAT_IF_MAX_GPUS
+    assert parse_what_if(f"GPU:{WHAT_IF_MAX_MIB}")[0]["memory_total_mib"] == WHAT_IF_MAX_MIB
+    assert parse_what_if("GPU:1 MiB")[0]["memory_total_mib"] == 1
+    with pytest.raises(WhatIfError, match="count must be 1 to 64"):
+        parse_what_if(f"{WHAT_IF_MAX_GPUS + 1}x GPU:1")
+    with pytest.raises(WhatIfError, match="absurd"):
+        parse_what_if(f"GPU:{WHAT_IF_MAX_MIB + 1}")
+
+
+@pytest.mark.parametrize("spec", [None, 81920, ["GPU:1"]])
+def test_what_if_that_is_not_text_is_a_what_if_error(spec):
+    with pytest.raises(WhatIfError, match=r"expected \[N x \]GPU-NAME:MiB"):
+        parse_what_if(spec)
+
+
+def test_what_if_gpus_have_the_facts_shape():
+    (one,) = parse_what_if("NVIDIA L40S:46068")
+    assert one == {
+        "index": 0,
+        "name": "NVIDIA L40S",
+        "uuid": "GPU-what-if-0",
+        "memory_total_mib": 46068,
+        "compute_cap": None,
+        "pci_bus_id": None,
+        "mig": None,
+    }
