@@ -232,3 +232,77 @@ def test_what_if_gpus_have_the_facts_shape():
         "pci_bus_id": None,
         "mig": None,
     }
+
+
+# --- estimator ----------------------------------------------------------------------------------
+
+
+def test_footprint_defaults_to_one_gpu():
+    from provisioner.estimator import Estimate
+
+    est = Estimate(weights_mib=1000, kv_mib=200, graph_mib=384, total_mib=1584)
+    assert est.footprint_mib() == 1584 == est.total_mib
+    assert est.footprint_mib(0) == 1584 and est.footprint_mib(3) == 1000 + 200 + 3 * 384
+
+
+@pytest.mark.parametrize(
+    ("context", "parallel", "batch"), [(0, 1, 512), (8192, 0, 512), (8192, 1, 0), (-1, 1, 512)]
+)
+def test_every_kv_size_must_be_positive(context, parallel, batch):
+    from provisioner.catalog import load_catalog
+    from provisioner.estimator import kv_cache_bytes
+
+    with pytest.raises(ValueError) as error:
+        kv_cache_bytes(load_catalog()["llama3.1:8b"], context, parallel, "f16", batch)
+    assert str(error.value) == "context, parallel and batch size must be positive"
+
+
+def test_unknown_kv_type_lists_the_known_ones():
+    from provisioner.catalog import load_catalog
+    from provisioner.estimator import kv_cache_bytes
+
+    with pytest.raises(ValueError) as error:
+        kv_cache_bytes(load_catalog()["llama3.1:8b"], 8192, 1, "q2", 512)
+    assert str(error.value) == "unknown KV cache type 'q2' (one of f16, q8_0, q4_0)"
+
+
+# --- inventory: what apply hands pyinfra's --limit ----------------------------------------------
+
+
+class _Host:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Loaded:
+    """The two attributes of LoadedInventory that pyinfra_limit reads."""
+
+    def __init__(self, names: list[str], groups: list[str]) -> None:
+        self.hosts = [_Host(n) for n in names]
+
+        class Inventory:
+            pass
+
+        self.inventory = Inventory()
+        self.inventory.groups = {g: [] for g in groups}
+
+
+@pytest.mark.parametrize(
+    ("name", "groups", "value"),
+    [
+        ("gpu1", [], "gpu1"),
+        ("gpu*", [], "gpu[*]"),
+        ("gpu?", [], "gpu[?]"),
+        ("gpu[1]", [], "gpu[[]1]"),
+        ("edge", ["edge"], "[e]dge"),  # a group of that name would win in pyinfra
+        ("edge", ["edges"], "edge"),
+    ],
+)
+def test_pyinfra_limit_values_match_exactly_their_host(name, groups, value):
+    import fnmatch
+
+    from provisioner.inventory import pyinfra_limit
+
+    (given,) = pyinfra_limit(_Loaded([name], groups))
+    assert given == value
+    assert fnmatch.fnmatchcase(name, given) and given not in groups
