@@ -306,3 +306,90 @@ def test_pyinfra_limit_values_match_exactly_their_host(name, groups, value):
     (given,) = pyinfra_limit(_Loaded([name], groups))
     assert given == value
     assert fnmatch.fnmatchcase(name, given) and given not in groups
+
+
+# --- planner: budgets at their boundary, splits, profiles, PCI counting --------------------------
+
+
+def test_a_model_exactly_the_size_of_the_ram_budget_fits():
+    from provisioner.catalog import load_catalog
+    from provisioner.estimator import estimate
+
+    resolved = data(models=["llama3.1:8b"])
+    total = estimate(
+        load_catalog()["llama3.1:8b"],
+        resolved["ollama_context_length"],
+        resolved["ollama_num_parallel"],
+        resolved["ollama_kv_cache_type"] if resolved["ollama_flash_attention"] else "f16",
+        resolved["ollama_batch_size"],
+    ).total_mib
+    ram = next(r for r in range(4096, 200_000) if int(0.9 * (r - 4096)) >= total)
+    cpu = facts([], memory_mib=ram, state="no-gpu")
+    plan = plan_host("vm", cpu, resolved)
+    assert plan["budget_mib"] == total and [m["tag"] for m in plan["models"]] == ["llama3.1:8b"]
+    plan = plan_host("vm", dict(cpu, memory_total_mib=ram - 1), resolved)
+    assert plan["models"] == [] and plan["budget_mib"] < total
+
+
+def test_a_split_model_counts_one_graph_per_gpu():
+    from provisioner.catalog import load_catalog
+    from provisioner.estimator import estimate
+
+    resolved = data(models=["qwen3:235b"])
+    plan = plan_host("h", facts([gpu(0, 81920), gpu(1, 81920)]), resolved)
+    (model,) = plan["models"]
+    est = estimate(
+        load_catalog()["qwen3:235b"],
+        resolved["ollama_context_length"],
+        resolved["ollama_num_parallel"],
+        resolved["ollama_kv_cache_type"] if resolved["ollama_flash_attention"] else "f16",
+        resolved["ollama_batch_size"],
+    )
+    assert model["gpus"] == [0, 1]
+    assert model["estimated_vram_mib"] == est.weights_mib + est.kv_mib + 2 * est.graph_mib
+    usable = 2 * int(0.9 * (81920 - 457))
+    assert (
+        f"split over GPUs 0,1 ({usable} MiB usable; {est.total_mib} MiB does not fit one GPU)"
+        in (model["reason"])
+    )
+
+
+def test_a_profile_fills_models_max_and_says_why_each_was_chosen():
+    plan = plan_host("h", facts([gpu(0, 81559)]), data(model_profile="general", models_max=4))
+    reasons = [m["reason"] for m in plan["models"]]
+    assert len(reasons) == 4
+    assert reasons[0].startswith("profile general: strongest ")
+    assert " model that fits (rank " in reasons[0]
+    later = [r for r in reasons if r.startswith("profile general: next strongest ")]
+    assert later, reasons
+    for reason in later:
+        cats = reason.removeprefix("profile general: next strongest ").split(" model")[0]
+        assert cats and set(cats.split("/")) <= {"chat", "code", "reasoning", "vision"}, reason
+
+
+def test_nvidia_pci_gpus_are_counted_among_other_devices():
+    pci = [
+        "garbled",
+        {"slot": "17:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"},
+        {"slot": "18:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"},
+        {"slot": "19:00.0", "class_id": "0680", "vendor_id": "10de", "device_id": "22a3"},
+        {"slot": "1a:00.0", "vendor_id": "10de", "device_id": "2330"},  # no class: a GPU
+        {"slot": "00:02.0", "class_id": "0300", "vendor_id": "8086", "device_id": "46a6"},
+    ]
+    plan = plan_host("h", dict(facts([], state="no-driver"), pci_devices=pci), data())
+    assert plan["mode"] == "none"
+    assert plan["reason"].startswith("driver not installed yet: 3 NVIDIA PCI GPU(s) found")
+
+
+def test_what_if_facts_have_the_facts_shape():
+    from provisioner.planner import what_if_facts
+
+    assert what_if_facts([]) == {
+        "gpu_state": "ok",
+        "gpus": [],
+        "driver_version": None,
+        "cuda_version": None,
+        "os": {},
+        "memory_total_mib": None,
+        "pci_devices": [],
+    }
