@@ -393,3 +393,44 @@ def test_what_if_facts_have_the_facts_shape():
         "memory_total_mib": None,
         "pci_devices": [],
     }
+
+
+# --- gpu_stack: what apply (and verify) say about the running module ----------------------------
+
+
+def _driver(version: str = "580.105.08-1"):
+    from provisioner import gpu_stack
+
+    return gpu_stack.installed_driver(
+        gpu_stack.distro("debian12"),
+        {"packages": [{"name": "nvidia-kernel-open-dkms", "version": version, "held": True}]},
+    )
+
+
+def test_module_problem_names_every_reason():
+    from provisioner import gpu_stack
+
+    module = {"version": "580.95.05", "flavour": "open", "nouveau_loaded": True}
+    assert gpu_stack.module_problem(_driver(), module, None) == (
+        "the nouveau module is loaded; "
+        "the loaded NVIDIA module is 580.95.05, the installed driver is 580.105.08"
+    )
+
+
+def test_module_problem_without_a_driver_and_with_an_nvidia_smi_error():
+    from provisioner import gpu_stack
+
+    none = gpu_stack.InstalledDriver()
+    assert gpu_stack.module_problem(none, None, None) == "no NVIDIA driver package is installed"
+    loaded = {"version": "580.105.08", "flavour": "open", "nouveau_loaded": False}
+    smi = {"state": "error", "error": "Unable to determine the device handle for GPU0"}
+    assert gpu_stack.module_problem(_driver(), loaded, smi) == (
+        "nvidia-smi state is error: Unable to determine the device handle for GPU0"
+    )
+
+
+@pytest.mark.parametrize(("cc", "arch"), [("99.9", None), ("", None), (None, None)])
+def test_an_unknown_compute_capability_has_no_architecture(cc, arch):
+    from provisioner import gpu_stack
+
+    assert gpu_stack.architecture_for_cc(cc) is arch
