@@ -434,3 +434,38 @@ def test_an_unknown_compute_capability_has_no_architecture(cc, arch):
     from provisioner import gpu_stack
 
     assert gpu_stack.architecture_for_cc(cc) is arch
+
+
+@pytest.mark.parametrize(
+    ("version", "upstream"),
+    [
+        ("580.126.09-1", "580.126.09"),
+        ("3:580.105.08-1.el9", "580.105.08"),
+        ("580.126.09-0ubuntu0.24.04.1", "580.126.09"),
+        ("1:2.4-rc1-3", "2.4-rc1"),  # Debian: the revision follows the last hyphen
+        ("2:1:0.5-1", "1:0.5"),  # the epoch is before the first colon
+        ("580.126.09", "580.126.09"),
+    ],
+)
+def test_package_version_is_the_upstream_version(version, upstream):
+    from provisioner import gpu_stack
+
+    assert gpu_stack.package_version(version) == upstream
+
+
+def test_hex_keys_accept_spaces_and_treat_empty_as_unset():
+    from provisioner import gpu_stack
+
+    spaced = "EB69 3B30 35CD 5710 E231  E123 A4B4 6996 3BF8 63CC"
+    assert gpu_stack._check_hex(spaced, 40, "k") == "eb693b3035cd5710e231e123a4b469963bf863cc"
+    assert gpu_stack._check_hex("", 40, "k") is None
+    assert gpu_stack._check_hex(None, 40, "k") is None
+    with pytest.raises(gpu_stack.GpuStackError, match="k must be 40 hex digits"):
+        gpu_stack._check_hex("xyz", 40, "k")
+
+
+def test_compute_capabilities_at_the_bounds_are_inside():
+    from provisioner import gpu_stack
+
+    assert gpu_stack._caps_outside(["7.5", "9.0", "12.0"], "7.5", "12.0") == []
+    assert gpu_stack._caps_outside(["7.0", "12.1"], "7.5", "12.0") == ["7.0", "12.1"]
