@@ -469,3 +469,92 @@ def test_compute_capabilities_at_the_bounds_are_inside():
 
     assert gpu_stack._caps_outside(["7.5", "9.0", "12.0"], "7.5", "12.0") == []
     assert gpu_stack._caps_outside(["7.0", "12.1"], "7.5", "12.0") == ["7.0", "12.1"]
+
+
+# --- planner: the mode of a host and the reason given (GPU presence) ----------------------------
+
+NVIDIA_GPU = {"slot": "17:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"}
+
+
+@pytest.mark.parametrize(
+    ("host_facts", "mode", "reason"),
+    [
+        ({}, "none", "no facts were gathered for this host"),
+        ({"gpu_state": "unreachable"}, "none", "host unreachable: no connection"),
+        (
+            {"gpu_state": "unreachable", "error": "timed out"},
+            "none",
+            "host unreachable: timed out",
+        ),
+        (
+            dict(facts([], state="no-driver"), pci_devices=None),
+            "none",
+            "driver not installed yet: no lspci device list but nvidia-smi cannot talk to a "
+            "driver; run provision apply first, then plan again",
+        ),
+        (
+            dict(facts([], state="no-gpu"), pci_devices=None),
+            "cpu",
+            "CPU-only (no NVIDIA GPU: nvidia-smi no-gpu, lspci shows none)",
+        ),
+        (
+            dict(facts([gpu(0, 81559)], state="driver-mismatch"), pci_devices=[NVIDIA_GPU]),
+            "none",
+            "driver/library version mismatch (1 NVIDIA PCI GPU(s) found): the loaded kernel "
+            "module is not the installed driver; run provision apply (it reboots or reloads), "
+            "then plan again",
+        ),
+        (
+            dict(facts([], state="error"), pci_devices=[NVIDIA_GPU], error="GPU is lost"),
+            "none",
+            "nvidia-smi failed (1 NVIDIA PCI GPU(s) found): GPU is lost; "
+            "run provision apply first, then plan again",
+        ),
+        (
+            dict(facts([], state="error"), pci_devices=[NVIDIA_GPU]),
+            "none",
+            "nvidia-smi failed (1 NVIDIA PCI GPU(s) found): unknown error; "
+            "run provision apply first, then plan again",
+        ),
+        (
+            dict(facts([], state="ok"), pci_devices=[NVIDIA_GPU]),
+            "none",
+            "1 NVIDIA PCI GPU(s) found but nvidia-smi lists no GPU (state ok); "
+            "run provision apply first, then plan again",
+        ),
+    ],
+    ids=[
+        "no-facts",
+        "unreachable",
+        "unreachable-why",
+        "no-driver-no-lspci",
+        "no-gpu-no-lspci",
+        "mismatch",
+        "error",
+        "error-unknown",
+        "ok-without-gpus",
+    ],
+)
+def test_each_host_state_gives_its_mode_and_reason(host_facts, mode, reason):
+    plan = plan_host("h", host_facts, data())
+    assert plan["mode"] == mode
+    assert plan["reason"].startswith(reason), plan["reason"]
+    if mode == "none":
+        assert plan["models"] == [] and plan["profile"] is None
+        assert plan["gpus"] == [] and plan["vram_mib"] == 0 and plan["budget_mib"] == 0
+        assert plan["ram_mib"] == host_facts.get("memory_total_mib")
+
+
+def test_plan_reports_the_ollama_settings_it_sized_with():
+    plan = plan_host(
+        "h",
+        facts([gpu(0, 24564)]),
+        data(ollama_context_length=16384, ollama_num_parallel=3, ollama_batch_size=1024),
+    )
+    assert plan["settings"] == {
+        "context_length": 16384,
+        "num_parallel": 3,
+        "kv_cache_type": "f16",
+        "batch_size": 1024,
+    }
+    assert plan["profile"] == "general" and plan["ram_mib"] == 65536
