@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from provisioner import run_events
 from provisioner.interrupts import stop_child
+from provisioner.inventory import pyinfra_limit
 from provisioner.run_outcome import OUTCOME_ENV
 from provisioner.run_outcome import read as read_outcome
 
@@ -135,8 +136,9 @@ def pyinfra_command(
     command.append("--json")
     # --dry without -y: pyinfra detects changes, prints the plan and executes nothing.
     command.append("--dry" if dry else "-y")
-    for pattern in limit:
-        command += ["--limit", pattern]
+    if limit:  # pyinfra is given the hosts we selected, in a form its --limit understands
+        for value in pyinfra_limit(loaded):
+            command += ["--limit", value]
     if serial:
         command.append("--serial")
     if batch:

@@ -84,6 +84,20 @@ def test_gpu_hosts_came_back_from_the_driver_reboot_with_the_module_loaded(lab, 
             assert host["gpu_state"] == "no-gpu", (name, host)
 
 
+def test_driver_libraries_are_installed_and_held(lab, applied):
+    """The libraries an unattended upgrade would move ahead of the module are held (issue 17)."""
+    libraries = {"libnvidia-ml1", "libcuda1", "libnvidia-ptxjitcompiler1"}
+    gpu_hosts = [h for h in lab.hosts if lab.info["hosts"][h]["gpus"]]
+    assert gpu_hosts, lab.hosts
+    for host in gpu_hosts:
+        held = set(lab.ssh(host, "apt-mark showhold").stdout.split())
+        assert libraries <= held, (host, sorted(held))
+        versions = lab.ssh(
+            host, "dpkg-query -W -f='${Version}\\n' nvidia-driver " + " ".join(sorted(libraries))
+        ).stdout.split()
+        assert len(set(versions)) == 1, (host, versions)
+
+
 def test_verify_passes_on_every_host(lab, applied):
     junit = Path(os.environ.get("LAB_JUNIT_DIR", "/tmp")) / "provisioner-lab-verify.xml"
     code, report, err = provision("verify", str(lab.inventory), "--junit", str(junit))
@@ -126,6 +140,30 @@ def test_dry_run_shows_no_change_on_a_converged_fleet(lab, applied):
     assert code == 0, err
     assert result["dry"] is True
     assert all(r["changed"] == [] for r in result["hosts"].values()), result
+
+
+def test_apply_limit_with_a_comma_runs_on_those_hosts_only(lab, applied):
+    """Issue 18 item 1: `--limit gpu1,cpu1` once matched no host and reported success."""
+    chosen = ["gpu1", "cpu1"]
+    if not set(chosen) <= set(lab.hosts):
+        pytest.skip(f"needs gpu1 and cpu1 in the lab, which has {lab.hosts}")
+    for host in lab.hosts:  # a change for apply to make on every host: Ollama stopped
+        lab.ssh(host, "systemctl stop ollama")
+    try:
+        code, result, err = provision("apply", str(lab.inventory), "--limit", ",".join(chosen))
+        assert code == 0, err
+        assert set(result["hosts"]) == set(chosen), result["hosts"].keys()
+        for host in chosen:
+            run = result["hosts"][host]
+            assert run["changed"], (host, run)  # Ollama started again
+            assert len(run["changed"]) + run["unchanged"] >= 10, (host, run)  # operations run
+            assert lab.ssh(host, "systemctl is-active ollama", False).stdout.strip() == "active"
+        for host in set(lab.hosts) - set(chosen):  # never touched
+            state = lab.ssh(host, "systemctl is-active ollama", False).stdout.strip()
+            assert state == "inactive", (host, state)
+    finally:
+        for host in lab.hosts:
+            lab.ssh(host, "systemctl start ollama")
 
 
 def test_models_update_picks_up_a_re_pushed_tag(lab, applied):

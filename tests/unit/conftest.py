@@ -1,13 +1,37 @@
-"""Unit tests run many controllers against this machine (``@local``) at once, under xdist too:
-each test process takes its own provisioner host lock, not the machine's /run/provisioner.lock."""
+"""Unit-test set-up shared by every module of tests/unit.
+
+Unit tests run many controllers against this machine (``@local``) at once, under xdist too:
+each test process takes its own provisioner host lock, not the machine's /run/provisioner.lock.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+
+import pytest
 
 from provisioner.host_lock import PATH_ENV
 
 os.environ.setdefault(
     PATH_ENV, os.path.join(tempfile.mkdtemp(prefix="provisioner-lock-"), "provisioner.lock")
 )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches_under_mutation_testing():
+    """Under mutmut (``make mutation``), empty provisioner's ``functools`` caches before each test.
+
+    mutmut forks every mutant's test run from a process that already ran the tests: results
+    cached there (the planner's and the estimator's ``lru_cache``) would be served to the mutant
+    without running its code, and the mutant would seem to survive.
+    """
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        for name, module in list(sys.modules.items()):
+            if name == "provisioner" or name.startswith("provisioner."):
+                for value in list(vars(module).values()):
+                    clear = getattr(value, "cache_clear", None)
+                    if callable(clear):
+                        clear()
+    yield

@@ -49,11 +49,18 @@ def test_exit_codes():
 
 
 def test_pyinfra_command_dry_never_passes_yes():
+    class Host:
+        name = "gpu1"
+
     class Loaded:
         source = "inventories/prod.py"
+        hosts = [Host()]
+
+        class inventory:  # noqa: N801 (stands for pyinfra's Inventory)
+            groups: dict = {}
 
     dry = pyinfra_command(
-        Loaded(), "site", dry=True, limit=("gpu1",), data={"nvidia_reboot": False}
+        Loaded(), "site", dry=True, limit=("gpu*",), data={"nvidia_reboot": False}
     )
     assert "--dry" in dry and "-y" not in dry
     assert dry[dry.index("--limit") + 1] == "gpu1"

@@ -13,7 +13,7 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
-from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles
+from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles, library_family
 
 from provisioner.deploys.cuda_toolkit import cuda_toolkit
 from provisioner.deploys.gpu import gpu_stack
@@ -88,7 +88,8 @@ FRESH_DEBIAN12 = [
     f"{APT_INSTALL} nvidia-driver-pinning-580",
     "apt-get update",
     f"{APT_INSTALL} nvidia-open",
-    "apt-mark hold nvidia-driver nvidia-kernel-open-dkms nvidia-open",
+    "apt-mark hold libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-driver "
+    "nvidia-kernel-open-dkms nvidia-open",
     "upload /etc/modprobe.d/blacklist-nouveau.conf",
     "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
     "update-initramfs -u",
@@ -146,7 +147,8 @@ def fresh(
             ("proprietary", True): "nvidia-dkms",
         }[flavour, ubuntu]
         fm = "nvidia-fabricmanager"
-        held = sorted([meta, kmod, "nvidia-driver", *([fm] if fabricmanager else [])])
+        libs = [lib.format(branch="580") for lib in library_family(distro)["libraries"]]
+        held = sorted([meta, kmod, "nvidia-driver", *libs, *([fm] if fabricmanager else [])])
         out = ["apt-get update", f"{APT_INSTALL} gpg", apt_key(distro)]
         out += [
             "upload /etc/apt/sources.list.d/nvidia-cuda.sources",

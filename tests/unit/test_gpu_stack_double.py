@@ -15,10 +15,13 @@ This module also holds the double's own tests.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +49,20 @@ KERNELS = {
     "apt": "6.1.0-28-amd64",
     "dnf": "5.14.0-427.13.1.el9_4.x86_64",
 }
+# The NVIDIA user-space libraries per distribution, with their sources (real package names).
+LIBRARIES = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "doubles" / "nvidia_libraries.toml").read_text()
+)["family"]
+
+
+def library_family(distro: str) -> dict[str, Any]:
+    """The nvidia_libraries.toml table of ``distro``: debian*, ubuntu* or dnf (the EL ones)."""
+    for prefix in ("debian", "ubuntu"):
+        if distro.startswith(prefix):
+            return LIBRARIES[prefix]
+    return LIBRARIES["dnf"]
+
+
 GPU_CATALOGUE = {  # device id -> (nvidia-smi name, memory MiB, compute capability)
     "2684": ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
     "20b2": ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
@@ -157,6 +174,7 @@ class GpuHostDouble:
             cat[t.driver_meta[flavour]] = {"versions": driver, "deps": [kmod, "nvidia-driver"]}
             cat[kmod] = {"versions": driver, "deps": [], "flavour": flavour}
         cat["nvidia-driver"] = {"versions": driver, "deps": []}
+        self._add_libraries(cat)
         cat[t.fabricmanager] = {"versions": driver, "deps": [], "fabricmanager": True}
         for branch in {v.split(".")[0] for v in self.driver_versions}:
             if t.pinning_package:
@@ -187,6 +205,75 @@ class GpuHostDouble:
                 "nvidia": False,
             }
         return cat
+
+    def _add_libraries(self, cat: dict[str, dict[str, Any]]) -> None:
+        """The NVIDIA libraries (nvidia_libraries.toml), one set per driver branch; each is
+        pulled in, at its own version, by the package named in ``depends_of``."""
+        libs = library_family(self.distro)
+        for lib in libs["libraries"]:
+            per_branch = "{branch}" in lib
+            for branch in self.branches() if per_branch else [None]:
+                name = lib.format(branch=branch)
+                cat[name] = {
+                    "versions": [
+                        self.pkg_version(v)
+                        for v in self.driver_versions
+                        if branch is None or v.split(".")[0] == branch
+                    ],
+                    "deps": [],
+                    "replaces": sorted({lib.format(branch=b) for b in self.branches()} - {name}),
+                }
+        for lib, parent in libs["depends_of"].items():
+            if "{branch}" not in parent:  # resolved to the installed version's branch
+                cat[parent]["deps"].append(lib)
+                continue
+            for branch in self.branches():
+                cat[parent.format(branch=branch)]["deps"].append(lib.format(branch=branch))
+
+    def branches(self) -> list[str]:
+        return sorted({v.split(".")[0] for v in self.driver_versions})
+
+    def nvml_version(self) -> str | None:
+        """The NVML library's version: the ``nvml`` package when the world has one, else the
+        user-space driver package's."""
+        pattern = library_family(self.distro)["nvml"].format(branch="*")
+        for name, p in self.packages.items():
+            if pattern and fnmatch.fnmatchcase(name, pattern):
+                return gpu_stack.package_version(p["version"])
+        userspace = self.packages.get("nvidia-driver")
+        return gpu_stack.package_version(userspace["version"]) if userspace else None
+
+    def unattended_upgrade(self, upstream: str) -> list[str]:
+        """A newer driver ``upstream`` is published and unattended-upgrades runs: every installed
+        NVIDIA package that is not held (apt-mark hold / versionlock) and that the branch lock
+        allows moves to it, unless (exact dependencies) something that needs it stays behind.
+        Returns the packages that moved."""
+        self.driver_versions = (*self.driver_versions, upstream)
+        cat = self.catalogue()
+        new = self.pkg_version(upstream)
+        moving = {
+            name
+            for name, p in self.packages.items()
+            if cat.get(name, {}).get("nvidia")
+            and new in cat[name]["versions"]
+            and p["version"] != new
+            and not p["held"]
+            and name not in self.locks
+            and self.branch_allowed(name, new)
+        }
+        if library_family(self.distro)["exact_depends"]:
+            stuck = True
+            while stuck:
+                stuck = {
+                    dep.format(branch=gpu_stack.branch_of(self.packages[name]["version"]))
+                    for name, meta in cat.items()
+                    if name in self.packages and name not in moving
+                    for dep in meta["deps"]
+                } & moving
+                moving -= stuck
+        for name in moving:
+            self.packages[name]["version"] = new
+        return sorted(moving)
 
     def branch_allowed(self, name: str, version: str) -> bool:
         """The branch lock: pinning package (apt) or module stream (dnf)."""
@@ -254,7 +341,7 @@ class GpuHostDouble:
                 raise DoubleError(f"{name}={version} is outside the branch lock")
             todo.append((name, version))
             for dep in meta["deps"]:
-                pending.append((dep, version))
+                pending.append((dep.format(branch=gpu_stack.branch_of(version)), version))
         for name, version in todo:
             meta = cat[name]
             if meta.get("fabricmanager"):
@@ -264,6 +351,9 @@ class GpuHostDouble:
                     and driver != version
                 ):
                     raise DoubleError(f"{name} {version} depends on nvidia-driver (= {version})")
+            for old in meta.get("replaces", ()):  # a library of another branch
+                if old in self.packages:
+                    self._remove_for_conflict(old, replace_held)
             flavour = meta.get("flavour")
             if flavour:  # the other flavour's kernel module conflicts
                 other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
@@ -339,10 +429,9 @@ class GpuHostDouble:
         return out
 
     def fact_smi(self) -> list[str]:
-        userspace = self.packages.get("nvidia-driver")
-        if not userspace:
+        if "nvidia-driver" not in self.packages:
             return [nvidia_smi.MARK_ABSENT]
-        version = gpu_stack.package_version(userspace["version"])
+        version = self.nvml_version()
         if self.module is None:
             return [
                 f"{nvidia_smi.MARK_QUERY}9",
