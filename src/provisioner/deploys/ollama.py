@@ -18,7 +18,8 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -28,15 +29,14 @@ from typing import Any
 import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
-from pyinfra.facts.server import Groups
+from pyinfra.facts.files import Directory, File
+from pyinfra.facts.server import Groups, Which
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from provisioner import ollama_release, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
-from provisioner.operations import ollama
+from provisioner.operations import exposure, ollama
 
 __all__ = [
     "DEFAULTS",
@@ -59,6 +59,8 @@ NGINX_DIR = "/etc/nginx/ollama"
 FIREWALL_TABLE = "provisioner_ollama"
 FIREWALL_UNIT = "provisioner-ollama-firewall.service"
 FIREWALL_RULES = "/etc/provisioner/ollama.nft"
+#: Present when the proxy installed nginx (removing the proxy then stops nginx again).
+NGINX_OURS = "/etc/provisioner/ollama-proxy-installed-nginx"
 
 LOOPBACK_NAMES = ("localhost",)
 # Variables the keys set; ollama_extra_env may not change them behind the plan's back.
@@ -190,83 +192,19 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
     models_dir = str(val("ollama_models_dir") or "")
     extra = dict(val("ollama_extra_env") or {})
 
-    try:
-        ipaddress.ip_address(listen)
-    except ValueError:
-        if listen not in LOOPBACK_NAMES:
-            problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
-    if expose in ("loopback", "proxy") and not _is_loopback(listen):
-        problems.append(
-            (
-                "ollama_listen_address",
-                f"{listen} is not loopback, and ollama_expose is {expose!r}: Ollama has no "
-                "authentication, so it listens elsewhere only behind an allowlist "
-                '(ollama_expose = "allowlist" or "proxy+allowlist")',
-            )
-        )
-    if expose in ("allowlist", "proxy+allowlist"):
-        if not networks:
-            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
-        for entry in networks:
-            try:
-                ipaddress.ip_network(str(entry), strict=False)
-            except ValueError:
-                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
-    if expose in ("proxy", "proxy+allowlist"):
-        file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
-        if not file and not env:
-            problems.append(
-                (
-                    "ollama_htpasswd_file",
-                    f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
-                    "(the proxy never runs without authentication)",
-                )
-            )
-        elif file and not os.path.isfile(os.path.expanduser(str(file))):
-            problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
-        elif not file and not os.environ.get(str(env)):
-            problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
-        cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
-        if bool(cert) != bool(key):
-            problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
-        for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
-            if path and not os.path.isfile(os.path.expanduser(str(path))):
-                problems.append((name, f"{path} does not exist on this machine"))
-        if val("ollama_proxy_port") == val("ollama_port"):
-            problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
+    problems += exposure_problems(val, listen, expose, networks)
     if not models_dir.startswith("/") or re.search(r"\s", models_dir):
         problems.append(
             ("ollama_models_dir", f"{models_dir!r} must be an absolute path without spaces")
         )
-    for key, value in extra.items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
-            problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
-        elif key in MANAGED_ENV:
-            problems.append(
-                ("ollama_extra_env", f"{key} is set by its own key (docs/data-keys.md)")
-            )
-        elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
-            problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
+    problems += _extra_env_problems(extra)
     keep_alive = str(val("ollama_keep_alive"))
     if not re.fullmatch(r"-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|-?\d+", keep_alive):
         problems.append(("ollama_keep_alive", f"{keep_alive!r} is not a duration such as 5m"))
     cuda = val("ollama_cuda_visible_devices")
     if cuda is not None and re.search(r"\s", str(cuda)):
         problems.append(("ollama_cuda_visible_devices", "no spaces: GPU-uuid,GPU-uuid or -1"))
-    registry = val("ollama_registry")
-    if registry:
-        try:
-            source = site_name("library/probe:latest", str(registry))
-        except ValueError as exc:
-            problems.append(("ollama_registry", str(exc)))
-        else:
-            if source.scheme == "http" and not val("ollama_registry_insecure"):
-                problems.append(
-                    (
-                        "ollama_registry_insecure",
-                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
-                    )
-                )
+    problems += _registry_problems(val)
     try:
         ollama_release.parse_version(str(val("ollama_version")))
     except ollama_release.ReleaseError as exc:
@@ -304,6 +242,97 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
         ),
         [],
     )
+
+
+def exposure_problems(
+    val: Callable[[str], Any], listen: str, expose: Any, networks: tuple[Any, ...]
+) -> list[tuple[str, str]]:
+    """Problems of the keys that decide who may reach Ollama (address, allowlist, proxy)."""
+    problems: list[tuple[str, str]] = []
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        if listen not in LOOPBACK_NAMES:
+            problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
+    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+        problems.append(
+            (
+                "ollama_listen_address",
+                f"{listen} is not loopback, and ollama_expose is {expose!r}: Ollama has no "
+                "authentication, so it listens elsewhere only behind an allowlist "
+                '(ollama_expose = "allowlist" or "proxy+allowlist")',
+            )
+        )
+    if expose in ("allowlist", "proxy+allowlist"):
+        if not networks:
+            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
+        for entry in networks:
+            try:
+                ipaddress.ip_network(str(entry), strict=False)
+            except ValueError:
+                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
+    if expose in ("proxy", "proxy+allowlist"):
+        problems += _proxy_problems(val, expose)
+    return problems
+
+
+def _proxy_problems(val: Callable[[str], Any], expose: Any) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
+    if not file and not env:
+        problems.append(
+            (
+                "ollama_htpasswd_file",
+                f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
+                "(the proxy never runs without authentication)",
+            )
+        )
+    elif file and not os.path.isfile(os.path.expanduser(str(file))):
+        problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
+    elif not file and not os.environ.get(str(env)):
+        problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
+    cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
+    if bool(cert) != bool(key):
+        problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
+    for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
+        if path and not os.path.isfile(os.path.expanduser(str(path))):
+            problems.append((name, f"{path} does not exist on this machine"))
+    if val("ollama_proxy_port") == val("ollama_port"):
+        problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
+    return problems
+
+
+def _extra_env_problems(extra: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
+        elif key in MANAGED_ENV:
+            problems.append(
+                ("ollama_extra_env", f"{key} is set by its own key (docs/data-keys.md)")
+            )
+        elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
+            problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
+    return problems
+
+
+def _registry_problems(val: Callable[[str], Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    registry = val("ollama_registry")
+    if registry:
+        try:
+            source = site_name("library/probe:latest", str(registry))
+        except ValueError as exc:
+            problems.append(("ollama_registry", str(exc)))
+        else:
+            if source.scheme == "http" and not val("ollama_registry_insecure"):
+                problems.append(
+                    (
+                        "ollama_registry_insecure",
+                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
+                    )
+                )
+    return problems
 
 
 def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -393,14 +422,13 @@ def fetch_helper_path() -> str:
 
 def _htpasswd(cfg: OllamaSettings) -> str:
     if cfg.htpasswd_file:
-        with open(os.path.expanduser(cfg.htpasswd_file), encoding="utf-8") as handle:
-            return handle.read()
+        return _read_local(cfg.htpasswd_file)
     return os.environ.get(cfg.htpasswd_env or "", "")
 
 
-def _debian_like(os_info: Mapping[str, Any]) -> bool:
-    names = f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}"
-    return any(word in names.split() for word in ("debian", "ubuntu"))
+def _read_local(path: str) -> str:
+    with open(os.path.expanduser(path), encoding="utf-8") as handle:
+        return handle.read()
 
 
 # --- the deploy -------------------------------------------------------------------------------
@@ -438,7 +466,15 @@ def install_ollama() -> None:
     if release.format == "zst":
         packages.append("zstd")
     if cfg.proxy:
-        packages += ["nginx", "openssl"]
+        packages += [_web_servers()["nginx"]["package"], "openssl"]
+        if not host.get_fact(Which, command="nginx"):
+            # the proxy brings nginx: removing the proxy stops it again (no site on :80 left)
+            files.put(
+                name="Record that the Ollama proxy installs nginx",
+                src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
+                dest=NGINX_OURS,
+                mode="644",
+            )
     if cfg.allowlist:
         packages.append("nftables")
     server.packages(name="Install Ollama's tools", packages=packages)
@@ -474,10 +510,7 @@ def install_ollama() -> None:
     )
 
     unit, dropin = render_unit(cfg), render_dropin(cfg)
-    files.put(name="Install the Ollama unit", src=StringIO(unit), dest=UNIT, mode="644")
-    files.put(name="Install the Ollama settings", src=StringIO(dropin), dest=DROPIN, mode="644")
-
-    _firewall(cfg)
+    _serving_config(cfg, unit, dropin)
     ollama.service(
         name=f"Serve Ollama {release.version}",
         version=release.version,
@@ -487,41 +520,51 @@ def install_ollama() -> None:
         start_timeout=cfg.start_timeout,
         install_dir=INSTALL_DIR,
     )
-    _proxy(cfg, os_info)
-
-
-def _firewall(cfg: OllamaSettings) -> None:
+    # tighten before, loosen after: a removed allowlist goes once Ollama listens on loopback
     if not cfg.allowlist:
-        if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
-            server.shell(
-                name="Remove the Ollama allowlist",
-                commands=[
-                    f"systemctl disable --now {FIREWALL_UNIT}",
-                    f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
-                    "systemctl daemon-reload",
-                ],
-            )
+        _remove_firewall()
+    if cfg.proxy:
+        _proxy(cfg, os_info)
+    else:
+        _remove_proxy()
+
+
+def _serving_config(cfg: OllamaSettings, unit: str, dropin: str) -> None:
+    """The unit, the drop-in and (allowlist modes) the firewall, switched as a whole."""
+    items = [
+        exposure.Staged(UNIT, unit),
+        exposure.Staged(DROPIN, dropin),
+    ]
+    if not cfg.allowlist:
+        exposure.switch(
+            name="Install the Ollama unit and settings",
+            items=items,
+            what="the Ollama unit and settings",
+            activate=["systemctl daemon-reload"],
+        )
         return
-    rules = files.put(
-        name="Install the Ollama allowlist",
-        src=StringIO(render_nft(cfg)),
-        dest=FIREWALL_RULES,
-        mode="644",
-    )
-    unit = files.put(
-        name="Install the allowlist unit",
-        src=StringIO(render_firewall_unit()),
-        dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
-        mode="644",
-    )
-    systemd.service(
-        name="Load the Ollama allowlist",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-        restarted=True,
-        daemon_reload=True,
-        _if=any_changed(rules, unit),
+    firewall_unit = f"/etc/systemd/system/{FIREWALL_UNIT}"
+    exposure.switch(
+        name="Install the Ollama allowlist, unit and settings",
+        # the firewall first: nft -c checks the staged ruleset before anything changes
+        items=[
+            exposure.Staged(FIREWALL_RULES, render_nft(cfg)),
+            exposure.Staged(firewall_unit, render_firewall_unit()),
+            *items,
+        ],
+        what="the Ollama allowlist",
+        check="nft -c -f {0}",
+        activate=[
+            "systemctl daemon-reload",
+            f"systemctl enable {FIREWALL_UNIT}",
+            f"systemctl restart {FIREWALL_UNIT}",
+        ],
+        restore=[
+            "systemctl daemon-reload",
+            f"if [ -e {firewall_unit} ]; then systemctl restart {FIREWALL_UNIT}; "
+            f"else rm -f /etc/systemd/system/*.wants/{FIREWALL_UNIT}; systemctl daemon-reload; "
+            f"systemctl reset-failed {FIREWALL_UNIT}; fi",
+        ],
     )
     systemd.service(
         name="Keep the Ollama allowlist loaded",
@@ -531,15 +574,62 @@ def _firewall(cfg: OllamaSettings) -> None:
     )
 
 
+def _remove_firewall() -> None:
+    if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
+        server.shell(
+            name="Remove the Ollama allowlist",
+            commands=[
+                f"systemctl disable --now {FIREWALL_UNIT}",
+                f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
+                "systemctl daemon-reload",
+            ],
+        )
+
+
+def _remove_proxy() -> None:
+    """Remove what :func:`_proxy` installed; stop nginx when the proxy is what installed it."""
+    installed = [
+        host.get_fact(File, path=NGINX_SITE),
+        host.get_fact(Directory, path=NGINX_DIR),
+        host.get_fact(File, path=NGINX_OURS),
+    ]
+    if any(installed):
+        server.shell(
+            name="Remove the Ollama proxy",
+            commands=[
+                f"rm -rf {NGINX_SITE} {NGINX_DIR}",
+                f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; rm -f {NGINX_OURS}; "
+                "else systemctl reload nginx || true; fi",
+            ],
+        )
+
+
+def web_server_group(os_info: Mapping[str, Any]) -> str:
+    """The group nginx's workers run as on this distro (``data/web_servers.toml``)."""
+    groups = _web_servers()["nginx"]["group"]
+    for word in f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}".split():
+        if word in groups:
+            return groups[word]
+    return groups["default"]
+
+
+@cache
+def _web_servers() -> dict[str, Any]:
+    text = (resources.files("provisioner") / "data" / "web_servers.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def _tls_files(cfg: OllamaSettings) -> list[exposure.Staged]:
+    if not (cfg.tls_cert and cfg.tls_key):
+        return []
+    return [
+        exposure.Staged(f"{NGINX_DIR}/tls.crt", _read_local(cfg.tls_cert)),
+        exposure.Staged(f"{NGINX_DIR}/tls.key", _read_local(cfg.tls_key), mode="600"),
+    ]
+
+
 def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
-    if not cfg.proxy:
-        if host.get_fact(File, path=NGINX_SITE):
-            server.shell(
-                name="Remove the Ollama proxy",
-                commands=[f"rm -f {NGINX_SITE}", "systemctl reload nginx || true"],
-            )
-        return
-    web_group = "www-data" if _debian_like(os_info) else "nginx"
+    web_group = web_server_group(os_info)
     files.directory(
         name="Create the proxy's directory",
         path=NGINX_DIR,
@@ -547,61 +637,31 @@ def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
         user="root",
         group=web_group,
     )
-    changes = []
-    if cfg.tls_cert and cfg.tls_key:
-        changes.append(
-            files.put(
-                name="Install the proxy's certificate",
-                src=os.path.expanduser(cfg.tls_cert),
-                dest=f"{NGINX_DIR}/tls.crt",
-                mode="644",
-            )
-        )
-        changes.append(
-            files.put(
-                name="Install the proxy's key",
-                src=os.path.expanduser(cfg.tls_key),
-                dest=f"{NGINX_DIR}/tls.key",
-                mode="600",
-            )
-        )
-    elif not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
+    if not (cfg.tls_cert and cfg.tls_key) and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
         common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
-        changes.append(
-            server.shell(
-                name="Generate a self-signed certificate for the proxy",
-                commands=[
-                    "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
-                    f"-subj /CN={_shell_word(common_name)} "
-                    f"-keyout {NGINX_DIR}/tls.key -out {NGINX_DIR}/tls.crt "
-                    f"&& chmod 600 {NGINX_DIR}/tls.key",
-                ],
-            )
+        server.shell(
+            name="Generate a self-signed certificate for the proxy",
+            commands=[
+                "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
+                f"-subj /CN={_shell_word(common_name)} "
+                f"-keyout {NGINX_DIR}/tls.key.new -out {NGINX_DIR}/tls.crt.new "
+                f"&& chmod 600 {NGINX_DIR}/tls.key.new "
+                f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
+                f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
+            ],
         )
-    changes.append(
-        files.put(
-            name="Install the proxy's credentials",
-            src=StringIO(_htpasswd(cfg)),
-            dest=f"{NGINX_DIR}/htpasswd",
-            user="root",
-            group=web_group,
-            mode="640",
-        )
-    )
-    changes.append(
-        files.put(
-            name="Install the proxy site",
-            src=StringIO(render_nginx(cfg)),
-            dest=NGINX_SITE,
-            mode="644",
-        )
+    exposure.switch(
+        name="Install the Ollama proxy",
+        items=[
+            *_tls_files(cfg),
+            exposure.Staged(f"{NGINX_DIR}/htpasswd", _htpasswd(cfg), mode="640", group=web_group),
+            exposure.Staged(NGINX_SITE, render_nginx(cfg)),
+        ],
+        what="the Ollama proxy",
+        activate=["nginx -t -q", "systemctl enable nginx", "systemctl reload-or-restart nginx"],
+        restore=["nginx -t -q && systemctl reload-or-restart nginx"],
     )
     systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
-    server.shell(
-        name="Reload nginx",
-        commands=["nginx -t -q && systemctl reload nginx"],
-        _if=any_changed(*changes),
-    )
 
 
 def _shell_word(value: str) -> str:
