@@ -361,8 +361,6 @@ def test_a_firewall_that_does_not_load_leaves_the_serving_state_untouched(lab, a
     if len(lab.hosts) < 2:
         pytest.skip("needs two lab hosts")
     host, other = lab.hosts[0], lab.hosts[1]
-    before = serving_state(lab, host)
-    assert before["active"] == "active"
     # a fault double for nft (diverted, so an nftables install keeps it in place)
     lab.ssh(
         host,
@@ -371,6 +369,8 @@ def test_a_firewall_that_does_not_load_leaves_the_serving_state_untouched(lab, a
         ">&2\\nexit 1\\n' > /usr/sbin/nft && chmod 755 /usr/sbin/nft",
     )
     try:
+        before = serving_state(lab, host)
+        assert before["active"] == "active"
         code, result, err = apply_allowlist(lab, host, other)
         assert code == 1, err
         assert result["failed_hosts"] == [host]
