@@ -3,9 +3,13 @@
 ``install_ollama`` installs the pinned release (sha256-checked before unpacking, refused below
 the CVE floor), the ``ollama`` system user, the model store, the systemd unit and the drop-in
 with every server setting from host data, and then, by ``ollama_expose``: nothing more
-(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The
-service restarts only when the release or its rendered configuration changed, and the run
-goes on only once the API answers (an upgrade that does not is rolled back).
+(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The unit,
+drop-in and firewall change as a whole (:func:`provisioner.operations.exposure.switch`: the
+ruleset is checked with ``nft -c`` first, and a failed step puts the previous files back), the
+allowlist is loaded before Ollama opens and removed after it is on loopback again, and removing
+an exposure removes what it installed. The service restarts only when the release or its
+rendered configuration changed, and the run goes on only once the API answers (an upgrade that
+does not is rolled back).
 
 Every key it reads is declared in ``data/keys/ollama.toml``; cross-key rules (no public
 address without an allowlist, ...) are checked by :func:`check_settings`, which ``provision``
