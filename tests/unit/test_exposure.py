@@ -247,3 +247,37 @@ def test_removing_the_proxy_removes_its_files_and_the_nginx_it_installed():
 )
 def test_the_web_server_group_comes_from_the_distro_data(os_release, group):
     assert deploy.web_server_group(os_release) == group
+
+
+def test_every_exposure_mode_runs_the_same_operations_in_the_same_order(monkeypatch):
+    """Architecture contract: per-host differences are arguments or skips, never branches."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+
+    monkeypatch.setenv("PROVISIONER_TEST_HTPASSWD", "ops:{SHA}x\n")
+    proxy = {"ollama_htpasswd_env": "PROVISIONER_TEST_HTPASSWD"}
+    inventory = Inventory(
+        (
+            [
+                _fake("loopback"),
+                _fake("proxy", ollama_expose="proxy", **proxy),
+                _fake(
+                    "both",
+                    ollama_expose="proxy+allowlist",
+                    ollama_allow_networks=["192.0.2.0/24"],
+                    **proxy,
+                ),
+            ],
+            {},
+        )
+    )
+    state = State(inventory=inventory, config=Config())
+    connect_all(state)
+    add_deploy(state, deploy.install_ollama)
+    order = state.get_op_order()
+    names = {
+        h.name: [state.op_meta[op].names for op in order if op in state.ops[h]] for h in inventory
+    }
+    assert names["@fake/proxy"] == names["@fake/loopback"] == names["@fake/both"]
+    assert len(names["@fake/loopback"]) > 10

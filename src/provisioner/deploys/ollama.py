@@ -33,7 +33,7 @@ from typing import Any
 import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.files import Directory, File
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Groups, Which
 from pyinfra.operations import files, server, systemd
 
@@ -469,18 +469,16 @@ def install_ollama() -> None:
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
         packages.append("zstd")
-    if cfg.proxy:
-        packages += [_web_servers()["nginx"]["package"], "openssl"]
-        if not host.get_fact(Which, command="nginx"):
-            # the proxy brings nginx: removing the proxy stops it again (no site on :80 left)
-            files.put(
-                name="Record that the Ollama proxy installs nginx",
-                src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
-                dest=NGINX_OURS,
-                mode="644",
-            )
-    if cfg.allowlist:
-        packages.append("nftables")
+    packages += _exposure_packages(cfg)
+    # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
+    nginx_is_new = cfg.proxy and not host.get_fact(Which, command="nginx")
+    files.put(
+        name="Record that the Ollama proxy installs nginx",
+        src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
+        dest=NGINX_OURS,
+        mode="644",
+        _if=lambda: bool(nginx_is_new),
+    )
     server.packages(name="Install Ollama's tools", packages=packages)
 
     server.group(name="Create the ollama group", group=USER, system=True)
@@ -514,7 +512,18 @@ def install_ollama() -> None:
     )
 
     unit, dropin = render_unit(cfg), render_dropin(cfg)
-    _serving_config(cfg, unit, dropin)
+    exposure.switch(
+        name="Install the Ollama unit, settings and allowlist",
+        what="the Ollama allowlist" if cfg.allowlist else "the Ollama unit and settings",
+        **_serving_change(cfg, unit, dropin),
+    )
+    systemd.service(
+        name="Keep the Ollama allowlist loaded",
+        service=FIREWALL_UNIT,
+        running=True,
+        enabled=True,
+        _if=lambda: cfg.allowlist,
+    )
     ollama.service(
         name=f"Serve Ollama {release.version}",
         version=release.version,
@@ -525,87 +534,60 @@ def install_ollama() -> None:
         install_dir=INSTALL_DIR,
     )
     # tighten before, loosen after: a removed allowlist goes once Ollama listens on loopback
-    if not cfg.allowlist:
-        _remove_firewall()
-    if cfg.proxy:
-        _proxy(cfg, os_info)
-    else:
-        _remove_proxy()
+    exposure.removed(
+        name="Remove the Ollama allowlist",
+        what="the Ollama allowlist",
+        paths=[f"/etc/systemd/system/{FIREWALL_UNIT}", FIREWALL_RULES],
+        before=[f"systemctl disable --now {FIREWALL_UNIT}"],
+        after=["systemctl daemon-reload"],
+        wanted=cfg.allowlist,
+    )
+    _proxy(cfg, os_info)
+    exposure.removed(
+        name="Remove the Ollama proxy",
+        what="the Ollama proxy",
+        paths=[NGINX_SITE, NGINX_DIR, NGINX_OURS],
+        # nginx goes when the proxy installed it; one that was there before is only reloaded
+        after=[
+            f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; rm -f {NGINX_OURS}; "
+            "else systemctl reload nginx || true; fi"
+        ],
+        wanted=cfg.proxy,
+    )
 
 
-def _serving_config(cfg: OllamaSettings, unit: str, dropin: str) -> None:
-    """The unit, the drop-in and (allowlist modes) the firewall, switched as a whole."""
-    items = [
-        exposure.Staged(UNIT, unit),
-        exposure.Staged(DROPIN, dropin),
-    ]
+def _exposure_packages(cfg: OllamaSettings) -> list[str]:
+    """What the exposure mode needs installed (none for loopback)."""
+    proxy = [_web_servers()["nginx"]["package"], "openssl"] if cfg.proxy else []
+    return proxy + (["nftables"] if cfg.allowlist else [])
+
+
+def _serving_change(cfg: OllamaSettings, unit: str, dropin: str) -> dict[str, Any]:
+    """The unit, the drop-in and (allowlist modes) the firewall, as one :func:`exposure.switch`:
+    the ruleset first, so that ``nft -c`` checks it before anything changes."""
+    items = [exposure.Staged(UNIT, unit), exposure.Staged(DROPIN, dropin)]
     if not cfg.allowlist:
-        exposure.switch(
-            name="Install the Ollama unit and settings",
-            items=items,
-            what="the Ollama unit and settings",
-            activate=["systemctl daemon-reload"],
-        )
-        return
+        return {"items": items, "activate": ["systemctl daemon-reload"]}
     firewall_unit = f"/etc/systemd/system/{FIREWALL_UNIT}"
-    exposure.switch(
-        name="Install the Ollama allowlist, unit and settings",
-        # the firewall first: nft -c checks the staged ruleset before anything changes
-        items=[
+    return {
+        "items": [
             exposure.Staged(FIREWALL_RULES, render_nft(cfg)),
             exposure.Staged(firewall_unit, render_firewall_unit()),
             *items,
         ],
-        what="the Ollama allowlist",
-        check="nft -c -f {0}",
-        activate=[
+        "check": "nft -c -f {0}",
+        "activate": [
             "systemctl daemon-reload",
             f"systemctl enable {FIREWALL_UNIT}",
             f"systemctl restart {FIREWALL_UNIT}",
         ],
-        restore=[
+        "restore": [
             "systemctl daemon-reload",
             f"if [ -e {firewall_unit} ]; then systemctl restart {FIREWALL_UNIT}; "
             f"else rm -f /etc/systemd/system/*.wants/{FIREWALL_UNIT}; systemctl daemon-reload; "
             f"systemctl reset-failed {FIREWALL_UNIT}; fi",
         ],
-    )
-    systemd.service(
-        name="Keep the Ollama allowlist loaded",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-    )
-
-
-def _remove_firewall() -> None:
-    if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
-        server.shell(
-            name="Remove the Ollama allowlist",
-            commands=[
-                f"systemctl disable --now {FIREWALL_UNIT}",
-                f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
-                "systemctl daemon-reload",
-            ],
-        )
-
-
-def _remove_proxy() -> None:
-    """Remove what :func:`_proxy` installed; stop nginx when the proxy is what installed it."""
-    installed = [
-        host.get_fact(File, path=NGINX_SITE),
-        host.get_fact(Directory, path=NGINX_DIR),
-        host.get_fact(File, path=NGINX_OURS),
-    ]
-    if any(installed):
-        server.shell(
-            name="Remove the Ollama proxy",
-            commands=[
-                f"rm -rf {NGINX_SITE} {NGINX_DIR}",
-                f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; rm -f {NGINX_OURS}; "
-                "else systemctl reload nginx || true; fi",
-            ],
-        )
+    }
 
 
 def web_server_group(os_info: Mapping[str, Any]) -> str:
@@ -623,49 +605,60 @@ def _web_servers() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def _tls_files(cfg: OllamaSettings) -> list[exposure.Staged]:
-    if not (cfg.tls_cert and cfg.tls_key):
+def _proxy_items(cfg: OllamaSettings, web_group: str) -> list[exposure.Staged]:
+    """The proxy's files (none when the mode has no proxy)."""
+    if not cfg.proxy:
         return []
+    tls = []
+    if cfg.tls_cert and cfg.tls_key:
+        tls = [
+            exposure.Staged(f"{NGINX_DIR}/tls.crt", _read_local(cfg.tls_cert)),
+            exposure.Staged(f"{NGINX_DIR}/tls.key", _read_local(cfg.tls_key), mode="600"),
+        ]
     return [
-        exposure.Staged(f"{NGINX_DIR}/tls.crt", _read_local(cfg.tls_cert)),
-        exposure.Staged(f"{NGINX_DIR}/tls.key", _read_local(cfg.tls_key), mode="600"),
+        *tls,
+        exposure.Staged(f"{NGINX_DIR}/htpasswd", _htpasswd(cfg), mode="640", group=web_group),
+        exposure.Staged(NGINX_SITE, render_nginx(cfg)),
     ]
 
 
 def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
+    """nginx with TLS and basic auth in front of Ollama; every step skips without a proxy."""
     web_group = web_server_group(os_info)
+    wanted = cfg.proxy
     files.directory(
         name="Create the proxy's directory",
         path=NGINX_DIR,
         mode="750",
         user="root",
         group=web_group,
+        _if=lambda: wanted,
     )
-    if not (cfg.tls_cert and cfg.tls_key) and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
-        common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
-        server.shell(
-            name="Generate a self-signed certificate for the proxy",
-            commands=[
-                "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
-                f"-subj /CN={_shell_word(common_name)} "
-                f"-keyout {NGINX_DIR}/tls.key.new -out {NGINX_DIR}/tls.crt.new "
-                f"&& chmod 600 {NGINX_DIR}/tls.key.new "
-                f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
-                f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
-            ],
-        )
+    own_cert = bool(cfg.tls_cert and cfg.tls_key)
+    generate = wanted and not own_cert and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key")
+    common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
+    server.shell(
+        name="Generate a self-signed certificate for the proxy",
+        commands=[
+            "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
+            f"-subj /CN={_shell_word(common_name)} "
+            f"-keyout {NGINX_DIR}/tls.key.new -out {NGINX_DIR}/tls.crt.new "
+            f"&& chmod 600 {NGINX_DIR}/tls.key.new "
+            f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
+            f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
+        ],
+        _if=lambda: bool(generate),
+    )
     exposure.switch(
         name="Install the Ollama proxy",
-        items=[
-            *_tls_files(cfg),
-            exposure.Staged(f"{NGINX_DIR}/htpasswd", _htpasswd(cfg), mode="640", group=web_group),
-            exposure.Staged(NGINX_SITE, render_nginx(cfg)),
-        ],
+        items=_proxy_items(cfg, web_group),
         what="the Ollama proxy",
         activate=["nginx -t -q", "systemctl enable nginx", "systemctl reload-or-restart nginx"],
         restore=["nginx -t -q && systemctl reload-or-restart nginx"],
     )
-    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
+    systemd.service(
+        name="Run nginx", service="nginx", running=True, enabled=True, _if=lambda: wanted
+    )
 
 
 def _shell_word(value: str) -> str:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationValueError, operation
-from pyinfra.facts.files import File, Sha256File
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import Directory, File, Sha256File
 
-__all__ = ["STAGE_DIR", "Staged", "switch", "switch_script"]
+__all__ = ["STAGE_DIR", "Staged", "removed", "switch", "switch_script"]
 
 #: Where new files wait while they are checked, and the previous ones while they are replaced.
 STAGE_DIR = "/var/lib/provisioner/stage"
@@ -162,7 +162,8 @@ def switch(
         )
     """
     if not items:
-        raise OperationValueError("exposure.switch needs at least one file")
+        host.noop(f"{what} is not wanted on this host")
+        return
     if all(_unchanged(item) for item in items):
         host.noop(f"{what} is in place")
         return
@@ -170,3 +171,50 @@ def switch(
     for i, item in enumerate(items):
         yield FileUploadCommand(StringIO(item.content), f"{stage}/{_staged_name(i, item)}")
     yield switch_script(items, stage, what, check, activate, restore)
+
+
+@operation()
+def removed(
+    paths: Sequence[str],
+    what: str,
+    wanted: bool = False,
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+):
+    """
+    Remove what an exposure installed, once it is no longer wanted: run ``before`` (stop its
+    service), remove ``paths`` (files or directories), run ``after`` (reload). Nothing is done
+    while it is ``wanted``, or when none of ``paths`` is on the host.
+
+    + paths: the files and directories it installed
+    + what: what it is, for messages ("the Ollama proxy")
+    + wanted: the host still wants it (the operation skips)
+    + before: commands run before the paths are removed
+    + after: commands run after the paths are removed
+
+    **Example:**
+
+    .. code:: python
+
+        exposure.removed(
+            name="Remove the Ollama allowlist",
+            what="the Ollama allowlist",
+            paths=["/etc/provisioner/ollama.nft"],
+            before=["systemctl disable --now provisioner-ollama-firewall.service"],
+            wanted=False,
+        )
+    """
+    if wanted:
+        host.noop(f"{what} is wanted")
+        return
+    present = [
+        path
+        for path in paths
+        if host.get_fact(File, path=path) or host.get_fact(Directory, path=path)
+    ]
+    if not present:
+        host.noop(f"{what} is not installed")
+        return
+    yield from before
+    yield "rm -rf " + " ".join(q(path) for path in paths)
+    yield from after
