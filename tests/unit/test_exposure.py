@@ -281,3 +281,19 @@ def test_every_exposure_mode_runs_the_same_operations_in_the_same_order(monkeypa
     }
     assert names["@fake/proxy"] == names["@fake/loopback"] == names["@fake/both"]
     assert len(names["@fake/loopback"]) > 10
+    # and a mode's steps plan no change where the mode is not wanted (a dry run stays clean)
+    loopback = inventory.get_host("@fake/loopback")
+    planned = {
+        " ".join(sorted(state.op_meta[op].names)): state.ops[loopback][op].operation_meta
+        for op in order
+    }
+    for name in (
+        "Record that the Ollama proxy installs nginx",
+        "Keep the Ollama allowlist loaded",
+        "Create the proxy's directory",
+        "Generate a self-signed certificate for the proxy",
+        "Install the Ollama proxy",
+        "Run nginx",
+    ):
+        (meta,) = [meta for names, meta in planned.items() if name in names]
+        assert meta._maybe_is_change is False, name

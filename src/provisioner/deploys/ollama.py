@@ -472,12 +472,14 @@ def install_ollama() -> None:
     packages += _exposure_packages(cfg)
     # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
     nginx_is_new = cfg.proxy and not host.get_fact(Which, command="nginx")
-    files.put(
+    exposure.only(
         name="Record that the Ollama proxy installs nginx",
+        wanted=bool(nginx_is_new),
+        what="the record of an nginx installed for the proxy",
+        then=files.put,
         src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
         dest=NGINX_OURS,
         mode="644",
-        _if=lambda: bool(nginx_is_new),
     )
     server.packages(name="Install Ollama's tools", packages=packages)
 
@@ -517,12 +519,14 @@ def install_ollama() -> None:
         what="the Ollama allowlist" if cfg.allowlist else "the Ollama unit and settings",
         **_serving_change(cfg, unit, dropin),
     )
-    systemd.service(
+    exposure.only(
         name="Keep the Ollama allowlist loaded",
+        wanted=cfg.allowlist,
+        what="the Ollama allowlist",
+        then=systemd.service,
         service=FIREWALL_UNIT,
         running=True,
         enabled=True,
-        _if=lambda: cfg.allowlist,
     )
     ollama.service(
         name=f"Serve Ollama {release.version}",
@@ -626,19 +630,24 @@ def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
     """nginx with TLS and basic auth in front of Ollama; every step skips without a proxy."""
     web_group = web_server_group(os_info)
     wanted = cfg.proxy
-    files.directory(
+    exposure.only(
         name="Create the proxy's directory",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=files.directory,
         path=NGINX_DIR,
         mode="750",
         user="root",
         group=web_group,
-        _if=lambda: wanted,
     )
     own_cert = bool(cfg.tls_cert and cfg.tls_key)
     generate = wanted and not own_cert and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key")
     common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
-    server.shell(
+    exposure.only(
         name="Generate a self-signed certificate for the proxy",
+        wanted=bool(generate),
+        what="a self-signed certificate",
+        then=server.shell,
         commands=[
             "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
             f"-subj /CN={_shell_word(common_name)} "
@@ -647,7 +656,6 @@ def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
             f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
             f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
         ],
-        _if=lambda: bool(generate),
     )
     exposure.switch(
         name="Install the Ollama proxy",
@@ -656,8 +664,14 @@ def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
         activate=["nginx -t -q", "systemctl enable nginx", "systemctl reload-or-restart nginx"],
         restore=["nginx -t -q && systemctl reload-or-restart nginx"],
     )
-    systemd.service(
-        name="Run nginx", service="nginx", running=True, enabled=True, _if=lambda: wanted
+    exposure.only(
+        name="Run nginx",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=systemd.service,
+        service="nginx",
+        running=True,
+        enabled=True,
     )
 
 

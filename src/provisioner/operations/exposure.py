@@ -19,12 +19,13 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import StringIO
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Directory, File, Sha256File
 
-__all__ = ["STAGE_DIR", "Staged", "removed", "switch", "switch_script"]
+__all__ = ["STAGE_DIR", "Staged", "only", "removed", "switch", "switch_script"]
 
 #: Where new files wait while they are checked, and the previous ones while they are replaced.
 STAGE_DIR = "/var/lib/provisioner/stage"
@@ -218,3 +219,34 @@ def removed(
     yield from before
     yield "rm -rf " + " ".join(q(path) for path in paths)
     yield from after
+
+
+@operation()
+def only(wanted: bool, what: str, then: Any, **arguments: Any):
+    """
+    Run the operation ``then`` with ``arguments`` on the hosts that want it; elsewhere nothing.
+    Every host calls the same operations in the same order (docs/architecture.md), and unlike
+    pyinfra's ``_if`` the skip also holds in a dry run's plan.
+
+    + wanted: this host wants it
+    + what: what it is, for the message of a skip
+    + then: a pyinfra operation (``files.directory``, ``systemd.service``, ...)
+    + arguments: the operation's own arguments
+
+    **Example:**
+
+    .. code:: python
+
+        exposure.only(
+            name="Run nginx",
+            wanted=cfg.proxy,
+            what="nginx",
+            then=systemd.service,
+            service="nginx",
+            running=True,
+        )
+    """
+    if not wanted:
+        host.noop(f"{what} is not wanted on this host")
+        return
+    yield from then._inner(**arguments)
