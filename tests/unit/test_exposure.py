@@ -19,6 +19,7 @@ import pytest
 
 from provisioner.deploys import ollama as deploy
 from provisioner.operations import exposure
+from provisioner.web_server import web_server
 
 USER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -246,7 +247,7 @@ def test_removing_the_proxy_removes_its_files_and_the_nginx_it_installed():
     ],
 )
 def test_the_web_server_group_comes_from_the_distro_data(os_release, group):
-    assert deploy.web_server_group(os_release) == group
+    assert web_server.group(os_release) == group
 
 
 def test_every_exposure_mode_runs_the_same_operations_in_the_same_order(monkeypatch):

@@ -22,8 +22,7 @@ import hashlib
 import ipaddress
 import os
 import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -34,13 +33,14 @@ import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.facts.server import Groups, Which
+from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 
 from provisioner import ollama_release, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import exposure, ollama
+from provisioner.web_server import web_server
 
 __all__ = [
     "DEFAULTS",
@@ -196,19 +196,83 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
     models_dir = str(val("ollama_models_dir") or "")
     extra = dict(val("ollama_extra_env") or {})
 
-    problems += exposure_problems(val, listen, expose, networks)
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        if listen not in LOOPBACK_NAMES:
+            problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
+    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+        problems.append(
+            (
+                "ollama_listen_address",
+                f"{listen} is not loopback, and ollama_expose is {expose!r}: Ollama has no "
+                "authentication, so it listens elsewhere only behind an allowlist "
+                '(ollama_expose = "allowlist" or "proxy+allowlist")',
+            )
+        )
+    if expose in ("allowlist", "proxy+allowlist"):
+        if not networks:
+            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
+        for entry in networks:
+            try:
+                ipaddress.ip_network(str(entry), strict=False)
+            except ValueError:
+                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
+    if expose in ("proxy", "proxy+allowlist"):
+        file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
+        if not file and not env:
+            problems.append(
+                (
+                    "ollama_htpasswd_file",
+                    f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
+                    "(the proxy never runs without authentication)",
+                )
+            )
+        elif file and not os.path.isfile(os.path.expanduser(str(file))):
+            problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
+        elif not file and not os.environ.get(str(env)):
+            problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
+        cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
+        if bool(cert) != bool(key):
+            problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
+        for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
+            if path and not os.path.isfile(os.path.expanduser(str(path))):
+                problems.append((name, f"{path} does not exist on this machine"))
+        if val("ollama_proxy_port") == val("ollama_port"):
+            problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
     if not models_dir.startswith("/") or re.search(r"\s", models_dir):
         problems.append(
             ("ollama_models_dir", f"{models_dir!r} must be an absolute path without spaces")
         )
-    problems += _extra_env_problems(extra)
+    for key, value in extra.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
+        elif key in MANAGED_ENV:
+            problems.append(
+                ("ollama_extra_env", f"{key} is set by its own key (docs/data-keys.md)")
+            )
+        elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
+            problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
     keep_alive = str(val("ollama_keep_alive"))
     if not re.fullmatch(r"-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|-?\d+", keep_alive):
         problems.append(("ollama_keep_alive", f"{keep_alive!r} is not a duration such as 5m"))
     cuda = val("ollama_cuda_visible_devices")
     if cuda is not None and re.search(r"\s", str(cuda)):
         problems.append(("ollama_cuda_visible_devices", "no spaces: GPU-uuid,GPU-uuid or -1"))
-    problems += _registry_problems(val)
+    registry = val("ollama_registry")
+    if registry:
+        try:
+            source = site_name("library/probe:latest", str(registry))
+        except ValueError as exc:
+            problems.append(("ollama_registry", str(exc)))
+        else:
+            if source.scheme == "http" and not val("ollama_registry_insecure"):
+                problems.append(
+                    (
+                        "ollama_registry_insecure",
+                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
+                    )
+                )
     try:
         ollama_release.parse_version(str(val("ollama_version")))
     except ollama_release.ReleaseError as exc:
@@ -246,97 +310,6 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
         ),
         [],
     )
-
-
-def exposure_problems(
-    val: Callable[[str], Any], listen: str, expose: Any, networks: tuple[Any, ...]
-) -> list[tuple[str, str]]:
-    """Problems of the keys that decide who may reach Ollama (address, allowlist, proxy)."""
-    problems: list[tuple[str, str]] = []
-    try:
-        ipaddress.ip_address(listen)
-    except ValueError:
-        if listen not in LOOPBACK_NAMES:
-            problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
-    if expose in ("loopback", "proxy") and not _is_loopback(listen):
-        problems.append(
-            (
-                "ollama_listen_address",
-                f"{listen} is not loopback, and ollama_expose is {expose!r}: Ollama has no "
-                "authentication, so it listens elsewhere only behind an allowlist "
-                '(ollama_expose = "allowlist" or "proxy+allowlist")',
-            )
-        )
-    if expose in ("allowlist", "proxy+allowlist"):
-        if not networks:
-            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
-        for entry in networks:
-            try:
-                ipaddress.ip_network(str(entry), strict=False)
-            except ValueError:
-                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
-    if expose in ("proxy", "proxy+allowlist"):
-        problems += _proxy_problems(val, expose)
-    return problems
-
-
-def _proxy_problems(val: Callable[[str], Any], expose: Any) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
-    if not file and not env:
-        problems.append(
-            (
-                "ollama_htpasswd_file",
-                f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
-                "(the proxy never runs without authentication)",
-            )
-        )
-    elif file and not os.path.isfile(os.path.expanduser(str(file))):
-        problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
-    elif not file and not os.environ.get(str(env)):
-        problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
-    cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
-    if bool(cert) != bool(key):
-        problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
-    for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
-        if path and not os.path.isfile(os.path.expanduser(str(path))):
-            problems.append((name, f"{path} does not exist on this machine"))
-    if val("ollama_proxy_port") == val("ollama_port"):
-        problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
-    return problems
-
-
-def _extra_env_problems(extra: Mapping[Any, Any]) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for key, value in extra.items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
-            problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
-        elif key in MANAGED_ENV:
-            problems.append(
-                ("ollama_extra_env", f"{key} is set by its own key (docs/data-keys.md)")
-            )
-        elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
-            problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
-    return problems
-
-
-def _registry_problems(val: Callable[[str], Any]) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    registry = val("ollama_registry")
-    if registry:
-        try:
-            source = site_name("library/probe:latest", str(registry))
-        except ValueError as exc:
-            problems.append(("ollama_registry", str(exc)))
-        else:
-            if source.scheme == "http" and not val("ollama_registry_insecure"):
-                problems.append(
-                    (
-                        "ollama_registry_insecure",
-                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
-                    )
-                )
-    return problems
 
 
 def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -471,7 +444,7 @@ def install_ollama() -> None:
         packages.append("zstd")
     packages += _exposure_packages(cfg)
     # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
-    nginx_is_new = cfg.proxy and not host.get_fact(Which, command="nginx")
+    nginx_is_new = cfg.proxy and not web_server.installed()
     exposure.only(
         name="Record that the Ollama proxy installs nginx",
         wanted=bool(nginx_is_new),
@@ -562,7 +535,7 @@ def install_ollama() -> None:
 
 def _exposure_packages(cfg: OllamaSettings) -> list[str]:
     """What the exposure mode needs installed (none for loopback)."""
-    proxy = [_web_servers()["nginx"]["package"], "openssl"] if cfg.proxy else []
+    proxy = [web_server.package, "openssl"] if cfg.proxy else []
     return proxy + (["nftables"] if cfg.allowlist else [])
 
 
@@ -594,21 +567,6 @@ def _serving_change(cfg: OllamaSettings, unit: str, dropin: str) -> dict[str, An
     }
 
 
-def web_server_group(os_info: Mapping[str, Any]) -> str:
-    """The group nginx's workers run as on this distro (``data/web_servers.toml``)."""
-    groups = _web_servers()["nginx"]["group"]
-    for word in f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}".split():
-        if word in groups:
-            return groups[word]
-    return groups["default"]
-
-
-@cache
-def _web_servers() -> dict[str, Any]:
-    text = (resources.files("provisioner") / "data" / "web_servers.toml").read_text("utf-8")
-    return tomllib.loads(text)
-
-
 def _proxy_items(cfg: OllamaSettings, web_group: str) -> list[exposure.Staged]:
     """The proxy's files (none when the mode has no proxy)."""
     if not cfg.proxy:
@@ -628,7 +586,7 @@ def _proxy_items(cfg: OllamaSettings, web_group: str) -> list[exposure.Staged]:
 
 def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
     """nginx with TLS and basic auth in front of Ollama; every step skips without a proxy."""
-    web_group = web_server_group(os_info)
+    web_group = web_server.group(os_info)
     wanted = cfg.proxy
     exposure.only(
         name="Create the proxy's directory",
