@@ -234,8 +234,10 @@ def test_removing_the_proxy_removes_its_files_and_the_nginx_it_installed():
     )
     assert not failed
     run = commands["@fake/was-proxy"]
-    assert f"rm -rf {deploy.NGINX_SITE} {deploy.NGINX_DIR}" in run
-    assert "systemctl disable --now nginx" in run
+    removed = run.index(f"rm -rf {deploy.NGINX_SITE} {deploy.NGINX_DIR} {deploy.NGINX_OURS}")
+    # the record of an nginx the proxy installed is read before it is removed with the rest
+    assert run.index(f"if [ -e {deploy.NGINX_OURS} ]; then systemctl disable --now nginx") < removed
+    assert removed < run.index("systemctl reload nginx")
 
 
 @pytest.mark.parametrize(

@@ -525,10 +525,8 @@ def install_ollama() -> None:
         what="the Ollama proxy",
         paths=[NGINX_SITE, NGINX_DIR, NGINX_OURS],
         # nginx goes when the proxy installed it; one that was there before is only reloaded
-        after=[
-            f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; rm -f {NGINX_OURS}; "
-            "else systemctl reload nginx || true; fi"
-        ],
+        before=[f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; fi"],
+        after=["systemctl reload nginx 2>/dev/null || true"],
         wanted=cfg.proxy,
     )
 
