@@ -175,10 +175,9 @@ def _fake(name: str, responses: dict | None = None, **data):
     )
 
 
-def _exists(path: str) -> dict:
-    """A ``fake_responses`` entry for pyinfra's File fact: ``path`` is a file."""
-    stat = f"user=root group=root mode=-rw-r--r-- atime=1 mtime=1 ctime=1 size=9 '{path}'"
-    return {f"(test -e {path} ||": [stat]}
+def _exists(*paths: str) -> dict:
+    """A ``fake_responses`` entry for the PresentPaths fact: ``paths`` are on the host."""
+    return {f"for p in {paths[0]} ": list(paths)}
 
 
 def _deploy(*hosts) -> tuple[dict[str, str], set[str]]:
@@ -229,9 +228,7 @@ def test_removing_the_allowlist_waits_until_ollama_listens_on_loopback_again():
 
 
 def test_removing_the_proxy_removes_its_files_and_the_nginx_it_installed():
-    commands, failed = _deploy(
-        _fake("was-proxy", {**_exists(deploy.NGINX_OURS), **_exists(deploy.NGINX_SITE)})
-    )
+    commands, failed = _deploy(_fake("was-proxy", _exists(deploy.NGINX_SITE, deploy.NGINX_OURS)))
     assert not failed
     run = commands["@fake/was-proxy"]
     removed = run.index(f"rm -rf {deploy.NGINX_SITE} {deploy.NGINX_DIR} {deploy.NGINX_OURS}")
@@ -300,3 +297,22 @@ def test_every_exposure_mode_runs_the_same_operations_in_the_same_order(monkeypa
     ):
         (meta,) = [meta for names, meta in planned.items() if name in names]
         assert meta._maybe_is_change is False, name
+
+
+def test_the_facts_read_files_and_paths_in_one_command(tmp_path):
+    from provisioner.facts.exposure import InstalledFiles, PresentPaths
+
+    unit = tmp_path / "unit"
+    unit.write_text("[Unit]\n")
+    unit.chmod(0o640)
+    paths = [str(unit), str(tmp_path / "missing"), str(tmp_path)]
+    fact = InstalledFiles()
+    out = subprocess.run(["sh", "-c", fact.command(paths)], capture_output=True, text=True)
+    item = exposure.Staged(str(unit), "[Unit]\n", mode="640", user=USER, group=GROUP)
+    installed = fact.process(out.stdout.splitlines())
+    assert installed == {str(unit): ("640", USER, GROUP, item.sha256)}
+    assert exposure._in_place(item, installed)
+    assert not exposure._in_place(exposure.Staged(str(unit), "[Unit]\n", user=USER), installed)
+    present = PresentPaths()
+    out = subprocess.run(["sh", "-c", present.command(paths)], capture_output=True, text=True)
+    assert present.process(out.stdout.splitlines()) == [str(unit), str(tmp_path)]

@@ -23,7 +23,8 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
-from pyinfra.facts.files import Directory, File, Sha256File
+
+from provisioner.facts.exposure import InstalledFiles, PresentPaths
 
 __all__ = ["STAGE_DIR", "Staged", "only", "removed", "switch", "switch_script"]
 
@@ -116,15 +117,9 @@ def switch_script(
     return "\n".join(lines)
 
 
-def _unchanged(item: Staged) -> bool:
-    if host.get_fact(Sha256File, path=item.dest) != item.sha256:
-        return False
-    info = host.get_fact(File, path=item.dest) or {}
-    return (
-        str(info.get("mode")) == item.mode.lstrip("0")
-        and info.get("user") == item.user
-        and info.get("group") == item.group
-    )
+def _in_place(item: Staged, installed: dict[str, tuple[str, str, str, str]]) -> bool:
+    found = installed.get(item.dest)
+    return found == (item.mode.lstrip("0") or "0", item.user, item.group, item.sha256)
 
 
 @operation()
@@ -165,7 +160,8 @@ def switch(
     if not items:
         host.noop(f"{what} is not wanted on this host")
         return
-    if all(_unchanged(item) for item in items):
+    installed = host.get_fact(InstalledFiles, paths=[item.dest for item in items])
+    if all(_in_place(item, installed) for item in items):
         host.noop(f"{what} is in place")
         return
     yield f"rm -rf {q(stage)} && mkdir -p -m 700 {q(stage)}"
@@ -208,12 +204,7 @@ def removed(
     if wanted:
         host.noop(f"{what} is wanted")
         return
-    present = [
-        path
-        for path in paths
-        if host.get_fact(File, path=path) or host.get_fact(Directory, path=path)
-    ]
-    if not present:
+    if not host.get_fact(PresentPaths, paths=list(paths)):
         host.noop(f"{what} is not installed")
         return
     yield from before
