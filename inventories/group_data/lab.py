@@ -18,11 +18,14 @@ if _LAB_JSON.exists():
     _LAB = json.loads(_LAB_JSON.read_text())
     _MIRROR = "http://169.254.100.1:8080"
 
-    # Connection: root over SSH with the lab's key; host keys are throwaway.
+    # Connection: root over SSH with the lab's key. Host keys are checked strictly against the
+    # known_hosts file the lab wrote when it made each host (as a site records its servers' keys
+    # when it installs them): a host that answers with another key is refused. Never turn this
+    # off at a real site; it is what stops a man in the middle.
     ssh_user = _LAB["ssh_user"]
     ssh_key = _LAB["ssh_key"]
-    ssh_strict_host_key_checking = "off"
-    ssh_known_hosts_file = "/dev/null"
+    ssh_known_hosts_file = _LAB.get("known_hosts", str(_LAB_JSON.parent / "known_hosts"))
+    ssh_strict_host_key_checking = "yes"
 
     # NVIDIA's CUDA repository (the lab's signed stand-in, same layout as NVIDIA's URLs).
     nvidia_repo_url = f"{_MIRROR}/cuda"

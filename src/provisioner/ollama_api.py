@@ -101,7 +101,7 @@ class ModelName:
         namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
         if not _HOST.match(host):
             raise ValueError(f"{name!r}: bad registry host {host!r}")
-        if not _PART.match(namespace) or not _PART.match(model):
+        if namespace_problem(namespace) or not _PART.match(model):
             raise ValueError(f"{name!r}: namespace and model may hold letters, digits, _ . -")
         if not _TAG.match(tag):
             raise ValueError(f"{name!r}: bad tag {tag!r}")
@@ -154,6 +154,16 @@ class ModelName:
             raise ValueError(f"{path!r} is not host/namespace/model/tag")
         host, namespace, model, tag = parts
         return cls.parse(f"{host}/{namespace}/{model}:{tag}")
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why ``namespace`` cannot be a namespace (one path part of :class:`ModelName`), or None."""
+    if not _PART.match(namespace):
+        return (
+            f"{namespace!r} is not a namespace: one name of letters, digits, _ . - "
+            "(starting with a letter or digit, no '/')"
+        )
+    return None
 
 
 def normalise(name: str) -> str:

@@ -14,12 +14,14 @@ Declaration format (one TOML table per key)::
     max = 256
     choices = ["f16", "q8_0", "q4_0"]   # optional, for str
     items = "str"           # optional, element type of a list
+    format = "absolute_path"   # optional, for str: absolute_path | ollama_namespace
     doc = "What the key does, in one sentence."
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -48,6 +50,29 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "list": (list, tuple),
     "dict": (dict,),
     "any": (object,),
+}
+
+
+def _absolute_path(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} is not an absolute path"
+    if ".." in value.split("/"):
+        return f"{value!r}: '..' is not allowed in the path"
+    if any(c in value for c in "\n\r\0"):
+        return f"{value!r}: the path holds a line break or NUL"
+    return None
+
+
+def _ollama_namespace(value: str) -> str | None:
+    from provisioner.ollama_api import namespace_problem
+
+    return namespace_problem(value)
+
+
+#: ``format = "..."`` of a str key: the check, and how docs/data-keys.md names it.
+FORMATS: dict[str, tuple[Callable[[str], str | None], str]] = {
+    "absolute_path": (_absolute_path, "absolute path, no `..`"),
+    "ollama_namespace": (_ollama_namespace, "Ollama namespace"),
 }
 
 
@@ -88,6 +113,8 @@ class KeySpec:
             for i, item in enumerate(value):
                 if not isinstance(item, allowed) or isinstance(item, bool) and bool not in allowed:
                     return f"item {i} is {type(item).__name__} {item!r}, expected {self.items}"
+        if "format" in self.extra and isinstance(value, str):
+            return FORMATS[self.extra["format"]][0](value)
         return None
 
 
@@ -189,6 +216,8 @@ def markdown() -> str:
             low = "" if spec.min is None else f"{spec.min:g}"
             high = "" if spec.max is None else f"{spec.max:g}"
             kind += f" ({low}..{high})"
+        if "format" in spec.extra:
+            kind += f" ({FORMATS[spec.extra['format']][1]})"
         default = "unset" if spec.default is None else f"`{spec.default!r}`"
         doc = spec.doc.replace("|", "\\|")
         lines.append(f"| `{spec.name}` | {kind} | {default} | {doc} |")

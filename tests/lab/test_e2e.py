@@ -401,6 +401,107 @@ def test_proxy_refuses_requests_without_credentials(lab, applied):
         code, result, err = provision("apply", str(lab.inventory), "--limit", host)
         assert code == 0, err
     assert lab.ssh(host, "ss -ltn '( sport = :443 )' | tail -n +2", False).stdout.strip() == ""
+    # removing the proxy removes what it installed: credentials, key, site, and the nginx it
+    # brought (no default site left on :80)
+    left = lab.ssh(host, "ls -d /etc/nginx/ollama /etc/nginx/conf.d/ollama.conf 2>&1", False)
+    assert "No such file" in left.stdout and "/etc/nginx/ollama\n" not in left.stdout, left.stdout
+    assert lab.ssh(host, "ss -ltn '( sport = :80 )' | tail -n +2", False).stdout.strip() == ""
+    assert lab.ssh(host, "systemctl is-enabled nginx", False).stdout.strip() == "disabled"
+
+
+# --- the nftables allowlist (the hosts have CAP_NET_ADMIN in their own namespaces) -------------
+
+FIREWALL_UNIT = "/etc/systemd/system/provisioner-ollama-firewall.service"
+DROPIN = "/etc/systemd/system/ollama.service.d/10-provisioner.conf"
+
+
+def apply_allowlist(lab, host: str, allowed: str) -> tuple[int, Any, str]:
+    return provision(
+        "apply", str(lab.inventory), "--limit", host,
+        "--data", "ollama_expose=allowlist", "--data", "ollama_listen_address=0.0.0.0",
+        "--data", f'ollama_allow_networks=["{lab.addresses[allowed]}/32"]',
+    )  # fmt: skip
+
+
+def serving_state(lab, host: str) -> dict[str, str]:
+    """What decides who reaches Ollama on ``host``: its files, listeners and nftables tables."""
+    return {
+        "dropin": lab.ssh(host, f"cat {DROPIN}").stdout,
+        "unit": lab.ssh(host, "cat /etc/systemd/system/ollama.service").stdout,
+        "firewall unit": lab.ssh(host, f"cat {FIREWALL_UNIT} 2>&1", False).stdout,
+        "active": lab.ssh(host, "systemctl is-active ollama", False).stdout.strip(),
+        "listening": lab.ssh(host, "ss -Hltn '( sport = :11434 )' | awk '{print $4}'").stdout,
+        "tables": lab.ssh(host, "nft list tables 2>&1", False).stdout,
+    }
+
+
+def test_the_allowlist_admits_the_listed_host_and_refuses_another(lab, applied):
+    if len(lab.hosts) < 3:
+        pytest.skip("needs three lab hosts")
+    host, allowed, refused = lab.hosts[0], lab.hosts[1], lab.hosts[2]
+    url = f"http://{lab.addresses[host]}:11434/api/version"
+    try:
+        code, result, err = apply_allowlist(lab, host, allowed)
+        assert code == 0, err
+        state = serving_state(lab, host)
+        assert "OLLAMA_HOST=0.0.0.0:11434" in state["dropin"]
+        assert "table inet provisioner_ollama" in state["tables"]
+        assert '"version"' in lab.ssh(allowed, f"curl -s -m 3 {url}", False).stdout
+        probe = lab.ssh(refused, f"curl -s -m 3 {url}", False)
+        assert probe.returncode != 0 and '"version"' not in probe.stdout
+        # converged: a second run changes nothing
+        code, result, err = apply_allowlist(lab, host, allowed)
+        assert code == 0, err
+        assert result["hosts"][host]["status"] == "unchanged", result["hosts"][host]
+    finally:
+        code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+        assert code == 0, err
+    # back to loopback: the allowlist is gone with everything it installed
+    state = serving_state(lab, host)
+    assert state["listening"].split() == ["127.0.0.1:11434"]
+    assert "provisioner_ollama" not in state["tables"]
+    assert "No such file" in state["firewall unit"]
+    assert lab.ssh(allowed, f"curl -s -m 3 {url}", False).returncode != 0
+
+
+def test_a_firewall_that_does_not_load_leaves_the_serving_state_untouched(lab, applied):
+    """nft refuses the ruleset (as on a host without CAP_NET_ADMIN): nothing is switched, the
+    host fails with the reason, and the next run with a working nft converges."""
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, other = lab.hosts[0], lab.hosts[1]
+    # a fault double for nft (diverted, so an nftables install keeps it in place)
+    lab.ssh(
+        host,
+        "dpkg-divert --local --rename --add /usr/sbin/nft >/dev/null && "
+        'printf \'#!/bin/sh\\necho "Error: Could not process rule: Operation not permitted" '
+        ">&2\\nexit 1\\n' > /usr/sbin/nft && chmod 755 /usr/sbin/nft",
+    )
+    try:
+        before = serving_state(lab, host)
+        assert before["active"] == "active"
+        code, result, err = apply_allowlist(lab, host, other)
+        assert code == 1, err
+        assert result["failed_hosts"] == [host]
+        assert "the Ollama allowlist: the check `nft -c -f" in err, err[-3000:]
+        assert "nothing was changed" in err
+        assert "Operation not permitted" in err
+        assert serving_state(lab, host) == before
+        # ... and a restart does not expose it either: the files on disk are the old ones
+        lab.ssh(host, "systemctl restart ollama && sleep 1")
+        assert serving_state(lab, host) == before
+        probe = lab.ssh(other, f"curl -s -m 3 http://{lab.addresses[host]}:11434/", False)
+        assert probe.returncode != 0
+    finally:
+        lab.ssh(
+            host,
+            "rm -f /usr/sbin/nft && dpkg-divert --local --rename --remove /usr/sbin/nft >/dev/null",
+        )
+    code, result, err = apply_allowlist(lab, host, other)
+    assert code == 0, err
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert serving_state(lab, host)["listening"].split() == ["127.0.0.1:11434"]
 
 
 def test_real_cpu_torch_installs_through_the_same_deploy(lab, applied):

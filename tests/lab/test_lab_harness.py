@@ -3,11 +3,15 @@ reboot, stop, start and cut like servers, and teardown leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +258,42 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_host_keys_are_checked_strictly_and_a_changed_key_is_refused(lab, tmp_path):
+    """The lab's inventory checks host keys against the keys the lab recorded (issue 18, item
+    5): the real record connects; a record that names another host's key is refused."""
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, other = lab.hosts[0], lab.hosts[1]
+    address, other_address = lab.addresses[host], lab.addresses[other]
+    lines = lab.fleet.known_hosts.read_text().splitlines()
+    assert {line.split()[0] for line in lines} >= set(lab.addresses.values())
+    tampered = [line for line in lines if not line.startswith(address + " ")]
+    tampered += [
+        line.replace(other_address, address, 1)
+        for line in lines
+        if line.startswith(other_address + " ")
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "known_hosts").write_text("\n".join(tampered) + "\n")
+    info = json.loads((lab.run / "lab.json").read_text())
+    (run / "lab.json").write_text(json.dumps({**info, "known_hosts": str(run / "known_hosts")}))
+
+    def facts(lab_run: Path) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "provisioner.cli", "facts", str(lab.inventory)]
+            + ["--limit", host, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "LAB_RUN": str(lab_run)},
+        )
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, report = facts(lab.run)
+    assert code == 0, report
+    code, report = facts(run)
+    assert code == 1
+    assert report["hosts"][host]["gpu_state"] == "unreachable", report["hosts"][host]

@@ -85,6 +85,17 @@ def write_inventory(tmp_path: Path, port: int, host_data: str = "{}", extra: str
         ),
         ('{"models": "llama3.1:8b"}', "models", "expected list"),
         ('{"vram_headroom": 7}', "vram_headroom", "above the maximum"),
+        # issue 18 item 7: paths and names that reach the host's file system
+        ('{"ollama_models_dir": "/srv/../etc"}', "ollama_models_dir", "'..' is not allowed"),
+        ('{"ollama_models_dir": "models"}', "ollama_models_dir", "not an absolute path"),
+        ('{"pytorch_venv": "torch-venv"}', "pytorch_venv", "not an absolute path"),
+        ('{"pytorch_venv": "/opt/x/../../etc"}', "pytorch_venv", "'..' is not allowed"),
+        (
+            '{"ollama_registry_namespace": "../../x"}',
+            "ollama_registry_namespace",
+            "is not a namespace",
+        ),
+        ('{"ollama_registry_namespace": "a/b"}', "ollama_registry_namespace", "no '/'"),
     ],
 )
 def test_bad_host_data_exits_2_naming_file_host_key(

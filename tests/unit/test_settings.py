@@ -49,3 +49,25 @@ def test_resolve_applies_defaults_under_host_data():
     resolved = settings.resolve({"ollama_num_parallel": 3})
     assert resolved["ollama_num_parallel"] == 3
     assert resolved["ollama_context_length"] == settings.all_keys()["ollama_context_length"].default
+
+
+def test_every_declared_format_is_known():
+    formats = {s.extra["format"] for s in settings.all_keys().values() if "format" in s.extra}
+    assert formats <= set(settings.FORMATS)
+    assert {"absolute_path", "ollama_namespace"} <= formats
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("ollama_models_dir", "/srv/ollama/models", True),
+        ("ollama_models_dir", "/srv/..", False),
+        ("pytorch_venv", "/opt/torch..venv", True),  # '..' inside a name is a name
+        ("pytorch_venv", "./venv", False),
+        ("ollama_registry_namespace", "team_1.x", True),
+        ("ollama_registry_namespace", "..", False),
+        ("ollama_registry_namespace", "", False),
+    ],
+)
+def test_path_and_namespace_formats(key, value, ok):
+    assert (settings.validate({key: value}) == []) is ok

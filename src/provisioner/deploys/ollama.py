@@ -3,9 +3,13 @@
 ``install_ollama`` installs the pinned release (sha256-checked before unpacking, refused below
 the CVE floor), the ``ollama`` system user, the model store, the systemd unit and the drop-in
 with every server setting from host data, and then, by ``ollama_expose``: nothing more
-(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The
-service restarts only when the release or its rendered configuration changed, and the run
-goes on only once the API answers (an upgrade that does not is rolled back).
+(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The unit,
+drop-in and firewall change as a whole (:func:`provisioner.operations.exposure.switch`: the
+ruleset is checked with ``nft -c`` first, and a failed step puts the previous files back), the
+allowlist is loaded before Ollama opens and removed after it is on loopback again, and removing
+an exposure removes what it installed. The service restarts only when the release or its
+rendered configuration changed, and the run goes on only once the API answers (an upgrade that
+does not is rolled back).
 
 Every key it reads is declared in ``data/keys/ollama.toml``; cross-key rules (no public
 address without an allowlist, ...) are checked by :func:`check_settings`, which ``provision``
@@ -29,12 +33,12 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from provisioner import addresses, ollama_release, rendering, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
-from provisioner.operations import ollama
+from provisioner.operations import exposure, ollama
+from provisioner.web_server import web_server
 
 __all__ = [
     "DEFAULTS",
@@ -57,6 +61,8 @@ NGINX_DIR = "/etc/nginx/ollama"
 FIREWALL_TABLE = "provisioner_ollama"
 FIREWALL_UNIT = "provisioner-ollama-firewall.service"
 FIREWALL_RULES = "/etc/provisioner/ollama.nft"
+#: Present when the proxy installed nginx (removing the proxy then stops nginx again).
+NGINX_OURS = "/etc/provisioner/ollama-proxy-installed-nginx"
 
 LOOPBACK_NAMES = addresses.LOOPBACK_NAMES
 # Variables the keys set; ollama_extra_env may not change them behind the plan's back.
@@ -353,14 +359,13 @@ def fetch_helper_path() -> str:
 
 def _htpasswd(cfg: OllamaSettings) -> str:
     if cfg.htpasswd_file:
-        with open(os.path.expanduser(cfg.htpasswd_file), encoding="utf-8") as handle:
-            return handle.read()
+        return _read_local(cfg.htpasswd_file)
     return os.environ.get(cfg.htpasswd_env or "", "")
 
 
-def _debian_like(os_info: Mapping[str, Any]) -> bool:
-    names = f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}"
-    return any(word in names.split() for word in ("debian", "ubuntu"))
+def _read_local(path: str) -> str:
+    with open(os.path.expanduser(path), encoding="utf-8") as handle:
+        return handle.read()
 
 
 # --- the deploy -------------------------------------------------------------------------------
@@ -394,10 +399,18 @@ def install_ollama() -> None:
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
         packages.append("zstd")
-    if cfg.proxy:
-        packages += ["nginx", "openssl"]
-    if cfg.allowlist:
-        packages.append("nftables")
+    packages += _exposure_packages(cfg)
+    # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
+    nginx_is_new = cfg.proxy and not web_server.installed()
+    exposure.only(
+        name="Record that the Ollama proxy installs nginx",
+        wanted=bool(nginx_is_new),
+        what="the record of an nginx installed for the proxy",
+        then=files.put,
+        src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
+        dest=NGINX_OURS,
+        mode="644",
+    )
     server.packages(name="Install Ollama's tools", packages=packages)
 
     server.group(name="Create the ollama group", group=USER, system=True)
@@ -433,10 +446,20 @@ def install_ollama() -> None:
     )
 
     unit, dropin = render_unit(cfg), render_dropin(cfg)
-    files.put(name="Install the Ollama unit", src=StringIO(unit), dest=UNIT, mode="644")
-    files.put(name="Install the Ollama settings", src=StringIO(dropin), dest=DROPIN, mode="644")
-
-    _firewall(cfg)
+    exposure.switch(
+        name="Install the Ollama unit, settings and allowlist",
+        what="the Ollama allowlist" if cfg.allowlist else "the Ollama unit and settings",
+        **_serving_change(cfg, unit, dropin),
+    )
+    exposure.only(
+        name="Keep the Ollama allowlist loaded",
+        wanted=cfg.allowlist,
+        what="the Ollama allowlist",
+        then=systemd.service,
+        service=FIREWALL_UNIT,
+        running=True,
+        enabled=True,
+    )
     ollama.service(
         name=f"Serve Ollama {release.version}",
         version=release.version,
@@ -446,7 +469,25 @@ def install_ollama() -> None:
         start_timeout=cfg.start_timeout,
         install_dir=INSTALL_DIR,
     )
+    # tighten before, loosen after: a removed allowlist goes once Ollama listens on loopback
+    exposure.removed(
+        name="Remove the Ollama allowlist",
+        what="the Ollama allowlist",
+        paths=[f"/etc/systemd/system/{FIREWALL_UNIT}", FIREWALL_RULES],
+        before=[f"systemctl disable --now {FIREWALL_UNIT}"],
+        after=["systemctl daemon-reload"],
+        wanted=cfg.allowlist,
+    )
     _proxy(cfg, os_info)
+    exposure.removed(
+        name="Remove the Ollama proxy",
+        what="the Ollama proxy",
+        paths=[NGINX_SITE, NGINX_DIR, NGINX_OURS],
+        # nginx goes when the proxy installed it; one that was there before is only reloaded
+        before=[f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; fi"],
+        after=["systemctl reload nginx 2>/dev/null || true"],
+        wanted=cfg.proxy,
+    )
 
 
 def _pinned_sum(cfg: OllamaSettings) -> str | None:
@@ -501,117 +542,103 @@ def _log_release(cfg: OllamaSettings, release: ollama_release.Release) -> None:
         )
 
 
-def _firewall(cfg: OllamaSettings) -> None:
+def _exposure_packages(cfg: OllamaSettings) -> list[str]:
+    """What the exposure mode needs installed (none for loopback)."""
+    proxy = [web_server.package, "openssl"] if cfg.proxy else []
+    return proxy + (["nftables"] if cfg.allowlist else [])
+
+
+def _serving_change(cfg: OllamaSettings, unit: str, dropin: str) -> dict[str, Any]:
+    """The unit, the drop-in and (allowlist modes) the firewall, as one :func:`exposure.switch`:
+    the ruleset first, so that ``nft -c`` checks it before anything changes."""
+    items = [exposure.Staged(UNIT, unit), exposure.Staged(DROPIN, dropin)]
     if not cfg.allowlist:
-        if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
-            server.shell(
-                name="Remove the Ollama allowlist",
-                commands=[
-                    f"systemctl disable --now {FIREWALL_UNIT}",
-                    f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
-                    "systemctl daemon-reload",
-                ],
-            )
-        return
-    rules = files.put(
-        name="Install the Ollama allowlist",
-        src=StringIO(render_nft(cfg)),
-        dest=FIREWALL_RULES,
-        mode="644",
-    )
-    unit = files.put(
-        name="Install the allowlist unit",
-        src=StringIO(render_firewall_unit()),
-        dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
-        mode="644",
-    )
-    systemd.service(
-        name="Load the Ollama allowlist",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-        restarted=True,
-        daemon_reload=True,
-        _if=any_changed(rules, unit),
-    )
-    systemd.service(
-        name="Keep the Ollama allowlist loaded",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-    )
+        return {"items": items, "activate": ["systemctl daemon-reload"]}
+    firewall_unit = f"/etc/systemd/system/{FIREWALL_UNIT}"
+    return {
+        "items": [
+            exposure.Staged(FIREWALL_RULES, render_nft(cfg)),
+            exposure.Staged(firewall_unit, render_firewall_unit()),
+            *items,
+        ],
+        "check": "nft -c -f {0}",
+        "activate": [
+            "systemctl daemon-reload",
+            f"systemctl enable {FIREWALL_UNIT}",
+            f"systemctl restart {FIREWALL_UNIT}",
+        ],
+        "restore": [
+            "systemctl daemon-reload",
+            f"if [ -e {firewall_unit} ]; then systemctl restart {FIREWALL_UNIT}; "
+            f"else rm -f /etc/systemd/system/*.wants/{FIREWALL_UNIT}; systemctl daemon-reload; "
+            f"systemctl reset-failed {FIREWALL_UNIT}; fi",
+        ],
+    }
+
+
+def _proxy_items(cfg: OllamaSettings, web_group: str) -> list[exposure.Staged]:
+    """The proxy's files (none when the mode has no proxy)."""
+    if not cfg.proxy:
+        return []
+    tls = []
+    if cfg.tls_cert and cfg.tls_key:
+        tls = [
+            exposure.Staged(f"{NGINX_DIR}/tls.crt", _read_local(cfg.tls_cert)),
+            exposure.Staged(f"{NGINX_DIR}/tls.key", _read_local(cfg.tls_key), mode="600"),
+        ]
+    return [
+        *tls,
+        exposure.Staged(f"{NGINX_DIR}/htpasswd", _htpasswd(cfg), mode="640", group=web_group),
+        exposure.Staged(NGINX_SITE, render_nginx(cfg)),
+    ]
 
 
 def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
-    if not cfg.proxy:
-        if host.get_fact(File, path=NGINX_SITE):
-            server.shell(
-                name="Remove the Ollama proxy",
-                commands=[f"rm -f {NGINX_SITE}", "systemctl reload nginx || true"],
-            )
-        return
-    web_group = "www-data" if _debian_like(os_info) else "nginx"
-    files.directory(
+    """nginx with TLS and basic auth in front of Ollama; every step skips without a proxy."""
+    web_group = web_server.group(os_info)
+    wanted = cfg.proxy
+    exposure.only(
         name="Create the proxy's directory",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=files.directory,
         path=NGINX_DIR,
         mode="750",
         user="root",
         group=web_group,
     )
-    changes = []
-    if cfg.tls_cert and cfg.tls_key:
-        changes.append(
-            files.put(
-                name="Install the proxy's certificate",
-                src=os.path.expanduser(cfg.tls_cert),
-                dest=f"{NGINX_DIR}/tls.crt",
-                mode="644",
-            )
-        )
-        changes.append(
-            files.put(
-                name="Install the proxy's key",
-                src=os.path.expanduser(cfg.tls_key),
-                dest=f"{NGINX_DIR}/tls.key",
-                mode="600",
-            )
-        )
-    elif not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
-        common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
-        changes.append(
-            server.shell(
-                name="Generate a self-signed certificate for the proxy",
-                commands=[
-                    "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
-                    f"-subj /CN={_shell_word(common_name)} "
-                    f"-keyout {NGINX_DIR}/tls.key -out {NGINX_DIR}/tls.crt "
-                    f"&& chmod 600 {NGINX_DIR}/tls.key",
-                ],
-            )
-        )
-    changes.append(
-        files.put(
-            name="Install the proxy's credentials",
-            src=StringIO(_htpasswd(cfg)),
-            dest=f"{NGINX_DIR}/htpasswd",
-            user="root",
-            group=web_group,
-            mode="640",
-        )
+    own_cert = bool(cfg.tls_cert and cfg.tls_key)
+    generate = wanted and not own_cert and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key")
+    common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
+    exposure.only(
+        name="Generate a self-signed certificate for the proxy",
+        wanted=bool(generate),
+        what="a self-signed certificate",
+        then=server.shell,
+        commands=[
+            "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
+            f"-subj /CN={_shell_word(common_name)} "
+            f"-keyout {NGINX_DIR}/tls.key.new -out {NGINX_DIR}/tls.crt.new "
+            f"&& chmod 600 {NGINX_DIR}/tls.key.new "
+            f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
+            f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
+        ],
     )
-    changes.append(
-        files.put(
-            name="Install the proxy site",
-            src=StringIO(render_nginx(cfg)),
-            dest=NGINX_SITE,
-            mode="644",
-        )
+    exposure.switch(
+        name="Install the Ollama proxy",
+        items=_proxy_items(cfg, web_group),
+        what="the Ollama proxy",
+        activate=["nginx -t -q", "systemctl enable nginx", "systemctl reload-or-restart nginx"],
+        restore=["nginx -t -q && systemctl reload-or-restart nginx"],
     )
-    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
-    server.shell(
-        name="Reload nginx",
-        commands=["nginx -t -q && systemctl reload nginx"],
-        _if=any_changed(*changes),
+    exposure.only(
+        name="Run nginx",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=systemd.service,
+        service="nginx",
+        running=True,
+        enabled=True,
     )
 
 
