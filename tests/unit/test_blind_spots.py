@@ -190,7 +190,7 @@ CROSS_KEY = [
         "ollama_proxy_port",
         "need different ports",
     ),
-    ({"ollama_models_dir": "models"}, "ollama_models_dir", "must be an absolute path"),
+    ({"ollama_models_dir": "models"}, "ollama_models_dir", "is not an absolute path"),
     ({"ollama_extra_env": {"BAD-NAME": "1"}}, "ollama_extra_env", "not an environment variable"),
     ({"ollama_extra_env": {"OLLAMA_HOST": "0.0.0.0"}}, "ollama_extra_env", "is set by its own"),
     ({"ollama_extra_env": {"A": "x\ny"}}, "ollama_extra_env", "one line of text"),
