@@ -64,6 +64,8 @@ class Family:
     fetch: tuple[str, ...]
     key_dir: str
     gpg_package: str
+    fm_version: str = "{version}"
+    repo_preference: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Distro:
     hold_globs: tuple[str, ...]
     hold_exclude: tuple[str, ...]
     branch_lock: str
-    fabricmanager: str
+    fabricmanager: tuple[Mapping[str, Any], ...]
     prerequisites: tuple[str, ...]
     headers: str
     initramfs: tuple[str, ...]
@@ -97,6 +99,10 @@ class Distro:
     pinning_package: str = ""
     module_stream: str = ""
     stream_suffix: Mapping[str, str] = field(default_factory=dict)
+    persistenced_dropin: bool = False
+    secure_boot: str = "dkms"
+    repo_first_branch: int = 0
+    pythons: tuple[Mapping[str, Any], ...] = ()
 
     def matches(self, os_id: str | None, version_id: str | None, codename: str | None) -> bool:
         for rule in self.match:
@@ -112,6 +118,22 @@ class Distro:
             if rule.get("codename") and rule.get("codename") == codename:
                 return True
         return False
+
+    def fabricmanager_package(self, branch: str) -> str:
+        """Fabric Manager's package name for a driver branch (``nvidia-fabricmanager`` from
+        580, ``nvidia-fabricmanager-<branch>`` / ``nvidia-fabric-manager`` before)."""
+        for entry in self.fabricmanager:
+            if int(branch or 0) >= int(entry["from"]):
+                return str(entry["name"]).format(branch=branch)
+        raise GpuStackError(f"{self.name}: no Fabric Manager package for branch {branch}")
+
+    def fabricmanager_globs(self) -> tuple[str, ...]:
+        """Every Fabric Manager package name of any branch (globs)."""
+        return tuple(str(e["name"]).format(branch="[0-9]*") for e in self.fabricmanager)
+
+    def fabricmanager_version(self, version: str) -> str:
+        """The version spec that installs Fabric Manager at the driver's ``version``."""
+        return self.family.fm_version.format(version=package_version(version))
 
     def pinning(self, branch: str) -> str:
         return self.pinning_package.format(branch=branch)
@@ -141,6 +163,8 @@ def families() -> dict[str, Family]:
             fetch=_tuple(spec["fetch"]),
             key_dir=spec["key_dir"],
             gpg_package=spec["gpg_package"],
+            fm_version=spec.get("fm_version", "{version}"),
+            repo_preference=spec.get("repo_preference", ""),
         )
         for name, spec in table.items()
     }
@@ -180,7 +204,7 @@ def distros() -> dict[str, Distro]:
             hold_globs=_tuple(spec["hold_globs"]),
             hold_exclude=_tuple(spec.get("hold_exclude")),
             branch_lock=spec["branch_lock"],
-            fabricmanager=spec["fabricmanager"],
+            fabricmanager=_tuple(spec["fabricmanager"]),
             prerequisites=_tuple(spec.get("prerequisites")),
             headers=spec["headers"],
             initramfs=_tuple(spec["initramfs"]),
@@ -190,6 +214,10 @@ def distros() -> dict[str, Distro]:
             pinning_package=spec.get("pinning_package", ""),
             module_stream=spec.get("module_stream", ""),
             stream_suffix=dict(spec.get("stream_suffix", {})),
+            persistenced_dropin=bool(spec.get("persistenced_dropin", False)),
+            secure_boot=spec.get("secure_boot", "dkms"),
+            repo_first_branch=int(spec.get("repo_first_branch", 0)),
+            pythons=_tuple(spec.get("pythons")),
         )
     return out
 

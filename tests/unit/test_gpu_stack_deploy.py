@@ -45,9 +45,17 @@ def pip(tag: str, version: str = "2.9.1", index: str = "https://download.pytorch
     )
 
 
+# NVIDIA's apt repository keys: 3bf863cc everywhere but debian13, which NVIDIA signs with
+# 8793F200 (cuda-repo-management #30/#34/#39; fingerprint as recorded in test_gpu_stack_double)
+KEYS = {
+    "*": ("3bf863cc.pub", "eb693b3035cd5710e231e123a4b469963bf863cc"),
+    "debian13": ("8793F200.pub", "02182e60104fcdc26eae1b8597a5d4cb8793f200"),
+}
+
+
 def apt_key(repo: str) -> str:
-    url = f"https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/3bf863cc.pub"
-    fpr = "eb693b3035cd5710e231e123a4b469963bf863cc"
+    key, fpr = KEYS.get(repo, KEYS["*"])
+    url = f"https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/{key}"
     return (
         "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
         f"/usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file {url} "
@@ -161,12 +169,13 @@ def fresh(
         out += ["apt-get update", f"{APT_INSTALL} nvidia-driver-pinning-580"]
         out += ["apt-get update", f"{APT_INSTALL} {meta}"]
         if fabricmanager:
-            out += ["apt-get update", f"{APT_INSTALL} {fm}=580.126.09-1"]
+            # NVIDIA's driver container matches Fabric Manager's version by prefix
+            out += ["apt-get update", f"{APT_INSTALL} '{fm}=580.126.09*'"]
         out += [f"apt-mark hold {' '.join(held)}"]
         initramfs = "update-initramfs -u"
     else:
         kmod = {"open": "kmod-nvidia-open-dkms", "proprietary": "kmod-nvidia-latest-dkms"}[flavour]
-        fm = "nvidia-fabric-manager"
+        fm = "nvidia-fabricmanager"  # from branch 580 on EL (nvidia-fabric-manager before)
         held = sorted([meta, kmod, "nvidia-driver", *([fm] if fabricmanager else [])])
         prerequisites = "python3-dnf-plugin-versionlock" + (
             " epel-release" if distro == "rocky9" else ""
@@ -180,7 +189,7 @@ def fresh(
             f"dnf install -y {meta}",
         ]
         if fabricmanager:
-            out += [f"dnf install -y {fm}-580.126.09-1.el9"]
+            out += [f"dnf install -y {fm}-580.126.09"]
         out += [f"dnf versionlock add {' '.join(held)}"]
         initramfs = "dracut -f"
     out += [

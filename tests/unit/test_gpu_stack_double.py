@@ -15,6 +15,7 @@ This module also holds the double's own tests.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import shlex
@@ -31,6 +32,15 @@ from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
 from provisioner.facts.system import BootId, OsInfo
 
 NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
+# The key file each repository serves, and its fingerprint. 3bf863cc: NVIDIA/cuda-repo-management
+# issue #4 and #30 (sqv output); 8793F200 (debian13 only): cuda-repo-management #39 names the file,
+# the full fingerprint as four independent third-party projects pin it (not checked against
+# the live key from here: no network to developer.download.nvidia.com).
+SERVED_FINGERPRINTS = {
+    "3bf863cc.pub": NVIDIA_FINGERPRINT,
+    "8793F200.pub": "02182e60104fcdc26eae1b8597a5d4cb8793f200",
+    "D42D0685.pub": "",
+}
 EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
 
 OS_RELEASE = {
@@ -120,7 +130,9 @@ class GpuHostDouble:
         self.family = self.target.family.name
         self.kernel = KERNELS[self.family]
         key_url_file = self.target.key_file
-        default_key = ServedKey(NVIDIA_FINGERPRINT, "0" * 64, EL_KEY_SHA256_STRIPPED)
+        default_key = ServedKey(
+            SERVED_FINGERPRINTS[key_url_file], "0" * 64, EL_KEY_SHA256_STRIPPED
+        )
         for arch in ("x86_64", "sbsa"):
             url = (
                 "https://developer.download.nvidia.com/compute/cuda/repos/"
@@ -157,7 +169,15 @@ class GpuHostDouble:
             cat[t.driver_meta[flavour]] = {"versions": driver, "deps": [kmod, "nvidia-driver"]}
             cat[kmod] = {"versions": driver, "deps": [], "flavour": flavour}
         cat["nvidia-driver"] = {"versions": driver, "deps": []}
-        cat[t.fabricmanager] = {"versions": driver, "deps": [], "fabricmanager": True}
+        for branch in sorted({v.split(".")[0] for v in self.driver_versions}):
+            # Fabric Manager: named by branch, released without the kmod's .el9 tag
+            # (gpu-driver-container rhel9/precompiled/Dockerfile, ubuntu22.04/install.sh)
+            fm = cat.setdefault(
+                t.fabricmanager_package(branch), {"versions": [], "deps": [], "fabricmanager": True}
+            )
+            fm["versions"] += [
+                f"{v}-1" for v in self.driver_versions if v.split(".")[0] == branch
+            ]
         for branch in {v.split(".")[0] for v in self.driver_versions}:
             if t.pinning_package:
                 cat[t.pinning(branch)] = {"versions": [self.pkg_version(f"{branch}.0")], "deps": []}
@@ -192,7 +212,7 @@ class GpuHostDouble:
         """The branch lock: pinning package (apt) or module stream (dnf)."""
         meta = self.catalogue()[name]
         if "flavour" not in meta and name not in self.target.driver_meta.values():
-            if name not in ("nvidia-driver", self.target.fabricmanager):
+            if name != "nvidia-driver" and not meta.get("fabricmanager"):
                 return True
         branch = gpu_stack.branch_of(version)
         if self.family == "dnf":
@@ -215,6 +235,12 @@ class GpuHostDouble:
     def _resolve(self, spec: str) -> tuple[str, str | None]:
         if self.family == "apt":
             name, _, version = spec.partition("=")
+            if version.endswith("*"):  # apt's version glob: the newest match
+                versions = self.catalogue().get(name, {}).get("versions", [])
+                matching = [v for v in versions if fnmatch.fnmatchcase(v, version)]
+                if not matching:
+                    raise DoubleError(f"E: Version '{version}' for '{name}' was not found")
+                return name, matching[-1]
             return name, version or None
         if spec in self.catalogue():
             return spec, None
@@ -228,6 +254,29 @@ class GpuHostDouble:
         raise DoubleError(f"no package matches {spec!r}")
 
     def install(self, specs: list[str], replace_held: bool) -> None:
+        todo = self._resolve_all(specs)
+        for name, version in todo:
+            self._check_fabricmanager(name, version, todo)
+            self._remove_other_flavour(name, todo, replace_held)
+        for name, version in todo:
+            self._install_one(name, version, replace_held)
+
+    def _pick_version(self, name: str, version: str | None) -> str:
+        meta = self.catalogue()[name]
+        if version is None:
+            candidates = [v for v in meta["versions"] if self.branch_allowed(name, v)]
+            if not candidates:
+                raise DoubleError(f"{name}: no version allowed by the branch lock")
+            current = self.packages.get(name, {}).get("version")
+            return current if current in candidates else candidates[-1]
+        if version not in meta["versions"]:
+            raise DoubleError(f"{name}: version {version} not in the repository")
+        if not self.branch_allowed(name, version):
+            raise DoubleError(f"{name}={version} is outside the branch lock")
+        return version
+
+    def _resolve_all(self, specs: list[str]) -> list[tuple[str, str]]:
+        """The packages an install brings, with their versions and dependencies."""
         cat = self.catalogue()
         todo: list[tuple[str, str]] = []
         pending = [self._resolve(spec) for spec in specs]
@@ -239,59 +288,50 @@ class GpuHostDouble:
             seen.add(name)
             if name not in cat:
                 raise DoubleError(f"E: Unable to locate package {name}")
-            meta = cat[name]
-            if meta["nvidia"]:
+            if cat[name]["nvidia"]:
                 self._need_repository()
-            if version is None:
-                candidates = [v for v in meta["versions"] if self.branch_allowed(name, v)]
-                if not candidates:
-                    raise DoubleError(f"{name}: no version allowed by the branch lock")
-                current = self.packages.get(name, {}).get("version")
-                version = current if current in candidates else candidates[-1]
-            elif version not in meta["versions"]:
-                raise DoubleError(f"{name}: version {version} not in the repository")
-            elif not self.branch_allowed(name, version):
-                raise DoubleError(f"{name}={version} is outside the branch lock")
+            version = self._pick_version(name, version)
             todo.append((name, version))
-            for dep in meta["deps"]:
-                pending.append((dep, version))
-        for name, version in todo:
-            meta = cat[name]
-            if meta.get("fabricmanager"):
-                driver = self.packages.get("nvidia-driver", {}).get("version")
-                if (
-                    not any(v == version for n, v in todo if n == "nvidia-driver")
-                    and driver != version
-                ):
-                    raise DoubleError(f"{name} {version} depends on nvidia-driver (= {version})")
-            flavour = meta.get("flavour")
-            if flavour:  # the other flavour's kernel module conflicts
-                other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
-                if other in self.packages:
-                    self._remove_for_conflict(other, replace_held)
-                    for meta_name in self.target.driver_meta.values():
-                        if meta_name in self.packages and meta_name not in dict(todo):
-                            self._remove_for_conflict(meta_name, replace_held)
-        for name, version in todo:
-            current = self.packages.get(name)
-            if current and current["version"] == version:
-                continue
-            if current and (current["held"] and not replace_held or name in self.locks):
-                raise DoubleError(f"E: Held packages were changed: {name}")
-            if (
-                self.target.pinning_package
-                and cat[name].get("nvidia")
-                and name
-                in (
-                    "nvidia-driver",
-                    *self.target.driver_meta.values(),
-                )
-            ):
-                if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
-                    raise DoubleError(f"{name} installed before nvidia-driver-pinning")
-            self.packages[name] = {"version": version, "held": bool(current and current["held"])}
-            if name == "nvidia-driver":
-                self.dirs.add("/usr/lib/systemd")
+            pending += [(dep, version) for dep in cat[name]["deps"]]
+        return todo
+
+    def _check_fabricmanager(self, name: str, version: str, todo: list[tuple[str, str]]) -> None:
+        """Fabric Manager depends on the driver at its own upstream version."""
+        if not self.catalogue()[name].get("fabricmanager"):
+            return
+        upstream = gpu_stack.package_version(version)
+        driver = self.packages.get("nvidia-driver", {}).get("version")
+        versions = [v for n, v in todo if n == "nvidia-driver"] + ([driver] if driver else [])
+        if not any(gpu_stack.package_version(v) == upstream for v in versions):
+            raise DoubleError(f"{name} {version} depends on nvidia-driver (= {upstream})")
+
+    def _remove_other_flavour(
+        self, name: str, todo: list[tuple[str, str]], replace_held: bool
+    ) -> None:
+        flavour = self.catalogue()[name].get("flavour")
+        if not flavour:
+            return
+        other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
+        if other not in self.packages:
+            return
+        self._remove_for_conflict(other, replace_held)
+        for meta_name in self.target.driver_meta.values():
+            if meta_name in self.packages and meta_name not in dict(todo):
+                self._remove_for_conflict(meta_name, replace_held)
+
+    def _install_one(self, name: str, version: str, replace_held: bool) -> None:
+        current = self.packages.get(name)
+        if current and current["version"] == version:
+            return
+        if current and (current["held"] and not replace_held or name in self.locks):
+            raise DoubleError(f"E: Held packages were changed: {name}")
+        driver_names = ("nvidia-driver", *self.target.driver_meta.values())
+        if self.target.pinning_package and name in driver_names:
+            if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
+                raise DoubleError(f"{name} installed before nvidia-driver-pinning")
+        self.packages[name] = {"version": version, "held": bool(current and current["held"])}
+        if name == "nvidia-driver":
+            self.dirs.add("/usr/lib/systemd")
 
     def _remove_for_conflict(self, name: str, replace_held: bool) -> None:
         if (self.packages[name]["held"] and not replace_held) or name in self.locks:
@@ -610,7 +650,7 @@ class GpuHostDouble:
     def _systemctl(self, verb: str, unit: str) -> None:
         owner = {
             "nvidia-persistenced.service": "nvidia-driver",
-            "nvidia-fabricmanager.service": self.target.fabricmanager,
+            "nvidia-fabricmanager.service": self._fabricmanager_installed(),
         }
         if owner.get(unit) not in self.packages:
             raise DoubleError(f"Failed to {verb} {unit}: Unit {unit} not found.")
@@ -623,11 +663,15 @@ class GpuHostDouble:
         else:
             raise DoubleError(f"unexpected systemctl {verb}")
 
+    def _fabricmanager_installed(self) -> str:
+        names = [n for n in self.packages if self.catalogue().get(n, {}).get("fabricmanager")]
+        return names[0] if names else "(no Fabric Manager)"
+
     def _can_run(self, unit: str) -> bool:
         if self.module is None:
             return False
         if unit == "nvidia-fabricmanager.service":
-            fm = self.packages[self.target.fabricmanager]["version"]
+            fm = self.packages[self._fabricmanager_installed()]["version"]
             return bool(self.nvswitch) and gpu_stack.package_version(fm) == self.module
         return True
 

@@ -100,6 +100,7 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
         name="Install Fabric Manager at the driver's version",
         distro=distro,
         nvswitch=plan.nvswitch,
+        branch=plan.branch,
         version=plan.version,
         skip=skip,
     )

@@ -466,13 +466,23 @@ def driver(
 
 
 @operation()
-def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip: str | None = None):
+def fabricmanager(
+    distro: str,
+    nvswitch: bool,
+    branch: str = "",
+    version: str | None = None,
+    skip: str | None = None,
+):
     """
-    Install Fabric Manager at exactly the installed driver's version, on NVSwitch systems only
-    (elsewhere it fails to start: ``NV_WARN_NOTHING_TO_DO``).
+    Install Fabric Manager at the installed driver's version, on NVSwitch systems only
+    (elsewhere it fails to start: ``NV_WARN_NOTHING_TO_DO``). The package name follows the
+    branch (``nvidia-fabricmanager`` from 580; ``nvidia-fabricmanager-<branch>`` on apt and
+    ``nvidia-fabric-manager`` on EL before), the version the driver's upstream version as
+    NVIDIA's driver container matches it (apt: ``=<version>*``; dnf: ``-<version>``).
 
     + distro: distro key of ``data/distros.toml``
     + nvswitch: whether the host has NVSwitch bridges (PCI class 0680)
+    + branch: the driver branch (picks the package name)
     + version: the driver version to expect when no driver is installed yet
     + skip: reason to do nothing
 
@@ -480,7 +490,7 @@ def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip:
 
     .. code:: python
 
-        nvidia.fabricmanager(name="Fabric Manager", distro="ubuntu2204", nvswitch=True)
+        nvidia.fabricmanager(name="Fabric Manager", distro="ubuntu2204", nvswitch=True, branch="580")
     """
     if skip:
         host.noop(f"Fabric Manager: skipped, {skip}")
@@ -491,20 +501,19 @@ def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip:
     target = gpu_stack.distro(distro)
     installed_fact = fact_cache.get_fact(GpuStackPackages)
     driver_version = gpu_stack.installed_driver(target, installed_fact).version or version
-    if driver_version:
-        driver_version = driver_version.split(":", 1)[-1]
-    present = gpu_stack.find_packages(installed_fact, [target.fabricmanager])
-    if present and driver_version and present[0]["version"].split(":", 1)[-1] == driver_version:
-        host.noop(f"{target.fabricmanager} {driver_version} is installed (the driver's version)")
+    package = target.fabricmanager_package(branch or gpu_stack.branch_of(driver_version or "0"))
+    present = gpu_stack.find_packages(installed_fact, [package])
+    upstream = gpu_stack.package_version(driver_version) if driver_version else None
+    if present and upstream and gpu_stack.package_version(present[0]["version"]) == upstream:
+        host.noop(f"{package} {upstream} is installed (the driver's version)")
         return
     locks = installed_fact.get("locks", [])
-    if present and target.family.unhold_before_replace and target.fabricmanager in locks:
-        yield _command(target.family.unhold, target.fabricmanager)
-    yield from _install(
-        target,
-        [_versioned(target, target.fabricmanager, driver_version)],
-        replace_held=bool(present),
-    )
+    if present and target.family.unhold_before_replace and package in locks:
+        yield _command(target.family.unhold, package)
+    spec = package
+    if upstream:
+        spec = f"{package}{target.family.version_separator}{target.fabricmanager_version(upstream)}"
+    yield from _install(target, [spec], replace_held=bool(present))
 
 
 @operation()

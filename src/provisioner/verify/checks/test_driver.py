@@ -52,7 +52,7 @@ def _driver_globs(target: HostContext) -> list[str]:
         return list(FALLBACK_DRIVER_GLOBS)
     globs = list(distro.driver_globs)
     globs += [glob for flavour in distro.kernel_module.values() for glob in flavour]
-    globs += [distro.fabricmanager, f"{distro.fabricmanager}-*"]
+    globs += list(distro.fabricmanager_globs())
     return list(dict.fromkeys(globs))
 
 
