@@ -30,6 +30,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from provisioner import settings
 from provisioner.nvidia_smi import GPU_CLASSES, NVSWITCH_CLASSES
 
 FLAVOURS = ("open", "proprietary")
@@ -521,6 +522,8 @@ class TorchPlan:
     user: str
     distro: Distro | None = None
     trusted_host: str | None = None
+    python: str = "python3"  # the interpreter the venv is made with
+    python_packages: tuple[str, ...] = ()  # what installs it (EL9: python3.11)
 
     @property
     def local_version(self) -> str:
@@ -534,9 +537,11 @@ class StackPlan:
     torch: TorchPlan | None = None
 
 
-def _data(data: Any, key: str, default: Any = None) -> Any:
+def _data(data: Any, key: str) -> Any:
+    """A host data key, or its declared default (``data/keys/*.toml``): one place for defaults,
+    none written here."""
     value = data.get(key) if hasattr(data, "get") else None
-    return default if value is None else value
+    return settings.all_defaults().get(key) if value is None else value
 
 
 def gpu_presence(
@@ -676,7 +681,7 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
     if not has_gpu:
         return DriverPlan(skip=f"CPU-only host: {gpu_reason}", gpu_reason=gpu_reason)
 
-    branch = str(_data(data, "nvidia_driver_branch", "580"))
+    branch = str(_data(data, "nvidia_driver_branch"))
     if not re.fullmatch(r"\d{3}", branch):
         raise GpuStackError(
             f'nvidia_driver_branch must be a branch number such as "580", got {branch!r}'
@@ -695,7 +700,7 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
 
     models, caps, nvswitch = host_gpus(pci, smi)
     flavour, flavour_reason = choose_flavour(
-        models, int(branch), str(_data(data, "nvidia_driver_flavour", "auto"))
+        models, int(branch), str(_data(data, "nvidia_driver_flavour"))
     )
 
     installed = installed_driver(target, facts.get("packages"))
@@ -716,13 +721,13 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
             f"the {flavour} ones ({flavour_reason})"
         )
     change = "; ".join(changes) or None
-    if change and not _data(data, "nvidia_driver_allow_branch_change", False):
+    if change and not _data(data, "nvidia_driver_allow_branch_change"):
         raise GpuStackError(
             f"{change}: changing an installed driver needs nvidia_driver_allow_branch_change: true "
             "(docs/gpu-stack.md, 'Changing the branch')"
         )
 
-    base = str(_data(data, "nvidia_repo_url", "")).rstrip("/")
+    base = str(_data(data, "nvidia_repo_url") or "").rstrip("/")
     if not base:
         raise GpuStackError("nvidia_repo_url is empty")
     repo_url = f"{base}/{target.repo_path}/{arch}/"
@@ -743,9 +748,13 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
         installed=installed,
         change=change,
         headers_repo_url=_data(data, "kernel_headers_repo_url") or None,
-        extra_components=tuple(_data(data, "nvidia_extra_components", target.extra_components)),
-        reboot=bool(_data(data, "nvidia_reboot", True)),
-        reboot_timeout=int(_data(data, "nvidia_reboot_timeout", 900)),
+        extra_components=tuple(
+            target.extra_components
+            if _data(data, "nvidia_extra_components") is None
+            else _data(data, "nvidia_extra_components")
+        ),
+        reboot=bool(_data(data, "nvidia_reboot")),
+        reboot_timeout=int(_data(data, "nvidia_reboot_timeout")),
     )
 
 
@@ -760,7 +769,7 @@ def _caps_outside(caps: Iterable[str], low: str | None, high: str | None) -> lis
 
 def plan_toolkit(data: Any, driver: DriverPlan) -> ToolkitPlan:
     """The CUDA toolkit plan: none unless ``cuda_toolkit_version`` is set on a GPU host."""
-    version = str(_data(data, "cuda_toolkit_version", "") or "").strip()
+    version = str(_data(data, "cuda_toolkit_version") or "").strip()
     if not version:
         return ToolkitPlan(
             skip="cuda_toolkit_version is not set (PyTorch brings its own CUDA runtime)"
@@ -807,6 +816,36 @@ def _torch_minor(version: str) -> str:
     return f"{match.group(1)}.{match.group(2)}"
 
 
+def _version_tuple(value: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in value.split("."))
+
+
+def python_floor(minor: str) -> str | None:
+    """The oldest Python that torch ``minor`` (``"2.9"``) publishes wheels for, or None."""
+    floor = None
+    for entry in tomllib.loads(_data_text("torch_wheels.toml")).get("python", {}).get("floors", []):
+        if _version_tuple(minor) >= _version_tuple(entry["from"]):
+            floor = entry["min_python"]
+    return floor
+
+
+def choose_python(target: Distro, minor: str, version: str) -> Mapping[str, Any]:
+    """The distro's cheapest interpreter that torch ``minor`` has wheels for (distros.toml
+    ``pythons``); GpuStackError naming the versions when none has."""
+    floor = python_floor(minor)
+    pythons = target.pythons or ({"version": "", "binary": "python3", "packages": []},)
+    for candidate in pythons:
+        if floor is None or not candidate["version"]:
+            return candidate
+        if _version_tuple(candidate["version"]) >= _version_tuple(floor):
+            return candidate
+    offered = ", ".join(p["version"] for p in pythons)
+    raise GpuStackError(
+        f"torch {version} publishes wheels for Python {floor} and newer; {target.name} offers "
+        f"Python {offered}"
+    )
+
+
 def _index_problem(
     tag: str, spec: Mapping[str, Any], minor: str, version: str, driver: DriverPlan
 ) -> str | None:
@@ -824,9 +863,10 @@ def _index_problem(
             f"{tag} wheels (CUDA {spec['cuda']}) need driver branch {need} or newer, "
             f"nvidia_driver_branch is {driver.branch}"
         )
-    outside = _caps_outside(
-        driver.compute_caps, spec.get("min_compute_capability"), spec.get("max_compute_capability")
+    low = (spec.get("min_compute_capability_by_torch") or {}).get(minor) or spec.get(
+        "min_compute_capability"
     )
+    outside = _caps_outside(driver.compute_caps, low, spec.get("max_compute_capability"))
     if outside:
         return (
             f"{tag} wheels are not built for compute capability {', '.join(outside)} "
@@ -840,19 +880,22 @@ def plan_torch(
 ) -> TorchPlan:
     """The PyTorch plan: wheel index tag, version, venv; GpuStackError for a pairing the driver
     cannot run, naming both versions."""
-    version = str(_data(data, "torch_version", "2.9.1"))
+    version = str(_data(data, "torch_version"))
     minor = _torch_minor(version)
     forced = _data(data, "pytorch_cuda")
     indexes = torch_indexes()
     target = driver.distro or find_distro(os_info or {})
+    python = choose_python(target, minor, version)
     common = dict(
         version=version,
-        venv=str(_data(data, "pytorch_venv", "/opt/provisioner/torch-venv")),
-        user=str(_data(data, "pytorch_user", "provisioner")),
+        venv=str(_data(data, "pytorch_venv")),
+        user=str(_data(data, "pytorch_user")),
         distro=target,
+        python=str(python["binary"]),
+        python_packages=tuple(python.get("packages") or ()),
     )
-    base = str(_data(data, "pytorch_index_url", "https://download.pytorch.org/whl")).rstrip("/")
-    if _data(data, "pytorch_index_trusted", False):
+    base = str(_data(data, "pytorch_index_url")).rstrip("/")
+    if _data(data, "pytorch_index_trusted"):
         common["trusted_host"] = urlsplit(base).hostname
     if forced is not None and forced not in indexes:
         raise GpuStackError(f"pytorch_cuda {forced!r} is not a known index ({', '.join(indexes)})")

@@ -38,6 +38,9 @@ TORCH_SETUP = [
 ]
 
 
+EL_TORCH_SETUP = [c.replace("python3 -m", "python3.11 -m") for c in TORCH_SETUP]
+
+
 def pip(tag: str, version: str = "2.9.1", index: str = "https://download.pytorch.org/whl") -> str:
     return (
         f"runuser -u provisioner -- {VENV}/bin/pip install --no-input --disable-pip-version-check "
@@ -129,7 +132,8 @@ FRESH_RHEL9 = [
     "dnf install -y cuda-toolkit-13-0",
     "upload /etc/profile.d/cuda.sh",
     "chmod 644 /etc/profile.d/cuda.sh",
-    *TORCH_SETUP,
+    "dnf install -y python3.11",  # EL9's python3 is 3.9; torch 2.9 needs >= 3.10
+    *EL_TORCH_SETUP,
     pip("cu130"),
 ]
 
@@ -210,7 +214,9 @@ def fresh(
         out += [] if apt else [f"dnf install -y cuda-toolkit-{toolkit}"]
         out += ["upload /etc/profile.d/cuda.sh", "chmod 644 /etc/profile.d/cuda.sh"]
     out += ["apt-get update", f"{APT_INSTALL} python3-venv"] if apt else []
-    return [*out, *TORCH_SETUP, pip(tag)]
+    # EL9's python3 is 3.9; torch 2.9 has no cp39 wheels: the venv is made with python3.11
+    out += [] if apt else ["dnf install -y python3.11"]
+    return [*out, *(TORCH_SETUP if apt else EL_TORCH_SETUP), pip(tag)]
 
 
 @pytest.fixture
@@ -370,7 +376,9 @@ def test_cpu_only_host_skips_the_gpu_parts_with_reasons(doubles, caplog, distro)
     state = apply(doubles, {"a": host}, {"a": TOOLKIT})
     assert not failed(state)
     venv = ["apt-get update", f"{APT_INSTALL} python3-venv"] if distro in APT else []
-    assert host.changes == [*venv, *TORCH_SETUP, pip("cpu")]
+    venv += [] if distro in APT else ["dnf install -y python3.11"]
+    setup = TORCH_SETUP if distro in APT else EL_TORCH_SETUP
+    assert host.changes == [*venv, *setup, pip("cpu")]
     log = caplog.text
     assert "NVIDIA driver: skipped, CPU-only host: no NVIDIA GPU on the PCI bus" in log
     assert "CUDA toolkit: skipped, no CUDA toolkit on a CPU-only host" in log
@@ -481,7 +489,7 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             GpuHostDouble(distro="debian12", gpus=("2684",)),
             {"torch_version": "2.5.1", "pytorch_cuda": "cu130"},
             "pytorch_cuda cu130 with torch 2.5.1: torch 2.5.1 is not published on the cu130 index "
-            "(it carries 2.9, 2.10, 2.11, 2.12, 2.13)",
+            "(it carries 2.9, 2.10, 2.11, 2.12, 2.13, 2.14, 2.15)",
         ),
         (
             GpuHostDouble(distro="rhel9", gpus=("2684",)),

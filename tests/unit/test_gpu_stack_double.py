@@ -56,6 +56,22 @@ KERNELS = {
     "apt": "6.1.0-28-amd64",
     "dnf": "5.14.0-427.13.1.el9_4.x86_64",
 }
+# The interpreters each release ships (python3) or offers as packages: Debian 12 3.11, Debian 13
+# 3.13, Ubuntu 22.04 3.10 (3.11 in universe), Ubuntu 24.04 3.12, EL9 3.9 with python3.11 and
+# python3.12 in AppStream (distribution package indexes; EL9 from the RHEL 9 application
+# streams lifecycle, not checked from here).
+PYTHONS = {
+    "debian11": {"python3": "3.9"},
+    "debian12": {"python3": "3.11"},
+    "debian13": {"python3": "3.13"},
+    "ubuntu2204": {"python3": "3.10", "python3.11": "3.11"},
+    "ubuntu2404": {"python3": "3.12"},
+    "rhel9": {"python3": "3.9", "python3.11": "3.11", "python3.12": "3.12"},
+    "rocky9": {"python3": "3.9", "python3.11": "3.11", "python3.12": "3.12"},
+}
+# The oldest Python each torch minor has wheels for, on PyPI (pip index versions torch
+# --python-version X, 2026-12-06: 3.9 -> 2.8.0 newest, 3.10 -> 2.14.1, 3.11 -> 2.15.0).
+TORCH_PYTHON_FLOOR = (("2.15", (3, 11)), ("2.9", (3, 10)))
 GPU_CATALOGUE = {  # device id -> (nvidia-smi name, memory MiB, compute capability)
     "2684": ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
     "20b2": ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
@@ -192,6 +208,8 @@ class GpuHostDouble:
             "python3-venv",
             "python3-dnf-plugin-versionlock",
             "epel-release",
+            *(p for p in PYTHONS[self.distro] if p != "python3"),
+            "python3.11-venv",
         ):
             cat[name] = {"versions": ["1.0-1"], "deps": [], "nvidia": False}
         if self.family == "apt":
@@ -675,12 +693,26 @@ class GpuHostDouble:
             return bool(self.nvswitch) and gpu_stack.package_version(fm) == self.module
         return True
 
+    def _check_python(self, venv: str, version: str) -> None:
+        """pip finds no torch wheel for a venv's Python below the release's floor."""
+        config = self.files[f"{venv}/pyvenv.cfg"]["content"]
+        python = tuple(int(p) for p in config.split("version = ")[1].split()[0].split("."))
+        torch = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+        for first, floor in TORCH_PYTHON_FLOOR:
+            if torch >= tuple(int(p) for p in first.split(".")) and python < floor:
+                raise DoubleError(
+                    f"ERROR: No matching distribution found for torch=={version} (Python {python})"
+                )
+
     def _runuser(self, user: str, argv: list[str]) -> None:
         if user not in self.users:
             raise DoubleError(f"runuser: user {user} does not exist")
         if argv[1:3] == ["-m", "venv"]:
+            pythons = PYTHONS[self.distro]
+            if argv[0] not in pythons or (argv[0] != "python3" and argv[0] not in self.packages):
+                raise DoubleError(f"runuser: failed to execute {argv[0]}: No such file")
             self.files[f"{argv[3]}/pyvenv.cfg"] = {
-                "content": "home = /usr/bin\n",
+                "content": f"home = /usr/bin\nversion = {pythons[argv[0]]}\n",
                 "sha256": None,
                 "mode": 0o644,
             }
@@ -694,6 +726,7 @@ class GpuHostDouble:
             version = spec.split("==", 1)[1]
             if not version.endswith("+" + index.rsplit("/", 1)[1]):
                 raise DoubleError(f"{spec} is not on {index}")
+            self._check_python(venv, version)
             self.torch[venv] = version
             return
         raise DoubleError(f"unexpected runuser command {argv}")
