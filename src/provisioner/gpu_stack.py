@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provisioner import settings
-from provisioner.nvidia_smi import GPU_CLASSES, NVSWITCH_CLASSES
+from provisioner.nvidia_smi import GPU_CLASSES, NVSWITCH_CLASSES, gpus_on_bus
 
 FLAVOURS = ("open", "proprietary")
 REBOOT_MARKER = "/var/lib/provisioner/reboot-required"
@@ -549,7 +549,7 @@ def gpu_presence(
 ) -> tuple[bool, str]:
     """Whether the host takes the GPU path, and why (data ``gpu``, lspci, nvidia-smi)."""
     forced = _data(data, "gpu")
-    gpus = [d for d in pci or [] if d.get("class_id") in GPU_CLASSES]
+    gpus = gpus_on_bus(pci)
     if forced is False:
         return False, "data `gpu` is false"
     if forced is True:
@@ -558,7 +558,7 @@ def gpu_presence(
         return True, f"{len(gpus)} NVIDIA GPU(s) on the PCI bus"
     if smi and smi.get("state") == "ok" and smi.get("gpus"):
         return True, "nvidia-smi reports NVIDIA GPUs"
-    return False, "no NVIDIA GPU on the PCI bus (lspci) and none reported by nvidia-smi"
+    return False, "no NVIDIA GPU on the PCI bus (lspci/sysfs) and none reported by nvidia-smi"
 
 
 def host_gpus(

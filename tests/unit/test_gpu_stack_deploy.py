@@ -506,7 +506,7 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             GpuHostDouble(distro="debian12", gpus=()),
             {"pytorch_cuda": "cu128"},
             "pytorch_cuda is cu128, but this is a CPU-only host: no NVIDIA GPU on the PCI bus "
-            "(lspci) and none reported by nvidia-smi",
+            "(lspci/sysfs) and none reported by nvidia-smi",
         ),
     ],
     ids=[

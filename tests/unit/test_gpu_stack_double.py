@@ -146,9 +146,7 @@ class GpuHostDouble:
         self.family = self.target.family.name
         self.kernel = KERNELS[self.family]
         key_url_file = self.target.key_file
-        default_key = ServedKey(
-            SERVED_FINGERPRINTS[key_url_file], "0" * 64, EL_KEY_SHA256_STRIPPED
-        )
+        default_key = ServedKey(SERVED_FINGERPRINTS[key_url_file], "0" * 64, EL_KEY_SHA256_STRIPPED)
         for arch in ("x86_64", "sbsa"):
             url = (
                 "https://developer.download.nvidia.com/compute/cuda/repos/"
@@ -191,9 +189,7 @@ class GpuHostDouble:
             fm = cat.setdefault(
                 t.fabricmanager_package(branch), {"versions": [], "deps": [], "fabricmanager": True}
             )
-            fm["versions"] += [
-                f"{v}-1" for v in self.driver_versions if v.split(".")[0] == branch
-            ]
+            fm["versions"] += [f"{v}-1" for v in self.driver_versions if v.split(".")[0] == branch]
         for branch in {v.split(".")[0] for v in self.driver_versions}:
             if t.pinning_package:
                 cat[t.pinning(branch)] = {"versions": [self.pkg_version(f"{branch}.0")], "deps": []}

@@ -212,7 +212,7 @@ def test_gpu_from_nvidia_smi_when_lspci_sees_none():
 
 def test_cpu_only_reasons():
     assert gpu_stack.plan_driver(data(), facts(devices=())).skip == (
-        "CPU-only host: no NVIDIA GPU on the PCI bus (lspci) and none reported by nvidia-smi"
+        "CPU-only host: no NVIDIA GPU on the PCI bus (lspci/sysfs) and none reported by nvidia-smi"
     )
     assert (
         gpu_stack.plan_driver(data(gpu=False), facts()).skip == "CPU-only host: data `gpu` is false"

@@ -490,7 +490,9 @@ def fabricmanager(
 
     .. code:: python
 
-        nvidia.fabricmanager(name="Fabric Manager", distro="ubuntu2204", nvswitch=True, branch="580")
+        nvidia.fabricmanager(
+            name="Fabric Manager", distro="ubuntu2204", nvswitch=True, branch="580"
+        )
     """
     if skip:
         host.noop(f"Fabric Manager: skipped, {skip}")
