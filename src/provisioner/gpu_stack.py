@@ -104,6 +104,19 @@ class Distro:
     secure_boot: str = "dkms"
     repo_first_branch: int = 0
     pythons: tuple[Mapping[str, Any], ...] = ()
+    offered: tuple[str, ...] = ()  # the distribution's own driver: the branches it ships
+
+    @property
+    def distribution_driver(self) -> bool:
+        """Whether this table installs the distribution's own driver packages."""
+        return self.key.endswith(DISTRO_SOURCE_SUFFIX)
+
+    def driver_packages(self, flavour: str, branch: str, kernel: str = "") -> list[str]:
+        """The packages that install the driver (``driver_meta``, several on the distro
+        source; ``{branch}`` and the kernel's ``{flavour}`` filled in)."""
+        kernel_flavour = kernel.split("-")[-1] if kernel else ""
+        text = self.driver_meta[flavour].format(branch=branch, flavour=kernel_flavour)
+        return text.split()
 
     def matches(self, os_id: str | None, version_id: str | None, codename: str | None) -> bool:
         for rule in self.match:
@@ -184,43 +197,76 @@ def distros() -> dict[str, Distro]:
         return {**resolved(base, (*seen, key)), **spec} if base else spec
 
     out: dict[str, Distro] = {}
-    fams = families()
     for key in raw:
         spec = resolved(key)
-        out[key] = Distro(
-            key=key,
-            name=spec["name"],
-            family=fams[spec["family"]],
-            match=_tuple(spec["match"]),
-            repo_path=spec["repo_path"],
-            arches=dict(spec["arches"]),
-            extra_components=_tuple(spec.get("extra_components")),
-            key_file=spec["key_file"],
-            key_fingerprint=spec.get("key_fingerprint", ""),
-            key_sha256=spec.get("key_sha256", ""),
-            key_strip_version=bool(spec.get("key_strip_version", False)),
-            driver_meta=dict(spec["driver_meta"]),
-            kernel_module={k: _tuple(v) for k, v in spec["kernel_module"].items()},
-            driver_globs=_tuple(spec["driver_globs"]),
-            hold_globs=_tuple(spec["hold_globs"]),
-            hold_exclude=_tuple(spec.get("hold_exclude")),
-            branch_lock=spec["branch_lock"],
-            fabricmanager=_tuple(spec["fabricmanager"]),
-            prerequisites=_tuple(spec.get("prerequisites")),
-            headers=spec["headers"],
-            initramfs=_tuple(spec["initramfs"]),
-            venv_packages=_tuple(spec.get("venv_packages")),
-            toolkit_package=spec["toolkit_package"],
-            archive_keyring=spec.get("archive_keyring", ""),
-            pinning_package=spec.get("pinning_package", ""),
-            module_stream=spec.get("module_stream", ""),
-            stream_suffix=dict(spec.get("stream_suffix", {})),
-            persistenced_dropin=bool(spec.get("persistenced_dropin", False)),
-            secure_boot=spec.get("secure_boot", "dkms"),
-            repo_first_branch=int(spec.get("repo_first_branch", 0)),
-            pythons=_tuple(spec.get("pythons")),
-        )
+        out[key] = _distro(key, spec)
+        if spec.get("distro_driver"):
+            variant = f"{key}{DISTRO_SOURCE_SUFFIX}"
+            out[variant] = _distro(variant, _distro_source_spec(spec))
     return out
+
+
+# the distro table of a release's own driver packages: "<key>:distro"
+DISTRO_SOURCE_SUFFIX = ":distro"
+
+
+def _distro_source_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A release's table with its own driver packages (``distro_driver``) in place of NVIDIA's:
+    no NVIDIA repository or key, no branch pinning package (one branch per release), no
+    Fabric Manager; the holds, nouveau, reboot and services work the same way."""
+    own = spec["distro_driver"]
+    return {
+        **spec,
+        "name": f"{spec['name']} (distribution driver)",
+        "extra_components": own.get("components", []),
+        "driver_meta": own["packages"],
+        "kernel_module": own["kernel_module"],
+        "driver_globs": own["driver_globs"],
+        "branch_lock": "none",
+        "fabricmanager": [],
+        "secure_boot": own.get("secure_boot", "dkms"),
+        "repo_first_branch": 0,
+        "offered": own["branches"],
+    }
+
+
+def _distro(key: str, spec: dict[str, Any]) -> Distro:
+    """One ``[distro.*]`` table (its base already merged in) as a :class:`Distro`."""
+    fams = families()
+    return Distro(
+        key=key,
+        name=spec["name"],
+        family=fams[spec["family"]],
+        match=_tuple(spec["match"]),
+        repo_path=spec["repo_path"],
+        arches=dict(spec["arches"]),
+        extra_components=_tuple(spec.get("extra_components")),
+        key_file=spec["key_file"],
+        key_fingerprint=spec.get("key_fingerprint", ""),
+        key_sha256=spec.get("key_sha256", ""),
+        key_strip_version=bool(spec.get("key_strip_version", False)),
+        driver_meta=dict(spec["driver_meta"]),
+        kernel_module={k: _tuple(v) for k, v in spec["kernel_module"].items()},
+        driver_globs=_tuple(spec["driver_globs"]),
+        hold_globs=_tuple(spec["hold_globs"]),
+        hold_exclude=_tuple(spec.get("hold_exclude")),
+        branch_lock=spec["branch_lock"],
+        fabricmanager=_tuple(spec["fabricmanager"]),
+        prerequisites=_tuple(spec.get("prerequisites")),
+        headers=spec["headers"],
+        initramfs=_tuple(spec["initramfs"]),
+        venv_packages=_tuple(spec.get("venv_packages")),
+        toolkit_package=spec["toolkit_package"],
+        archive_keyring=spec.get("archive_keyring", ""),
+        pinning_package=spec.get("pinning_package", ""),
+        module_stream=spec.get("module_stream", ""),
+        stream_suffix=dict(spec.get("stream_suffix", {})),
+        persistenced_dropin=bool(spec.get("persistenced_dropin", False)),
+        secure_boot=spec.get("secure_boot", "dkms"),
+        repo_first_branch=int(spec.get("repo_first_branch", 0)),
+        pythons=_tuple(spec.get("pythons")),
+        offered=_tuple(spec.get("offered")),
+    )
 
 
 def distro(key: str) -> Distro:
@@ -235,11 +281,12 @@ def find_distro(os_info: Mapping[str, Any]) -> Distro:
     """The distro table for a host's ``OsInfo`` fact, or a GpuStackError."""
     os_id, version_id = os_info.get("id"), os_info.get("version_id")
     codename = os_info.get("codename")
-    for candidate in distros().values():
+    releases = [d for d in distros().values() if not d.distribution_driver]
+    for candidate in releases:
         if candidate.matches(os_id, version_id, codename):
             return candidate
     shown = os_info.get("pretty_name") or f"{os_id or '?'} {version_id or codename or '?'}"
-    supported = ", ".join(d.name for d in distros().values())
+    supported = ", ".join(d.name for d in releases)
     raise GpuStackError(f"unsupported distribution {shown!r} (supported: {supported})")
 
 
@@ -498,6 +545,16 @@ class DriverPlan:
     extra_components: tuple[str, ...] = ()
     reboot: bool = True
     reboot_timeout: int = 900
+    headers: str = ""  # the kernel headers package DKMS builds against
+    mok_key: str | None = None  # Secure Boot: DKMS signs the module with this MOK
+    mok_cert: str | None = None
+
+    @property
+    def driver_packages(self) -> list[str]:
+        """The packages that install this plan's driver."""
+        if self.distro is None:
+            return []
+        return self.distro.driver_packages(self.flavour, self.branch, self.kernel)
 
     @property
     def distro_key(self) -> str:
@@ -673,14 +730,7 @@ def key_source(data: Any, target: Distro, repo_url: str) -> KeySource:
     return KeySource(url, path, sha256, fingerprint, strip)
 
 
-def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
-    """The driver plan of one host from its data and facts (keys ``os``, ``kernel``, ``pci``,
-    ``smi``, ``packages``, as gathered by the deploys)."""
-    pci, smi = facts.get("pci") or [], facts.get("smi") or {}
-    has_gpu, gpu_reason = gpu_presence(data, pci, smi)
-    if not has_gpu:
-        return DriverPlan(skip=f"CPU-only host: {gpu_reason}", gpu_reason=gpu_reason)
-
+def _branch_and_version(data: Any) -> tuple[str, str | None]:
     branch = str(_data(data, "nvidia_driver_branch"))
     if not re.fullmatch(r"\d{3}", branch):
         raise GpuStackError(
@@ -691,20 +741,34 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
         raise GpuStackError(
             f"nvidia_driver_version {version} is not on nvidia_driver_branch {branch}"
         )
-    os_info = facts.get("os") or {}
-    target = find_distro(os_info)
-    arch = repo_arch(target, os_info.get("arch"))
-    kernel = facts.get("kernel")
-    if not kernel:
-        raise GpuStackError("the running kernel release (uname -r) could not be read")
+    return branch, version
 
-    models, caps, nvswitch = host_gpus(pci, smi)
-    flavour, flavour_reason = choose_flavour(
-        models, int(branch), str(_data(data, "nvidia_driver_flavour"))
-    )
 
-    installed = installed_driver(target, facts.get("packages"))
-    loaded = loaded_module_version(facts.get("module"), smi)
+def driver_table(data: Any, release: Distro, branch: str) -> Distro:
+    """The table the driver comes from: the release's (NVIDIA's repository) or, with
+    ``nvidia_driver_source = "distro"``, the release's own packages; GpuStackError when the
+    distribution does not ship ``branch``, naming the branches it does."""
+    if _data(data, "nvidia_driver_source") != "distro":
+        return release
+    own = distros().get(f"{release.key}{DISTRO_SOURCE_SUFFIX}")
+    if own is None:
+        raise GpuStackError(
+            f'nvidia_driver_source is "distro", but {release.name} has no driver packages of '
+            "its own here (docs/gpu-stack.md lists the distro sources)"
+        )
+    if branch not in own.offered:
+        raise GpuStackError(
+            f"{release.name} ships driver branch {', '.join(own.offered)} in its own packages, "
+            f"nvidia_driver_branch is {branch}"
+        )
+    return own
+
+
+def _installed_change(
+    data: Any, installed: InstalledDriver, loaded: str | None, branch: str, flavour: str, why: str
+) -> str | None:
+    """An installed driver of another branch or flavour (None: none); GpuStackError unless
+    ``nvidia_driver_allow_branch_change``."""
     # a loaded module counts only where no driver package is installed (a driver this toolkit
     # did not install); otherwise an old loaded module is a pending reboot, not a change
     branches = set(installed.branches) or ({loaded.split(".")[0]} if loaded else set())
@@ -718,7 +782,7 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
     if installed.flavour and installed.flavour != flavour:
         changes.append(
             f"the {installed.flavour} kernel modules are installed, this host needs "
-            f"the {flavour} ones ({flavour_reason})"
+            f"the {flavour} ones ({why})"
         )
     change = "; ".join(changes) or None
     if change and not _data(data, "nvidia_driver_allow_branch_change"):
@@ -726,6 +790,105 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
             f"{change}: changing an installed driver needs nvidia_driver_allow_branch_change: true "
             "(docs/gpu-stack.md, 'Changing the branch')"
         )
+    return change
+
+
+def secure_boot_signing(
+    data: Any, target: Distro, facts: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """The MOK that signs a DKMS-built module on a Secure Boot host (None, None: not needed);
+    GpuStackError when the module would be rejected after the reboot: no MOK given, its
+    certificate missing or not enrolled. Decided before anything changes on the host."""
+    state = facts.get("secure_boot") or {}
+    if not state.get("enabled") or target.secure_boot == "signed":
+        return None, None
+    seen = state.get("detail") or "Secure Boot is enabled"
+    key, cert = _data(data, "nvidia_mok_key"), _data(data, "nvidia_mok_cert")
+    if not key or not cert:
+        signed = distros().get(f"{target.key.split(':')[0]}{DISTRO_SOURCE_SUFFIX}")
+        hint = (
+            '; or nvidia_driver_source = "distro" (Canonical-signed modules)'
+            if signed is not None and signed.secure_boot == "signed"
+            else ""
+        )
+        raise GpuStackError(
+            f"{seen}: the kernel would reject the DKMS-built NVIDIA module after the reboot "
+            "(Key was rejected by service). Set nvidia_mok_key and nvidia_mok_cert to a Machine "
+            "Owner Key enrolled on this host (mokutil --import <cert>, then confirm the "
+            f"enrolment at the console during the next boot){hint}"
+        )
+    mok = facts.get("mok") or {}
+    if not mok.get("exists"):
+        raise GpuStackError(f"{seen}: nvidia_mok_cert {cert} does not exist on the host")
+    if not mok.get("enrolled"):
+        raise GpuStackError(
+            f"{seen}: the MOK {cert} is not enrolled ({mok.get('detail') or 'mokutil --test-key'})"
+            f": run mokutil --import {cert}, reboot and confirm the enrolment at the console, "
+            "then apply again"
+        )
+    return str(key), str(cert)
+
+
+def check_offered_branch(plan: DriverPlan, repo: Mapping[str, Any] | None) -> None:
+    """Refuse a plan whose repository does not offer its branch, naming the branches it does:
+    from the repository's own index (``RepoDriverBranches``), else from the branches recorded
+    for the release (``repo_first_branch``). Called before anything changes on the host."""
+    if plan.skip or plan.distro is None or plan.distro.distribution_driver:
+        return
+    if repo and repo.get("read"):
+        offered = list(repo.get("branches") or [])
+        if plan.branch not in offered:
+            raise GpuStackError(
+                f"{plan.repo_url} offers driver branch {', '.join(offered) or 'none'}, "
+                f"nvidia_driver_branch is {plan.branch}"
+            )
+        return
+    first = plan.distro.repo_first_branch
+    if first and int(plan.branch) < first:
+        raise GpuStackError(
+            f"NVIDIA's {plan.distro.repo_path} repository offers driver branches from {first} on "
+            f"(as recorded; its index could not be read: {(repo or {}).get('error') or 'not read'})"
+            f", nvidia_driver_branch is {plan.branch}"
+        )
+
+
+def _headers(data: Any, target: Distro, kernel: str) -> str:
+    return str(_data(data, "nvidia_kernel_headers") or target.headers.format(kernel=kernel))
+
+
+def _extra_components(data: Any, target: Distro) -> tuple[str, ...]:
+    wanted = _data(data, "nvidia_extra_components")
+    return tuple(target.extra_components if wanted is None else wanted)
+
+
+def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
+    """The driver plan of one host from its data and facts (keys ``os``, ``kernel``, ``pci``,
+    ``smi``, ``packages``, ``module``, ``secure_boot``, ``mok``, as gathered by the deploys)."""
+    pci, smi = facts.get("pci") or [], facts.get("smi") or {}
+    has_gpu, gpu_reason = gpu_presence(data, pci, smi)
+    if not has_gpu:
+        return DriverPlan(skip=f"CPU-only host: {gpu_reason}", gpu_reason=gpu_reason)
+
+    branch, version = _branch_and_version(data)
+    os_info = facts.get("os") or {}
+    target = driver_table(data, find_distro(os_info), branch)
+    arch = repo_arch(target, os_info.get("arch"))
+    kernel = facts.get("kernel")
+    if not kernel:
+        raise GpuStackError("the running kernel release (uname -r) could not be read")
+
+    models, caps, nvswitch = host_gpus(pci, smi)
+    if nvswitch and not target.fabricmanager:
+        raise GpuStackError(
+            f"{target.name} has no Fabric Manager package, which this NVSwitch system needs"
+        )
+    flavour, flavour_reason = choose_flavour(
+        models, int(branch), str(_data(data, "nvidia_driver_flavour"))
+    )
+    installed = installed_driver(target, facts.get("packages"))
+    loaded = loaded_module_version(facts.get("module"), smi)
+    change = _installed_change(data, installed, loaded, branch, flavour, flavour_reason)
+    mok_key, mok_cert = secure_boot_signing(data, target, facts)
 
     base = str(_data(data, "nvidia_repo_url") or "").rstrip("/")
     if not base:
@@ -748,13 +911,12 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
         installed=installed,
         change=change,
         headers_repo_url=_data(data, "kernel_headers_repo_url") or None,
-        extra_components=tuple(
-            target.extra_components
-            if _data(data, "nvidia_extra_components") is None
-            else _data(data, "nvidia_extra_components")
-        ),
+        extra_components=_extra_components(data, target),
         reboot=bool(_data(data, "nvidia_reboot")),
         reboot_timeout=int(_data(data, "nvidia_reboot_timeout")),
+        headers=_headers(data, target, kernel),
+        mok_key=mok_key,
+        mok_cert=mok_cert,
     )
 
 

@@ -68,7 +68,10 @@ def test_distro_tables_are_complete():
         assert "x86_64" in target.arches
         assert target.key_fingerprint or target.key_sha256, target.key
         assert target.headers.count("{kernel}") == 1
-        assert target.branch_lock in ("pinning-package", "module-stream")
+        assert target.branch_lock in ("pinning-package", "module-stream", "none")
+        # "none" only for a release's own driver, which ships one branch (or names them)
+        assert (target.branch_lock == "none") == target.distribution_driver
+        assert bool(target.offered) == target.distribution_driver
         if target.branch_lock == "pinning-package":
             assert target.pinning("580") == "nvidia-driver-pinning-580"
         else:
