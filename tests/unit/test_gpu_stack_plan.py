@@ -74,7 +74,7 @@ def test_distro_tables_are_complete():
         assert bool(target.offered) == target.distribution_driver
         if target.branch_lock == "pinning-package":
             assert target.pinning("580") == "nvidia-driver-pinning-580"
-        else:
+        elif target.branch_lock == "module-stream":
             assert target.stream("580", "open") == "nvidia-driver:580-open"
             assert target.stream("580", "proprietary") == "nvidia-driver:580-dkms"
     assert gpu_stack.distro("debian12").extra_components == ("contrib",)
