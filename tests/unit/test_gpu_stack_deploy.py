@@ -91,6 +91,9 @@ FRESH_DEBIAN12 = [
     apt_key("debian12"),
     "upload /etc/apt/sources.list.d/nvidia-cuda.sources",
     "chmod 644 /etc/apt/sources.list.d/nvidia-cuda.sources",
+    # priority 600 for NVIDIA's repository, as cuda-keyring's preference file sets it
+    "upload /etc/apt/preferences.d/nvidia-cuda.pref",
+    "chmod 644 /etc/apt/preferences.d/nvidia-cuda.pref",
     "upload /etc/apt/sources.list.d/provisioner-distro-components.sources",
     "chmod 644 /etc/apt/sources.list.d/provisioner-distro-components.sources",
     "apt-get update",
@@ -163,6 +166,8 @@ def fresh(
         out += [
             "upload /etc/apt/sources.list.d/nvidia-cuda.sources",
             "chmod 644 /etc/apt/sources.list.d/nvidia-cuda.sources",
+            "upload /etc/apt/preferences.d/nvidia-cuda.pref",
+            "chmod 644 /etc/apt/preferences.d/nvidia-cuda.pref",
         ]
         if not ubuntu:
             out += [
@@ -201,6 +206,15 @@ def fresh(
         "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
         initramfs,
         REBOOT,
+    ]
+    if ubuntu:  # Ubuntu's unit runs --no-persistence-mode: NVIDIA's role overrides it
+        out += [
+            "mkdir -p /etc/systemd/system/nvidia-persistenced.service.d",
+            "upload /etc/systemd/system/nvidia-persistenced.service.d/provisioner.conf",
+            "chmod 644 /etc/systemd/system/nvidia-persistenced.service.d/provisioner.conf",
+            "systemctl daemon-reload",
+        ]
+    out += [
         "systemctl start nvidia-persistenced.service",
         "systemctl enable nvidia-persistenced.service",
     ]
@@ -480,7 +494,9 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             "the open modules, Tesla P100-PCIE-16GB (Pascal) the proprietary ones",
         ),
         (
-            GpuHostDouble(distro="debian13", gpus=("2684",)),
+            GpuHostDouble(
+                distro="debian12", gpus=("2684",), driver_versions=("570.195.03", "580.105.08")
+            ),
             {"nvidia_driver_branch": "570", "pytorch_cuda": "cu130"},
             "pytorch_cuda cu130 with torch 2.9.1: cu130 wheels (CUDA 13.0) need driver branch 580 "
             "or newer, nvidia_driver_branch is 570",

@@ -28,7 +28,7 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from provisioner import gpu_stack, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
-from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
+from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, SecureBoot
 from provisioner.facts.system import BootId, OsInfo
 
 NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
@@ -88,6 +88,9 @@ DEFAULT_DIRS = {
     "/etc/profile.d",
     "/etc/yum.repos.d",
     "/etc/pki/rpm-gpg",
+    "/etc/apt/preferences.d",
+    "/etc/systemd/system",
+    "/etc/dkms",
     "/opt",
     "/var/lib",
 }
@@ -119,6 +122,9 @@ class GpuHostDouble:
     os_release: str | None = None  # another /etc/os-release than the distro's (OS_RELEASE key)
     sysfs: bool = True  # False: like a container/the lab, no /sys/module/nvidia
     module_loads: bool = True  # False: the module never loads (e.g. rejected by Secure Boot)
+    secure_boot: bool = False  # UEFI Secure Boot enforcing: an unsigned DKMS module is rejected
+    mok_enrolled: dict[str, bool] = field(default_factory=dict)  # cert path -> enrolled
+    repo_readable: bool = True  # False: the repository index cannot be fetched
     initramfs_tool: bool = True
     nouveau_loaded: bool = False
     served_keys: dict[str, ServedKey] = field(default_factory=dict)
@@ -478,6 +484,9 @@ class GpuHostDouble:
             return False, [f"DOUBLE: {error}"]
 
     def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
+        stack = self._stack_fact(command)
+        if stack is not None:
+            return stack
         if command == OsInfo().command():
             return [*OS_RELEASE[self.os_release or self.distro], f"##arch {self.arch}"]
         if command == "uname -r":
@@ -571,6 +580,34 @@ class GpuHostDouble:
             return [self.torch[venv]] if venv in self.torch else []
         return None
 
+    def _stack_fact(self, command: str) -> list[str] | None:
+        """Secure Boot, MOK, the repository's index, the apt sources naming a URI."""
+        if command == SecureBoot().command():
+            # mokutil --sb-state's two answers (mokutil src/mokutil.c)
+            return [f"mokutil|SecureBoot {'enabled' if self.secure_boot else 'disabled'}"]
+        match = re.search(r"mokutil --test-key (\S+) 2>&1", command)
+        if match:
+            cert = shlex.split(match.group(1))[0]
+            if cert not in self.mok_enrolled:
+                return []
+            state = "is already enrolled" if self.mok_enrolled[cert] else "is not enrolled"
+            return ["exists|yes", f"mok|{cert} {state}"]
+        if command.startswith("d=$(mktemp -d); if ") and "Packages.gz" in command:
+            if not self.repo_readable:
+                return ["error|E: Failed to fetch Packages.gz  404  Not Found"]
+            package = re.search(r"awk -v p=(\S+)", command).group(1)  # type: ignore[union-attr]
+            versions = self.catalogue().get(package, {}).get("versions", [])
+            return [f"version|{v}" for v in versions]
+        match = re.match(r'grep -lsE -- "\(\^\|\[\[:space:\]\]\)(\S+?)/\?', command)
+        if match:
+            url = match.group(1).replace("\\", "")
+            return [
+                p
+                for p, f in sorted(self.files.items())
+                if p.startswith("/etc/apt/sources.list") and url in f.get("content", "")
+            ]
+        return None
+
     def _change(self, command: str) -> None:  # noqa: C901 - one branch per command
         t = self.target
         argv = shlex.split(command) if not command.startswith("set -e;") else []
@@ -610,6 +647,8 @@ class GpuHostDouble:
             self.files.pop(argv[2], None)
         elif command == "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &":
             self.reboot()
+        elif argv == ["systemctl", "daemon-reload"]:
+            pass
         elif argv[:1] == ["systemctl"] and len(argv) == 3:
             self._systemctl(argv[1], argv[2])
         elif argv in (["update-initramfs", "-u"], ["dracut", "-f"]):
@@ -727,6 +766,13 @@ class GpuHostDouble:
             return
         raise DoubleError(f"unexpected runuser command {argv}")
 
+    def _module_signed(self) -> bool:
+        conf = self.files.get("/etc/dkms/framework.conf.d/provisioner-mok.conf")
+        if conf is None:
+            return False
+        cert = re.search(r'mok_certificate="([^"]+)"', conf["content"])
+        return bool(cert and self.mok_enrolled.get(cert.group(1)))
+
     def reboot(self) -> None:
         """What a reboot changes: the installed module loads when DKMS could build it (headers
         for the running kernel), nouveau stays off once blacklisted, enabled services start."""
@@ -735,6 +781,8 @@ class GpuHostDouble:
         version, flavour = self.installed_driver()
         headers = f"linux-headers-{self.kernel}" if self.family == "apt" else "kernel-devel"
         loads = self.module_loads and headers in self.packages
+        if self.secure_boot:  # the kernel rejects a module not signed by an enrolled key
+            loads = loads and self._module_signed()
         self.module = version if version and loads else None
         self.module_flavour = flavour if self.module else None
         if "/etc/modprobe.d/blacklist-nouveau.conf" in self.files:

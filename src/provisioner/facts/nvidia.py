@@ -342,7 +342,7 @@ class AptSourcesFor(FactBase[list[str]]):
 
     def command(self, url: str) -> str:
         return (
-            f"grep -lsE -- \"(^|[[:space:]]){_ere(url.rstrip('/'))}/?([[:space:]]|$)\" "
+            f'grep -lsE -- "(^|[[:space:]]){_ere(url.rstrip("/"))}/?([[:space:]]|$)" '
             "/etc/apt/sources.list /etc/apt/sources.list.d/*.list "
             "/etc/apt/sources.list.d/*.sources 2>/dev/null; true"
         )
@@ -385,10 +385,10 @@ class RepoDriverBranches(FactBase[dict[str, Any]]):
         )
         return (
             "d=$(mktemp -d); "
-            f"if {argv} >\"$d/log\" 2>&1; then "
+            f'if {argv} >"$d/log" 2>&1; then '
             f"gzip -dc {target} | awk -v p={shlex.quote(package)} "
             "'/^Package: /{n=$2} /^Version: /{if (n==p) print \"version|\" $2}'; "
-            "else sed 's/^/error|/' \"$d/log\" | tail -n 3; fi; rm -rf \"$d\"; true"
+            'else sed \'s/^/error|/\' "$d/log" | tail -n 3; fi; rm -rf "$d"; true'
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
