@@ -506,6 +506,37 @@ def packages_to_hold(target: Distro, packages_fact: Mapping[str, Any] | None) ->
     )
 
 
+def branch_locked(target: Distro, packages_fact: Mapping[str, Any] | None, branch: str) -> bool:
+    """Whether the driver is locked to ``branch`` the distro's way: its pinning package
+    installed (apt), its module stream enabled (EL); a distribution's own driver ships one
+    branch, so only its holds lock it."""
+    if target.branch_lock == "pinning-package":
+        return is_installed(packages_fact, target.pinning(branch))
+    if target.branch_lock == "module-stream":
+        return str((packages_fact or {}).get("stream") or "").startswith(f"{branch}-")
+    return True
+
+
+def lock_problems(
+    target: Distro, packages_fact: Mapping[str, Any] | None, branch: str
+) -> list[str]:
+    """What the driver deploy would still change to lock the driver (empty: locked): the
+    branch lock, and the driver packages not held yet (``packages_to_hold``). Verify judges
+    with this, apply acts on the same two answers."""
+    problems = []
+    if not branch_locked(target, packages_fact, branch):
+        how = (
+            target.pinning(branch)
+            if target.branch_lock == "pinning-package"
+            else f"module stream {target.stream(branch, 'open').rsplit('-', 1)[0]}-*"
+        )
+        problems.append(f"branch {branch} is not locked ({how} missing)")
+    unheld = packages_to_hold(target, packages_fact)
+    if unheld:
+        problems.append(f"not held: {', '.join(unheld)}")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # Plans
 

@@ -272,30 +272,6 @@ class HostContext:
 
     # -- packages ------------------------------------------------------------------------
 
-    def package_manager(self) -> str | None:
-        def detect() -> str | None:
-            for manager in ("dpkg-query", "rpm"):
-                if self.has_command(manager):
-                    return "dpkg" if manager == "dpkg-query" else "rpm"
-            return None
-
-        return self._cached("package_manager", detect)
-
-    def installed_packages(self, patterns: list[str]) -> dict[str, str]:
-        """``{name: version}`` of the installed packages matching shell globs."""
-        manager = self.package_manager()
-        globs = " ".join(shlex.quote(p) for p in patterns)
-        if manager == "dpkg":
-            fields = "${Package}\\t${Version}\\t${db:Status-Status}\\n"
-            text = self.output(f"dpkg-query -W -f='{fields}' {globs} 2>/dev/null; true")
-            return parse.dpkg_installed(text)
-        if manager == "rpm":
-            text = self.output(
-                f"rpm -qa --qf '%{{NAME}}\\t%{{VERSION}}\\tinstalled\\n' {globs} 2>/dev/null; true"
-            )
-            return parse.dpkg_installed(text)
-        return {}
-
     # -- HTTP from the host itself -----------------------------------------------------------
 
     def http(
