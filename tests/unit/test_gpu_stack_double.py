@@ -20,6 +20,7 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +101,45 @@ class DoubleError(AssertionError):
     pass
 
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "packages"
+RELEASES = {"debian12": "bookworm", "debian13": "trixie"}
+
+
+def recorded_packages(release: str) -> dict[str, dict[str, str]]:
+    """tests/fixtures/packages/debian-<release>.txt: the recorded Debian archive stanzas."""
+    text = (FIXTURES / f"debian-{release}.txt").read_text()
+    out: dict[str, dict[str, str]] = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != "#"
+        )
+        if "Package" in fields:
+            out.setdefault(fields["Package"], fields)
+    return out
+
+
+def debian_archive(distro: str) -> dict[str, dict[str, Any]]:
+    """The double's Debian archive, from the recorded metadata: versions, the dependencies it
+    has records of (first alternative), and the component each package comes from."""
+    recorded = recorded_packages(RELEASES[distro])
+    cat: dict[str, dict[str, Any]] = {}
+    for name, fields in recorded.items():
+        deps = []
+        for dep in (fields.get("Depends") or "").split(", "):
+            first = dep.split(" | ")[0].split(" ")[0]
+            if first in recorded and first != name:
+                deps.append(first)
+        component = fields["Filename"].split("/")[1]
+        cat[name] = {
+            "versions": [fields["Version"]],
+            "deps": deps,
+            "nvidia": False,
+            "component": component,
+            "exact": True,
+        }
+    return cat
+
+
 @dataclass
 class ServedKey:
     """A signing key the double's "network" serves: its fingerprint and sha256 values."""
@@ -119,6 +159,9 @@ class GpuHostDouble:
     driver_versions: tuple[str, ...] = ("580.105.08", "580.126.09", "590.44.01")
     toolkits: tuple[str, ...] = ("13.0", "12.8")
     arch: str = "x86_64"
+    # "nvidia": NVIDIA's CUDA repository (the stand-in catalogue below); "debian": the Debian
+    # archive's own NVIDIA packages as RECORDED in tests/fixtures/packages/debian-<release>.txt
+    archive: str = "nvidia"
     os_release: str | None = None  # another /etc/os-release than the distro's (OS_RELEASE key)
     sysfs: bool = True  # False: like a container/the lab, no /sys/module/nvidia
     module_loads: bool = True  # False: the module never loads (e.g. rejected by Secure Boot)
@@ -179,6 +222,33 @@ class GpuHostDouble:
         return f"3:{upstream}-1.el9" if self.family == "dnf" else f"{upstream}-1"
 
     def catalogue(self) -> dict[str, dict[str, Any]]:
+        if self.archive == "debian":
+            return {**debian_archive(self.os_release or self.distro), **self._base_catalogue()}
+        return self._nvidia_catalogue()
+
+    def _base_catalogue(self) -> dict[str, dict[str, Any]]:
+        """What the distribution's archive carries besides the driver: helpers, headers."""
+        cat = {
+            name: {"versions": ["1.0-1"], "deps": [], "nvidia": False}
+            for name in ("gpg", "gnupg2", "python3-venv", "python3-dnf-plugin-versionlock",
+                         "epel-release", *(p for p in PYTHONS[self.distro] if p != "python3"),
+                         "python3.11-venv")
+        }  # fmt: skip
+        if self.family == "apt":
+            cat[f"linux-headers-{self.kernel}"] = {
+                "versions": ["6.1.0-1"],
+                "deps": [],
+                "nvidia": False,
+            }
+        else:
+            cat["kernel-devel"] = {
+                "versions": [self.kernel.rsplit(".", 1)[0]],
+                "deps": [],
+                "nvidia": False,
+            }
+        return cat
+
+    def _nvidia_catalogue(self) -> dict[str, dict[str, Any]]:
         """Every package the double's repositories carry: versions, dependencies, and
         whether it comes from NVIDIA's repository."""
         t = self.target
@@ -204,29 +274,7 @@ class GpuHostDouble:
             cat[name] = {"versions": [self.pkg_version(f"{series}.1")], "deps": []}
         for entry in cat.values():
             entry["nvidia"] = True
-        for name in (
-            "gpg",
-            "gnupg2",
-            "python3-venv",
-            "python3-dnf-plugin-versionlock",
-            "epel-release",
-            *(p for p in PYTHONS[self.distro] if p != "python3"),
-            "python3.11-venv",
-        ):
-            cat[name] = {"versions": ["1.0-1"], "deps": [], "nvidia": False}
-        if self.family == "apt":
-            cat[f"linux-headers-{self.kernel}"] = {
-                "versions": ["6.1.0-1"],
-                "deps": [],
-                "nvidia": False,
-            }
-        else:
-            cat["kernel-devel"] = {
-                "versions": [self.kernel.rsplit(".", 1)[0]],
-                "deps": [],
-                "nvidia": False,
-            }
-        return cat
+        return {**cat, **self._base_catalogue()}
 
     def branch_allowed(self, name: str, version: str) -> bool:
         """The branch lock: pinning package (apt) or module stream (dnf)."""
@@ -310,9 +358,13 @@ class GpuHostDouble:
                 raise DoubleError(f"E: Unable to locate package {name}")
             if cat[name]["nvidia"]:
                 self._need_repository()
+            if cat[name].get("component"):
+                self._need_component(cat[name]["component"])
             version = self._pick_version(name, version)
             todo.append((name, version))
-            pending += [(dep, version) for dep in cat[name]["deps"]]
+            pending += [
+                (dep, None if cat[dep].get("exact") else version) for dep in cat[name]["deps"]
+            ]
         return todo
 
     def _check_fabricmanager(self, name: str, version: str, todo: list[tuple[str, str]]) -> None:
@@ -331,7 +383,7 @@ class GpuHostDouble:
         flavour = self.catalogue()[name].get("flavour")
         if not flavour:
             return
-        other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
+        other = self.table.kernel_module["proprietary" if flavour == "open" else "open"][0]
         if other not in self.packages:
             return
         self._remove_for_conflict(other, replace_held)
@@ -346,7 +398,7 @@ class GpuHostDouble:
         if current and (current["held"] and not replace_held or name in self.locks):
             raise DoubleError(f"E: Held packages were changed: {name}")
         driver_names = ("nvidia-driver", *self.target.driver_meta.values())
-        if self.target.pinning_package and name in driver_names:
+        if self.archive == "nvidia" and self.target.pinning_package and name in driver_names:
             if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
                 raise DoubleError(f"{name} installed before nvidia-driver-pinning")
         self.packages[name] = {"version": version, "held": bool(current and current["held"])}
@@ -360,7 +412,10 @@ class GpuHostDouble:
 
     def _need_repository(self) -> None:
         if self.family == "apt":
-            if not any(p.startswith("/etc/apt/sources.list.d/nvidia-cuda") for p in self.files):
+            if not any(
+                p.startswith("/etc/apt/sources.list") and "/compute/cuda/repos/" in f["content"]
+                for p, f in self.files.items()
+            ):
                 raise DoubleError("E: Unable to locate package: no NVIDIA source configured")
             if not self.lists_fresh:
                 raise DoubleError(
@@ -373,11 +428,50 @@ class GpuHostDouble:
         elif "/etc/yum.repos.d/nvidia-cuda.repo" not in self.files:
             raise DoubleError("Error: Unable to find a match (no NVIDIA repository)")
 
+    def _check_signed_by(self) -> None:
+        """apt refuses two sources for one URI with different Signed-By (the error a host
+        with cuda-keyring gets from a second NVIDIA source)."""
+        seen: dict[str, str] = {}
+        for path, f in sorted(self.files.items()):
+            if not path.startswith("/etc/apt/sources.list"):
+                continue
+            text = f["content"]
+            pairs = re.findall(r"^deb \[signed-by=(\S+)\] (\S+)", text, re.M)
+            uris = re.findall(r"^URIs: (.+)$", text, re.M)
+            signed = re.findall(r"^Signed-By: (.+)$", text, re.M)
+            pairs += [(by, uri) for uri_line, by in zip(uris, signed) for uri in uri_line.split()]
+            for by, uri in pairs:
+                uri = uri.rstrip("/") + "/"
+                if seen.setdefault(uri, by) != by:
+                    raise DoubleError(
+                        f"E: Conflicting values set for option Signed-By regarding source {uri} "
+                        f"/: {seen[uri]} != {by}"
+                    )
+
+    def _need_component(self, component: str) -> None:
+        """A Debian package from contrib/non-free needs that component enabled, and fresh lists."""
+        if component == "main":
+            return
+        enabled = any(
+            component in f["content"].split()
+            for p, f in self.files.items()
+            if p.startswith("/etc/apt/sources.list")
+        )
+        if not enabled or not self.lists_fresh:
+            raise DoubleError(f"E: Unable to locate package (component {component} not enabled)")
+
     # --- facts -----------------------------------------------------------------------------
+
+    @property
+    def table(self) -> gpu_stack.Distro:
+        """The distro table of the driver packages this double's archive carries."""
+        if self.archive == "debian":
+            return gpu_stack.distro(f"{self.distro}{gpu_stack.DISTRO_SOURCE_SUFFIX}")
+        return self.target
 
     def installed_driver(self) -> tuple[str | None, str | None]:
         for flavour in gpu_stack.FLAVOURS:
-            kmod = self.target.kernel_module[flavour][0]
+            kmod = self.table.kernel_module[flavour][0]
             if kmod in self.packages:
                 return gpu_stack.package_version(self.packages[kmod]["version"]), flavour
         return None, None
@@ -617,6 +711,7 @@ class GpuHostDouble:
             replace = any(a in t.family.replace_held for a in rest)
             self.install([a for a in rest if not a.startswith("-")], replace)
         elif argv == ["apt-get", "update"]:
+            self._check_signed_by()
             self.lists_fresh = True
         elif argv[: len(t.family.remove)] == list(t.family.remove):
             for name in argv[len(t.family.remove) :]:
