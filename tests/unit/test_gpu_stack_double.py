@@ -413,7 +413,11 @@ class GpuHostDouble:
     def _need_repository(self) -> None:
         if self.family == "apt":
             if not any(
-                p.startswith("/etc/apt/sources.list") and "/compute/cuda/repos/" in f["content"]
+                p.startswith("/etc/apt/sources.list.d/nvidia-cuda")
+                or (
+                    p.startswith("/etc/apt/sources.list")
+                    and f"/{self.target.repo_path}/" in f["content"]
+                )
                 for p, f in self.files.items()
             ):
                 raise DoubleError("E: Unable to locate package: no NVIDIA source configured")
@@ -439,7 +443,11 @@ class GpuHostDouble:
             pairs = re.findall(r"^deb \[signed-by=(\S+)\] (\S+)", text, re.M)
             uris = re.findall(r"^URIs: (.+)$", text, re.M)
             signed = re.findall(r"^Signed-By: (.+)$", text, re.M)
-            pairs += [(by, uri) for uri_line, by in zip(uris, signed) for uri in uri_line.split()]
+            pairs += [
+                (by, uri)
+                for uri_line, by in zip(uris, signed, strict=False)
+                for uri in uri_line.split()
+            ]
             for by, uri in pairs:
                 uri = uri.rstrip("/") + "/"
                 if seen.setdefault(uri, by) != by:
