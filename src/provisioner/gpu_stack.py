@@ -67,6 +67,8 @@ class Family:
     gpg_package: str
     fm_version: str = "{version}"
     repo_preference: str = ""
+    module_reset: tuple[str, ...] = ()
+    module_enable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,8 @@ def families() -> dict[str, Family]:
             gpg_package=spec["gpg_package"],
             fm_version=spec.get("fm_version", "{version}"),
             repo_preference=spec.get("repo_preference", ""),
+            module_reset=_tuple(spec.get("module_reset")),
+            module_enable=_tuple(spec.get("module_enable")),
         )
         for name, spec in table.items()
     }

@@ -498,8 +498,8 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
             host.noop(f"dnf module stream {stream} is enabled")
             return
         if current:
-            yield StringCommand("dnf", "module", "reset", "-y", QuoteString(module))
-        yield StringCommand("dnf", "module", "enable", "-y", QuoteString(stream))
+            yield _command(target.family.module_reset, module)
+        yield _command(target.family.module_enable, stream)
         return
     wanted = target.pinning(branch)
     others = [
