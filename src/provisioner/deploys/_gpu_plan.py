@@ -53,6 +53,9 @@ def repository_branches(driver: gpu_stack.DriverPlan) -> dict[str, Any] | None:
         return None
     if target.family.name != "apt":
         return None
+    installed = driver.installed.version
+    if installed and gpu_stack.branch_of(installed) == driver.branch:
+        return None  # the branch is installed (a converged host): nothing to download
     return host.get_fact(
         RepoDriverBranches,
         url=driver.repo_url,
