@@ -88,6 +88,7 @@ class Distro:
     repo_first_branch: int = 0
     pythons: tuple[Mapping[str, Any], ...] = ()
     offered: tuple[str, ...] = ()  # the distribution's own driver: the branches it ships
+    headers_vault: str = ""  # where an older minor release's kernel headers stay
 
     @property
     def distribution_driver(self) -> bool:
@@ -251,6 +252,7 @@ def _distro(key: str, spec: dict[str, Any]) -> Distro:
         repo_first_branch=int(spec.get("repo_first_branch", 0)),
         pythons=_tuple(spec.get("pythons")),
         offered=_tuple(spec.get("offered")),
+        headers_vault=spec.get("headers_vault", ""),
     )
 
 

@@ -90,6 +90,7 @@ __all__ = [
     "architectures",
     "branch_locked",
     "branch_of",
+    "check_headers_offered",
     "check_offered_branch",
     "choose_flavour",
     "choose_python",
@@ -470,6 +471,29 @@ def check_offered_branch(plan: DriverPlan, repo: Mapping[str, Any] | None) -> No
             f"(as recorded; its index could not be read: {(repo or {}).get('error') or 'not read'})"
             f", nvidia_driver_branch is {plan.branch}"
         )
+
+
+def check_headers_offered(
+    plan: DriverPlan, available: bool | None, os_info: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a plan whose kernel headers package the host's repositories no longer offer (an
+    EL image older than the current minor release), naming where they stay; before anything
+    changes. ``available`` None (not asked, or no answer): nothing to say."""
+    if plan.skip or available is not False or plan.headers_repo_url or plan.distro is None:
+        return
+    vault = plan.distro.headers_vault.format(
+        version=(os_info or {}).get("version_id") or "<minor>",
+        arch=(os_info or {}).get("arch") or "<arch>",
+    )
+    where = (
+        f": set kernel_headers_repo_url, e.g. to {vault}"
+        if vault
+        else (": set kernel_headers_repo_url to a repository that has it, or boot a current kernel")
+    )
+    raise GpuStackError(
+        f"{plan.headers} (the running kernel's headers, which DKMS needs) is not offered by "
+        f"the host's repositories{where}"
+    )
 
 
 def _headers(data: Any, target: Distro, kernel: str) -> str:

@@ -168,6 +168,7 @@ class GpuHostDouble:
     secure_boot: bool = False  # UEFI Secure Boot enforcing: an unsigned DKMS module is rejected
     mok_enrolled: dict[str, bool] = field(default_factory=dict)  # cert path -> enrolled
     repo_readable: bool = True  # False: the repository index cannot be fetched
+    headers_offered: bool = True  # False: an older minor's kernel-devel left the repositories
     initramfs_tool: bool = True
     nouveau_loaded: bool = False
     served_keys: dict[str, ServedKey] = field(default_factory=dict)
@@ -694,6 +695,12 @@ class GpuHostDouble:
                 return []
             state = "is already enrolled" if self.mok_enrolled[cert] else "is not enrolled"
             return ["exists|yes", f"mok|{cert} {state}"]
+        match = re.match(
+            r"if command -v dnf >/dev/null 2>&1; then if dnf -q list --available (\S+)", command
+        )
+        if match:
+            name = shlex.split(match.group(1))[0]
+            return ["yes" if self.headers_offered or name in self.packages else "no"]
         if command.startswith("d=$(mktemp -d); if ") and "Packages.gz" in command:
             if not self.repo_readable:
                 return ["error|E: Failed to fetch Packages.gz  404  Not Found"]

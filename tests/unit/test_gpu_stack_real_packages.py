@@ -363,3 +363,21 @@ def test_torch_2_7_cu128_is_not_picked_for_volta():
     with pytest.raises(GpuStackError, match=r"cu128 wheels are not built for compute capa"):
         gpu_stack.plan_torch({"torch_version": "2.7.1", "pytorch_cuda": "cu128"}, driver)
     assert re.match(r"2\.1[45]", gpu_stack.plan_torch({"torch_version": "2.15.0"}, driver).version)
+
+
+def test_an_el_kernel_whose_headers_left_the_repositories_is_refused_with_the_vault(
+    doubles, caplog
+):
+    old = GpuHostDouble(distro="rocky9", gpus=("2684",), headers_offered=False)
+    good = GpuHostDouble(distro="rocky9", gpus=("2684",))
+    state = apply(doubles, {"old": old, "good": good})
+    assert failed(state) == {"old"} and old.changes == []
+    assert (
+        "kernel-devel-5.14.0-427.13.1.el9_4.x86_64 (the running kernel's headers, which DKMS "
+        "needs) is not offered by the host's repositories: set kernel_headers_repo_url, e.g. to "
+        "https://dl.rockylinux.org/vault/rocky/9.4/AppStream/x86_64/os/" in caplog.text
+    )
+    # with the vault as the headers repository the host goes through
+    vault = "https://dl.rockylinux.org/vault/rocky/9.4/AppStream/x86_64/os/"
+    state = apply(doubles, {"old": old, "good": good}, {"old": {"kernel_headers_repo_url": vault}})
+    assert not failed(state) and old.module == "580.126.09"

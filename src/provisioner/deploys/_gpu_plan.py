@@ -14,6 +14,7 @@ from provisioner.facts.nvidia import (
     GpuStackPackages,
     MokEnrolled,
     NvidiaKernelModule,
+    PackageAvailable,
     RepoDriverBranches,
     SecureBoot,
 )
@@ -43,6 +44,17 @@ def gather_facts() -> dict[str, Any]:
     if facts["secure_boot"].get("enabled") and cert:
         facts["mok"] = host.get_fact(MokEnrolled, cert=cert)
     return facts
+
+
+def headers_available(driver: gpu_stack.DriverPlan, facts: dict[str, Any]) -> bool | None:
+    """Whether the host's repositories offer the kernel headers the plan installs; asked only
+    on EL hosts that lack them (where an older minor's kernel-devel leaves the repositories)."""
+    target = driver.distro
+    if driver.skip or target is None or target.family.name != "dnf" or driver.headers_repo_url:
+        return None
+    if gpu_stack.is_installed(facts.get("packages"), driver.headers):
+        return None
+    return host.get_fact(PackageAvailable, package=driver.headers)
 
 
 def repository_branches(driver: gpu_stack.DriverPlan) -> dict[str, Any] | None:
@@ -94,6 +106,7 @@ def plan(component: str, toolkit: bool = False, torch: bool = False) -> gpu_stac
         facts = gather_facts()
         driver = gpu_stack.plan_driver(host.data, facts)
         gpu_stack.check_offered_branch(driver, repository_branches(driver))
+        gpu_stack.check_headers_offered(driver, headers_available(driver, facts), facts["os"])
         toolkit_plan = gpu_stack.plan_toolkit(host.data, driver) if toolkit else None
         torch_plan = gpu_stack.plan_torch(host.data, driver, facts["os"]) if torch else None
     except gpu_stack.GpuStackError as error:

@@ -22,6 +22,7 @@ __all__ = [
     "RepoKey",
     "STACK_PACKAGE_GLOBS",
     "MokEnrolled",
+    "PackageAvailable",
     "SecureBoot",
 ]
 
@@ -445,3 +446,29 @@ class MokEnrolled(FactBase[dict[str, Any]]):
                 result["detail"] = value.strip()
                 result["enrolled"] = "already enrolled" in value
         return result
+
+
+class PackageAvailable(FactBase[bool | None]):
+    """
+    Returns whether the configured repositories offer a package (``kernel-devel-$(uname -r)``
+    on EL: an image older than the current minor release no longer finds it there):
+    ``True``, ``False``, or ``None`` when no package manager answers.
+    """
+
+    @staticmethod
+    def default() -> bool | None:
+        return None
+
+    def command(self, package: str) -> str:
+        quoted = shlex.quote(package)
+        return (
+            "if command -v dnf >/dev/null 2>&1; then "
+            f"if dnf -q list --available {quoted} >/dev/null 2>&1 "
+            f"|| rpm -q {quoted} >/dev/null 2>&1; then echo yes; else echo no; fi; "
+            "elif command -v apt-cache >/dev/null 2>&1; then "
+            f"if apt-cache show {quoted} >/dev/null 2>&1; then echo yes; else echo no; fi; fi; true"
+        )
+
+    def process(self, output: list[str]) -> bool | None:
+        answer = "".join(output).strip()
+        return {"yes": True, "no": False}.get(answer)
