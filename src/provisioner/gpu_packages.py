@@ -13,7 +13,8 @@ from typing import Any
 from provisioner.gpu_data import FLAVOURS, Distro, branch_of, package_version
 
 
-def _matches(name: str, globs: Iterable[str]) -> bool:
+def name_matches(name: str, globs: Iterable[str]) -> bool:
+    """Whether a package name matches one of the shell globs."""
     return any(fnmatch.fnmatchcase(name, glob) for glob in globs)
 
 
@@ -26,7 +27,7 @@ def find_packages(
 ) -> list[Mapping[str, Any]]:
     """Installed packages whose name matches one of ``globs``."""
     globs = tuple(globs)
-    return [p for p in installed_packages(packages_fact) if _matches(p["name"], globs)]
+    return [p for p in installed_packages(packages_fact) if name_matches(p["name"], globs)]
 
 
 def is_installed(packages_fact: Mapping[str, Any] | None, spec: str) -> bool:
@@ -73,7 +74,7 @@ def packages_to_hold(target: Distro, packages_fact: Mapping[str, Any] | None) ->
     return sorted(
         p["name"]
         for p in find_packages(packages_fact, target.hold_globs)
-        if not _matches(p["name"], target.hold_exclude) and not p.get("held")
+        if not name_matches(p["name"], target.hold_exclude) and not p.get("held")
     )
 
 

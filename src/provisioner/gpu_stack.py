@@ -59,13 +59,13 @@ from provisioner.gpu_data import (
 from provisioner.gpu_module import loaded_module_version, module_problem, reboot_reasons
 from provisioner.gpu_packages import (
     InstalledDriver,
-    _matches,
     branch_locked,
     find_packages,
     installed_driver,
     installed_packages,
     is_installed,
     lock_problems,
+    name_matches,
     packages_to_hold,
 )
 from provisioner.nvidia_smi import GPU_CLASSES, NVSWITCH_CLASSES, gpus_on_bus
@@ -85,7 +85,7 @@ __all__ = [
     "StackPlan",
     "ToolkitPlan",
     "TorchPlan",
-    "_matches",
+    "name_matches",
     "architecture_for_cc",
     "architectures",
     "branch_locked",

@@ -72,8 +72,8 @@ def test_debians_driver_tables_match_the_recorded_archive(distro):
     same = [n for n, f in recorded.items() if f["Version"] == driver]
     assert {"libnvidia-ml1", "libcuda1", "firmware-nvidia-gsp", "nvidia-smi"} <= set(same)
     for name in same:
-        assert gpu_stack._matches(name, own.hold_globs), name
-        assert not gpu_stack._matches(name, own.hold_exclude), name
+        assert gpu_stack.name_matches(name, own.hold_globs), name
+        assert not gpu_stack.name_matches(name, own.hold_exclude), name
 
 
 def test_debian_13_ships_550_and_debian_12_535():

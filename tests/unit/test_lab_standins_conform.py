@@ -52,5 +52,5 @@ def test_every_standin_driver_package_is_held_by_the_stack():
     driver_packages = [n for n, p in STANDINS.items() if p["per"] == "driver"]
     for name in driver_packages:
         concrete = name.replace("@BRANCH@", FLEET["branch"])
-        excluded = gpu_stack._matches(concrete, target.hold_exclude)
-        assert gpu_stack._matches(concrete, target.hold_globs) or excluded, concrete
+        excluded = gpu_stack.name_matches(concrete, target.hold_exclude)
+        assert gpu_stack.name_matches(concrete, target.hold_globs) or excluded, concrete
