@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provisioner.nvidia_smi import GPU_CLASSES
+from provisioner.nvidia_smi import gpus_on_bus
 
 if TYPE_CHECKING:
     from pyinfra.api import Host
@@ -40,8 +40,7 @@ def shape(
     """Combine raw fact values into the ``provision facts --json`` host shape."""
     state = smi.get("state", "error")
     # nvidia-smi absent (no error text) and no NVIDIA GPU on the PCI bus: a CPU-only host.
-    gpus_on_bus = [d for d in pci if d.get("class_id") in GPU_CLASSES]
-    if state == "no-driver" and smi.get("error") is None and not gpus_on_bus:
+    if state == "no-driver" and smi.get("error") is None and not gpus_on_bus(pci):
         state = "no-gpu"
     return {
         "gpu_state": state,

@@ -75,8 +75,8 @@ from .estimator import (
     rules_for,
     usable_mib,
 )
+from .nvidia_smi import gpus_on_bus
 
-NVIDIA_VENDOR_ID = "10de"
 WHAT_IF_MAX_GPUS = 64
 WHAT_IF_MAX_MIB = 1024 * 1024  # 1 TiB per GPU
 WHAT_IF_EXAMPLE = "2x NVIDIA A100-SXM4-80GB:81920"
@@ -180,18 +180,11 @@ def _settings(data: Mapping[str, Any]) -> _Settings:
 
 
 def _nvidia_pci_gpus(pci: Any) -> int | None:
-    """NVIDIA display controllers among the PCI devices; None when lspci gave nothing usable."""
+    """NVIDIA GPUs on the PCI bus (``nvidia_smi.gpus_on_bus``); None when lspci/sysfs gave
+    nothing usable."""
     if not isinstance(pci, list):
         return None
-    count = 0
-    for dev in pci:
-        if not isinstance(dev, Mapping):
-            continue
-        vendor = str(dev.get("vendor_id") or NVIDIA_VENDOR_ID).lower()
-        klass = str(dev.get("class_id") or "0300")
-        if vendor == NVIDIA_VENDOR_ID and klass.startswith("03"):
-            count += 1
-    return count
+    return len(gpus_on_bus(pci))
 
 
 def _mig_enabled(gpu: Mapping[str, Any]) -> bool:

@@ -214,7 +214,9 @@ def test_driver_mismatch_fails_the_driver_layer_naming_the_mismatch(smi) -> None
     module = checks["driver/module_matches_userspace"]
     assert (
         module.status == "fail"
-        and "NVML mismatch" in module.message
+        # judged as apply judges it (gpu_stack.module_problem): this machine has no driver
+        # package, and nvidia-smi's library version is named
+        and "no NVIDIA driver package is installed" in module.message
         and "NVML library 580.105" in module.message
     )
     assert checks["driver/gpu_count"].status == "fail"
@@ -240,7 +242,7 @@ def test_working_driver_checks_gpus_persistence_and_packages(smi, tmp_path: Path
     # this machine has no NVIDIA driver package: the running driver is not an installed one
     packages = checks["driver/module_matches_userspace"]
     assert packages.status == "fail"
-    assert "an installed NVIDIA driver package at 580.105.08" in packages.message
+    assert "no NVIDIA driver package is installed" in packages.message
     assert checks["driver/fabric_manager"].message.startswith("no NVSwitch")
 
 

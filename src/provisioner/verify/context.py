@@ -18,14 +18,13 @@ from typing import Any, NoReturn
 import pytest
 
 from provisioner import addresses, settings
+from provisioner.nvidia_smi import gpus_on_bus
 from provisioner.verify import parse
 
 # Seconds a command may run on the host before it is given up (where timeout(1) exists).
 COMMAND_TIMEOUT_S = 120
 # Loading a model and generating a few tokens; a cold load from disk on CPU can be slow.
 GENERATE_TIMEOUT_S = 600
-
-GPU_CLASS_PREFIX = "03"
 
 
 def host_id(spec: str) -> str:
@@ -225,22 +224,11 @@ class HostContext:
         return self._cached("distro", find)
 
     def pci_devices(self) -> list[dict[str, str]]:
-        """NVIDIA PCI functions (GPUs and NVSwitches): ``lspci -n -D``, else sysfs."""
+        """NVIDIA PCI functions (GPUs and NVSwitches): the NvidiaPciDevices fact (``lspci``,
+        else sysfs), as apply sees them."""
         from provisioner.facts.gpu import NvidiaPciDevices
-        from provisioner.nvidia_smi import parse_lspci
 
-        def take() -> list[dict[str, str]]:
-            devices = self.fact(NvidiaPciDevices)
-            if devices:
-                return devices
-            sysfs = self.output(
-                'for d in /sys/bus/pci/devices/*; do [ -r "$d/vendor" ] || continue; '
-                'printf \'%s %s: %s:%s\\n\' "${d##*/}" "$(cut -c3-6 "$d/class")" '
-                '"$(cut -c3- "$d/vendor")" "$(cut -c3- "$d/device")"; done'
-            )
-            return parse_lspci(sysfs.splitlines())
-
-        return self._cached("pci", take)
+        return list(self.fact(NvidiaPciDevices))
 
     def gpu_expected(self) -> tuple[bool, str]:
         """Whether this host should have working NVIDIA GPUs, and why (the reason is the
@@ -259,7 +247,7 @@ class HostContext:
             facts = self.facts or {}
             if facts.get("gpus"):
                 return True, "the gathered facts list GPUs"
-            if any(d.get("class_id", "").startswith(GPU_CLASS_PREFIX) for d in self.pci_devices()):
+            if gpus_on_bus(self.pci_devices()):
                 return True, "NVIDIA GPU on the PCI bus"
             if self.has_command("nvidia-smi"):
                 return True, "nvidia-smi is installed"
@@ -283,30 +271,6 @@ class HostContext:
         return bool(host_gpus(self.pci_devices(), None)[2])
 
     # -- packages ------------------------------------------------------------------------
-
-    def package_manager(self) -> str | None:
-        def detect() -> str | None:
-            for manager in ("dpkg-query", "rpm"):
-                if self.has_command(manager):
-                    return "dpkg" if manager == "dpkg-query" else "rpm"
-            return None
-
-        return self._cached("package_manager", detect)
-
-    def installed_packages(self, patterns: list[str]) -> dict[str, str]:
-        """``{name: version}`` of the installed packages matching shell globs."""
-        manager = self.package_manager()
-        globs = " ".join(shlex.quote(p) for p in patterns)
-        if manager == "dpkg":
-            fields = "${Package}\\t${Version}\\t${db:Status-Status}\\n"
-            text = self.output(f"dpkg-query -W -f='{fields}' {globs} 2>/dev/null; true")
-            return parse.dpkg_installed(text)
-        if manager == "rpm":
-            text = self.output(
-                f"rpm -qa --qf '%{{NAME}}\\t%{{VERSION}}\\tinstalled\\n' {globs} 2>/dev/null; true"
-            )
-            return parse.dpkg_installed(text)
-        return {}
 
     # -- HTTP from the host itself -----------------------------------------------------------
 
