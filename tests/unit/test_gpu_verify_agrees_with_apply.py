@@ -98,6 +98,8 @@ def test_driver_mismatch_missing_hold_and_stale_module_agree(converged):
     host.packages["nvidia-driver"]["version"] = host.pkg_version("580.126.09")
     for name in host.target.kernel_module["open"]:
         host.packages[name]["version"] = host.pkg_version("580.126.09")
+    for name in [n for n in host.packages if n.startswith("libnvidia")]:  # NVML and friends
+        host.packages[name]["version"] = host.pkg_version("580.126.09")
     # 2. and one driver package lost its hold
     host.packages["nvidia-open"]["held"] = False
     reasons, unheld = apply_view(host)
@@ -114,12 +116,15 @@ def test_driver_mismatch_missing_hold_and_stale_module_agree(converged):
 
     # 3. a stale module: the kernel module package moved on (DKMS built 580.126.09), the
     #    user space and the loaded module are still 580.105.08, nvidia-smi answers
-    host.packages["nvidia-driver"]["version"] = host.pkg_version(loaded)
+    user_space = ["nvidia-driver", *(n for n in host.packages if n.startswith("libnvidia"))]
+    for name in user_space:
+        host.packages[name]["version"] = host.pkg_version(loaded)
     reasons, _ = apply_view(host)
     assert reasons == [f"the loaded NVIDIA module is {loaded}, the installed driver is 580.126.09"]
     stale = verdict(checks.test_module_matches_userspace, DoubleContext(host, {}))
     assert stale is not None and reasons[0] in stale
-    host.packages["nvidia-driver"]["version"] = host.pkg_version("580.126.09")
+    for name in user_space:
+        host.packages[name]["version"] = host.pkg_version("580.126.09")
 
     # 4. apply repairs exactly that (hold, reboot into the installed module); then both pass
     registry = install_doubles(pytest.MonkeyPatch())

@@ -370,12 +370,12 @@ def test_nvidia_pci_gpus_are_counted_among_other_devices():
         {"slot": "17:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"},
         {"slot": "18:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"},
         {"slot": "19:00.0", "class_id": "0680", "vendor_id": "10de", "device_id": "22a3"},
-        {"slot": "1a:00.0", "vendor_id": "10de", "device_id": "2330"},  # no class: a GPU
+        {"slot": "1a:00.0", "vendor_id": "10de", "device_id": "2330"},  # no class: not counted
         {"slot": "00:02.0", "class_id": "0300", "vendor_id": "8086", "device_id": "46a6"},
     ]
     plan = plan_host("h", dict(facts([], state="no-driver"), pci_devices=pci), data())
     assert plan["mode"] == "none"
-    assert plan["reason"].startswith("driver not installed yet: 3 NVIDIA PCI GPU(s) found")
+    assert plan["reason"].startswith("driver not installed yet: 2 NVIDIA PCI GPU(s) found")
 
 
 def test_what_if_facts_have_the_facts_shape():
