@@ -18,7 +18,7 @@ $(PY): pyproject.toml
 venv: $(PY)
 
 # The whole test suite: unit tests, then the lab (real SSH hosts; needs root on Linux).
-test: deps venv
+test: deps venv lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 
 # Fast unit tests only (no root, no lab).

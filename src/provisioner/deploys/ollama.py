@@ -155,7 +155,7 @@ def _get(data: Any, key: str) -> Any:
     return data.get(key)
 
 
-def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str]]]:
+def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str]]]:  # noqa: C901
     """Build the host's :class:`OllamaSettings` from its data; return it and the problems.
 
     ``data`` is a mapping of host data (missing keys take their defaults) or pyinfra's
