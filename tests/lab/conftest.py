@@ -47,12 +47,3 @@ def pytest_collection_modifyitems(config, items):
     """Harness tests first (they check a fresh host), the end-to-end flow last (it provisions):
     ``test_e2e`` and then the ``test_e2e_*`` modules that build on the fleet it left."""
     items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1].startswith("test_e2e"))
-
-
-@pytest.fixture(autouse=True)
-def _the_hosts_own_lock_path(monkeypatch):
-    """tests/unit/conftest.py points the host lock at a private path for runs on this machine
-    (``@local``); a lab host has no such directory, so lab runs use the real default."""
-    from provisioner.host_lock import PATH_ENV
-
-    monkeypatch.delenv(PATH_ENV, raising=False)

@@ -14,9 +14,14 @@ import pytest
 
 from provisioner.host_lock import PATH_ENV
 
-os.environ.setdefault(
-    PATH_ENV, os.path.join(tempfile.mkdtemp(prefix="provisioner-lock-"), "provisioner.lock")
-)
+_LOCK = os.path.join(tempfile.mkdtemp(prefix="provisioner-lock-"), "provisioner.lock")
+
+
+@pytest.fixture(autouse=True)
+def _private_host_lock(monkeypatch):
+    """Per unit test (not process-wide: the lab's hosts, in the same pytest run, must keep the
+    real lock path)."""
+    monkeypatch.setenv(PATH_ENV, os.environ.get(PATH_ENV) or _LOCK)
 
 
 @pytest.fixture(autouse=True)
