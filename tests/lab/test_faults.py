@@ -129,7 +129,7 @@ def test_tampered_release_names_the_checksum_and_keeps_the_serving_version(fleet
     before = lab.ssh(host, "ollama --version", check=False).stdout.strip()
     code, result, err = provision(
         "apply", str(lab.inventory), "--limit", host,
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={'0' * 64}",
+        "--data", "ollama_version=0.20.3", "--data", f"ollama_sha256={'0' * 64}",
     )  # fmt: skip
     assert code == 1, err
     error = result["hosts"][host]["error"]
@@ -142,7 +142,7 @@ def test_every_host_failing_keeps_true_counts_and_every_reason(fleet):
     lab = fleet
     code, result, err = provision(
         "apply", str(lab.inventory),
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={'0' * 64}",
+        "--data", "ollama_version=0.20.3", "--data", f"ollama_sha256={'0' * 64}",
     )  # fmt: skip
     assert code == 1, err
     assert sorted(result["failed_hosts"]) == sorted(lab.hosts)

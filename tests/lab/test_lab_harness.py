@@ -198,7 +198,8 @@ def test_stand_in_driver_loads_at_boot_and_mismatches_after_an_upgrade(lab):
         pinned = " ".join(
             f"{p}={old}" for p in ("nvidia-open", "nvidia-driver", "nvidia-smi",
                                    "nvidia-persistenced", "nvidia-kernel-open-dkms",
-                                   "nvidia-fabricmanager")
+                                   "nvidia-fabricmanager", "libcuda1", "libnvidia-ml1",
+                                   "libnvidia-ptxjitcompiler1")
         )  # fmt: skip
         run(install + f"nvidia-driver-pinning-{nvidia['branch']}")
         # without kernel headers DKMS builds nothing: no module after the reboot

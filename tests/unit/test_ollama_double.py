@@ -751,7 +751,9 @@ def test_the_stored_manifest_is_the_registrys_bytes_only_from_0_19(
         ({"OLLAMA_CONTEXT_LENGTH": "8192"}, None, None, 8192),
         ({"OLLAMA_CONTEXT_LENGTH": "8192"}, 16384, None, 16384),  # the model's params win
         ({"OLLAMA_CONTEXT_LENGTH": "8192"}, 16384, 2048, 2048),  # the request wins over both
-        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, None, 65536, 65536),
+        # above the trained context (32768 here): capped (llm/server.go, "requested context size
+        # too large for model"; not re-checked against a tagged commit this round)
+        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, None, 65536, 32768),
     ],
 )
 def test_context_precedence_is_request_then_model_then_server(

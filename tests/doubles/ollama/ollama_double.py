@@ -1430,6 +1430,9 @@ class Scheduler:
         with self.lock:
             self._expire(now)
             num_ctx = effective_num_ctx(options, m.options, self.default_num_ctx)
+            trained = m.arch_value("context_length")
+            if trained and num_ctx > trained:  # llm/server.go: "requested context size too
+                num_ctx = int(trained)  # large for model" caps it at the trained context
             current = self.loaded.get(key)
             if (
                 current is None
