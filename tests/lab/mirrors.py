@@ -250,8 +250,16 @@ class Mirrors:
             self.info["models_missing"] = str(registry_py)
             return
         registry = import_by_path("lab_ollama_registry", registry_py)
+        from provisioner.catalog import load_catalog
+
+        catalog = load_catalog()
         for m in self.config["mirror"]["ollama"]["models"]:
-            digest = registry.push_model(self.registry, m["name"], m["tag"], seed=m["seed"])
+            # the stand-in has the catalog model's trained context, so Ollama's cap applies alike
+            entry = catalog.get(f"{m['name'].removeprefix('library/')}:{m['tag']}")
+            extra = {"context_length": entry.context} if entry is not None else {}
+            digest = registry.push_model(
+                self.registry, m["name"], m["tag"], seed=m["seed"], **extra
+            )
             self.info["models"][f"{m['name']}:{m['tag']}"] = digest
 
     # ---- processes -----------------------------------------------------------------------------
