@@ -246,6 +246,7 @@ class Mirrors:
     def push_models(self) -> None:
         registry_py = DOUBLES / "ollama" / "registry.py"
         self.info["models"] = {}
+        self.info["model_pushes"] = {}  # how each was pushed: a test restores it exactly
         if not registry_py.exists():  # HOOK: tests/doubles/ollama/registry.py not written yet
             self.info["models_missing"] = str(registry_py)
             return
@@ -256,11 +257,12 @@ class Mirrors:
         for m in self.config["mirror"]["ollama"]["models"]:
             # the stand-in has the catalog model's trained context, so Ollama's cap applies alike
             entry = catalog.get(f"{m['name'].removeprefix('library/')}:{m['tag']}")
-            extra = {"context_length": entry.context} if entry is not None else {}
-            digest = registry.push_model(
-                self.registry, m["name"], m["tag"], seed=m["seed"], **extra
-            )
+            push = {"seed": m["seed"]}
+            if entry is not None:
+                push["context_length"] = entry.context
+            digest = registry.push_model(self.registry, m["name"], m["tag"], **push)
             self.info["models"][f"{m['name']}:{m['tag']}"] = digest
+            self.info["model_pushes"][f"{m['name']}:{m['tag']}"] = push
 
     # ---- processes -----------------------------------------------------------------------------
     def start(self, name: str, argv: list[str], port: int) -> None:

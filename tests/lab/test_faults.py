@@ -78,13 +78,20 @@ def _tags(lab, host: str) -> dict[str, str]:
 
 
 def _library_model(lab, host: str) -> tuple[str, str, str]:
-    """A library model the host serves: (repository, tag, seed it was pushed with)."""
+    """A library model the host serves: (repository, tag, name as the host lists it)."""
     for key in sorted(lab.info["models"]):
         repository, tag = key.rsplit(":", 1)
         short = f"{repository.removeprefix('library/')}:{tag}"
         if repository.startswith("library/") and short in _tags(lab, host):
-            return repository, tag, short  # fleet.toml pushes each with seed = name:tag
+            return repository, tag, short
     raise AssertionError(f"{host} serves no library model of the lab registry")
+
+
+def _republish(lab, repository: str, tag: str) -> None:
+    """Push the lab's own model again exactly as the lab pushed it (same seed and context)."""
+    key = f"{repository}:{tag}"
+    digest = push_model(REGISTRY, repository, tag, **lab.info["model_pushes"][key])
+    assert digest == lab.info["models"][key], f"{key} re-pushed with other bytes than the lab's"
 
 
 def _throttle(lab, host: str, on: bool) -> None:
@@ -163,13 +170,26 @@ def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
     """Also two runs at once: an apply during the sync is refused, naming the sync's run."""
     lab = fleet
     host = lab.hosts[-1]
-    repository, tag, seed = _library_model(lab, host)
+    repository, tag, short = _library_model(lab, host)
     digest = push_model(
         REGISTRY, repository, tag, seed=f"issue-18-big-{time.time()}", size=BIG, chunk_size=None
     )
     _, manifest = fetch_manifest(REGISTRY, repository, tag)
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
+    try:
+        _interrupt_and_resume(lab, host, weights, part, digest, short)
+    finally:
+        _throttle(lab, host, False)
+        _republish(lab, repository, tag)  # back to the lab's own bytes, whatever happened
+    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
+        "sha256:"
+    )
+
+
+def _interrupt_and_resume(lab, host: str, weights: dict, part: str, digest: str, short: str):
     _throttle(lab, host, True)
     try:
         sync = start("models", "sync", str(lab.inventory), "--limit", host)
@@ -201,22 +221,13 @@ def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
     remaining = weights["size"] - kept
     # resumed: what was missing came over the wire, not the whole blob again
     assert remaining <= fetched < remaining + 2 * 1024 * 1024, (fetched, remaining, kept)
-    short = f"{repository.removeprefix('library/')}:{tag}"
     assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
-
-    # back to the lab's own bytes: a clean re-converge
-    push_model(REGISTRY, repository, tag, seed=seed)
-    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
-    assert code == 0, err
-    assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
-        "sha256:"
-    )
 
 
 def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     lab = fleet
     host, others = lab.hosts[-1], lab.hosts[:-1]
-    repository, tag, seed = _library_model(lab, host)
+    repository, tag, short = _library_model(lab, host)
     push_model(
         REGISTRY, repository, tag, seed=f"issue-18-stop-{time.time()}", size=BIG, chunk_size=None
     )
@@ -225,7 +236,6 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
     # apply does not re-check present tags (ollama_models_refresh): remove the model so that
     # this apply must fetch it
-    short = f"{repository.removeprefix('library/')}:{tag}"
     api = "http://127.0.0.1:11434/api/delete"
     for name in (short, f"{REGISTRY.removeprefix('http://')}/{repository}:{tag}"):
         lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
@@ -237,7 +247,7 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
         code, result, err = finish(run, timeout=600)
     finally:
         _throttle(lab, host, False)
-        push_model(REGISTRY, repository, tag, seed=seed)
+        _republish(lab, repository, tag)
         if not lab.fleet.running(lab.host(host)):
             lab.fleet.start_host(lab.host(host))
     assert code == 1, err
