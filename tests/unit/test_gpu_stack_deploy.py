@@ -15,6 +15,7 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
 from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles, library_family
 
+from provisioner import run_events
 from provisioner.deploys.cuda_toolkit import cuda_toolkit
 from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.nvidia_driver import nvidia_driver
@@ -442,6 +443,52 @@ def test_no_reboot_reports_pending_then_converges_after_a_manual_reboot(doubles,
         "rm -f /var/lib/provisioner/reboot-required",
         "systemctl start nvidia-persistenced.service",
     ]
+
+
+@pytest.mark.parametrize("distro", ["debian12", "rhel9"])
+def test_no_reboot_into_a_kernel_without_the_module_until_it_is_built(
+    doubles, monkeypatch, tmp_path, caplog, distro
+):
+    """A kernel update installed without its headers: DKMS built nothing for the kernel the
+    host boots next. The host is not rebooted but reported pending with the reason and the
+    next step; the other host reboots; once the module is built, the reboot goes ahead."""
+    caplog.set_level(logging.INFO)
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv(run_events.ENV, str(events))
+    stuck = GpuHostDouble(distro=distro, gpus=("2684",))
+    other = GpuHostDouble(distro=distro, gpus=("2684",))
+    apply(doubles, {"stuck": stuck, "other": other})
+    new = "6.1.0-29-amd64" if distro == "debian12" else "5.14.0-503.el9.x86_64"
+    headers = f"linux-headers-{new}" if distro == "debian12" else f"kernel-devel-{new}"
+    for host in (stuck, other):
+        host.module = "580.105.08"  # an out-of-band driver upgrade: the old module still runs
+    stuck.next_kernel = new
+    state = apply(doubles, {"stuck": stuck, "other": other})
+    assert not failed(state)
+    assert REBOOT not in stuck.changes and stuck.boots == 1
+    assert other.changes == [REBOOT] and other.boots == 2
+    marker = stuck.files["/var/lib/provisioner/reboot-required"]["content"]
+    why = (
+        f"not rebooting: kernel {new}, which the host boots next, has no NVIDIA module (a "
+        f"reboot would come up without the driver); next: install the kernel headers {headers}"
+        f", then build it: dkms autoinstall -k {new}, then run provision apply again"
+    )
+    assert why in marker
+    mismatch = "nvidia-smi reports a driver/library version mismatch (installed 580.126.09)"
+    assert mismatch in marker
+    pending = run_events.pending_reboots(run_events.read(events))
+    assert list(pending) == ["@fake/stuck"]
+    assert pending["@fake/stuck"].startswith(f"({why}): {mismatch}")
+    assert f"PENDING REBOOT ({why})" in caplog.text
+    # still not built: nothing changes, the marker stays
+    apply(doubles, {"stuck": stuck})
+    assert stuck.changes == [] and stuck.boots == 1
+    # the operator builds it (dkms autoinstall -k NEW): the reboot goes ahead, the marker goes
+    stuck.modules_built.add(new)
+    state = apply(doubles, {"stuck": stuck})
+    assert not failed(state)
+    assert stuck.changes == [REBOOT, "rm -f /var/lib/provisioner/reboot-required"]
+    assert stuck.boots == 2 and stuck.module == "580.126.09"
 
 
 def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monkeypatch, caplog):

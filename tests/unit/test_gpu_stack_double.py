@@ -28,7 +28,7 @@ import pytest
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from provisioner import gpu_stack, nvidia_smi
+from provisioner import gpu_stack, next_boot, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
 from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, SecureBoot
 from provisioner.facts.system import BootId, OsInfo
@@ -186,6 +186,11 @@ class GpuHostDouble:
     headers_offered: bool = True  # False: an older minor's kernel-devel left the repositories
     initramfs_tool: bool = True
     nouveau_loaded: bool = False
+    # the kernel the host boots next (newest /boot/vmlinuz-*), None: the running one; a kernel
+    # update installed without its headers leaves DKMS nothing to build for it
+    next_kernel: str | None = None
+    next_kernel_headers: bool = False
+    modules_built: set[str] = field(default_factory=set)  # kernels DKMS built a module for
     served_keys: dict[str, ServedKey] = field(default_factory=dict)
     # state
     packages: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -773,6 +778,8 @@ class GpuHostDouble:
 
     def _stack_fact(self, command: str) -> list[str] | None:
         """Secure Boot, MOK, the repository's index, the apt sources naming a URI."""
+        if command == next_boot.FACT_SCRIPT:
+            return self.fact_next_boot()
         if command == SecureBoot().command():
             # mokutil --sb-state's two answers (mokutil src/mokutil.c)
             return [f"mokutil|SecureBoot {'enabled' if self.secure_boot else 'disabled'}"]
@@ -963,6 +970,26 @@ class GpuHostDouble:
             self.torch[venv] = version
             return
         raise DoubleError(f"unexpected runuser command {argv}")
+
+    def _headers_installed(self) -> bool:
+        headers = f"linux-headers-{self.kernel}" if self.family == "apt" else "kernel-devel"
+        return headers in self.packages
+
+    def fact_next_boot(self) -> list[str]:
+        """next_boot.FACT_SCRIPT's lines: the next kernel, its module (DKMS builds one for the
+        running kernel at install when its headers are there), Secure Boot."""
+        kernel = self.next_kernel or self.kernel
+        running = kernel == self.kernel
+        headers = self._headers_installed() if running else self.next_kernel_headers
+        out = [f"kernel|{kernel}", *(["headers|yes"] if headers else []), "modinfo|yes"]
+        version, _ = self.installed_driver()
+        built = (running and headers) or kernel in self.modules_built
+        if version and built:
+            where = "updates/dkms" if self.family == "apt" else "extra"
+            signer = "provisioner MOK" if self._module_signed() else ""
+            out.append(f"module|/lib/modules/{kernel}/{where}/nvidia.ko.xz|{version}|{signer}")
+        state = "enabled" if self.secure_boot else "disabled"
+        return [*out, f"mokutil|SecureBoot {state}"]
 
     def _module_signed(self) -> bool:
         conf = self.files.get("/etc/dkms/framework.conf.d/provisioner-mok.conf")

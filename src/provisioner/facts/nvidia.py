@@ -14,6 +14,8 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from provisioner import next_boot
+
 __all__ = [
     "AptSourcesFor",
     "GpuStackPackages",
@@ -22,6 +24,7 @@ __all__ = [
     "RepoKey",
     "STACK_PACKAGE_GLOBS",
     "MokEnrolled",
+    "NextBootModule",
     "PackageAvailable",
     "SecureBoot",
 ]
@@ -277,8 +280,7 @@ class RepoKey(FactBase[dict[str, Any]]):
         return result
 
 
-# the SecureBoot EFI variable: 4 attribute bytes, then 1 (enforcing) or 0
-SECURE_BOOT_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_EFIVAR = next_boot.SECURE_BOOT_EFIVAR
 
 
 class SecureBoot(FactBase[dict[str, Any]]):
@@ -292,7 +294,8 @@ class SecureBoot(FactBase[dict[str, Any]]):
 
     ``enabled`` is False on a legacy-BIOS host or a container without EFI variables, None when
     neither source answers. Under Secure Boot the kernel rejects an unsigned DKMS module
-    (``Key was rejected by service``) after the reboot.
+    (``Key was rejected by service``) after the reboot. The script and its parser are
+    :mod:`provisioner.next_boot`'s (the health collector runs the same).
     """
 
     @staticmethod
@@ -300,33 +303,44 @@ class SecureBoot(FactBase[dict[str, Any]]):
         return {"enabled": None, "source": None, "detail": None}
 
     def command(self) -> str:
-        return (
-            'PATH="$PATH:/usr/sbin:/sbin:/usr/bin"; '
-            "if command -v mokutil >/dev/null 2>&1; then "
-            "mokutil --sb-state 2>&1 | sed 's/^/mokutil|/'; fi; "
-            f"if [ -r {SECURE_BOOT_EFIVAR} ]; then "
-            f"printf 'efivar|%s\\n' \"$(od -An -tu1 -j4 -N1 {SECURE_BOOT_EFIVAR} | tr -d ' ')\"; "
-            "elif [ ! -d /sys/firmware/efi ]; then echo 'efivar|no-efi'; fi; true"
-        )
+        return next_boot.SECURE_BOOT_SCRIPT
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        result = self.default()
         try:
-            for line in output:
-                kind, _, value = line.partition("|")
-                value = value.strip()
-                if kind == "mokutil" and "SecureBoot" in value:
-                    enabled = value.split()[-1].lower() == "enabled"
-                    result.update(enabled=enabled, source="mokutil", detail=value)
-                elif kind == "mokutil" and "not supported" in value and result["source"] is None:
-                    result.update(enabled=False, source="mokutil", detail=value)
-                elif kind == "efivar" and result["source"] is None and value:
-                    enabled = value == "1"
-                    detail = "no EFI firmware" if value == "no-efi" else f"SecureBoot={value}"
-                    result.update(enabled=enabled, source="efivars", detail=detail)
+            return next_boot.parse_secure_boot(output)
         except Exception:  # a fact must never abort the run
             return self.default()
-        return result
+
+
+class NextBootModule(FactBase[dict[str, Any]]):
+    """
+    Returns the kernel the host boots next (the newest ``/boot/vmlinuz-*``), its NVIDIA
+    modules with their versions and signers, and Secure Boot
+    (:func:`provisioner.next_boot.parse_fact_output`, the same script and parser the health
+    collector runs):
+
+    .. code:: python
+
+        {"kernel": "6.1.0-29-amd64", "headers": True, "modinfo": True,
+         "modules": [{"path": "/lib/modules/6.1.0-29-amd64/updates/dkms/nvidia.ko.xz",
+                      "version": "580.126.09", "signer": ""}],
+         "secure_boot": {"enabled": False, "source": "mokutil", "detail": "SecureBoot disabled"}}
+
+    ``kernel`` is None when ``/boot`` has no kernel image (a container).
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return next_boot.parse_fact_output([])
+
+    def command(self) -> str:
+        return next_boot.FACT_SCRIPT
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        try:
+            return next_boot.parse_fact_output(output)
+        except Exception:  # a fact must never abort the run
+            return self.default()
 
 
 class AptSourcesFor(FactBase[list[str]]):

@@ -28,9 +28,15 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack, rendering, run_events
+from provisioner import fact_cache, gpu_stack, next_boot, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
-from provisioner.facts.nvidia import AptSourcesFor, GpuStackPackages, NvidiaKernelModule, RepoKey
+from provisioner.facts.nvidia import (
+    AptSourcesFor,
+    GpuStackPackages,
+    NextBootModule,
+    NvidiaKernelModule,
+    RepoKey,
+)
 from provisioner.operations import system
 
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
@@ -705,6 +711,22 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
         gevent.sleep(MODULE_SETTLE_INTERVAL)
 
 
+def _next_boot_blocker(
+    target: gpu_stack.Distro, installed: gpu_stack.InstalledDriver
+) -> str | None:
+    """Why a reboot now could brick the host: the kernel it boots next has no (fitting,
+    signed where Secure Boot enforces) NVIDIA module for the installed driver, with the
+    operator's next step (:func:`provisioner.next_boot.problem`); None: the reboot may go."""
+    fact = fact_cache.get_fact(NextBootModule)
+    kernel = fact.get("kernel")
+    headers = target.headers.format(kernel=kernel) if kernel else None
+    found = next_boot.problem(fact, installed.driver_version, headers)
+    if found is None:
+        return None
+    reason, step = found
+    return f"not rebooting: {reason}; next: {step}, then run provision apply again"
+
+
 @operation()
 def reboot_if_needed(
     distro: str,
@@ -760,13 +782,14 @@ def reboot_if_needed(
     why_not = None if reboot else "nvidia_reboot is false"
     if isinstance(getattr(host, "connector", None), LocalConnector):
         why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
+    why_not = why_not or _next_boot_blocker(target, installed)
     if why_not:
         if _executing():
             why = f"({why_not}): {'; '.join(reasons)}"
             host.log_styled(f"PENDING REBOOT {why}", fg="yellow", log_func=logger.warning)
             run_events.record(host.name, run_events.PENDING_REBOOT, reason=why)
         # what the host itself shows, so that the marker stays the same until the reboot
-        text = _render("reboot-required.j2", reasons=found or reasons)
+        text = _render("reboot-required.j2", reasons=found or reasons, why_not=why_not)
         yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
         return
     if _executing():
