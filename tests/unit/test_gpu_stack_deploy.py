@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 
 import pytest
 from pyinfra.api import Config, Inventory, State
@@ -30,6 +31,10 @@ APT_INSTALL = (
     "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
 REBOOT = "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &"
+UNATTENDED_DROPIN = [
+    "upload /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+    "chmod 644 /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+]
 VENV = "/opt/provisioner/torch-venv"
 TORCH_SETUP = [
     "useradd -d /home/provisioner -s /usr/sbin/nologin -r -M provisioner",
@@ -105,6 +110,9 @@ FRESH_DEBIAN12 = [
     f"{APT_INSTALL} nvidia-open",
     "apt-mark hold libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-driver "
     "nvidia-kernel-open-dkms nvidia-open",
+    # unattended-upgrades leaves the driver packages alone (issue 16)
+    "upload /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+    "chmod 644 /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
     "upload /etc/modprobe.d/blacklist-nouveau.conf",
     "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
     "update-initramfs -u",
@@ -183,7 +191,7 @@ def fresh(
         if fabricmanager:
             # NVIDIA's driver container matches Fabric Manager's version by prefix
             out += ["apt-get update", f"{APT_INSTALL} '{fm}=580.126.09*'"]
-        out += [f"apt-mark hold {' '.join(held)}"]
+        out += [f"apt-mark hold {' '.join(held)}", *UNATTENDED_DROPIN]
         initramfs = "update-initramfs -u"
     else:
         kmod = {"open": "kmod-nvidia-open-dkms", "proprietary": "kmod-nvidia-latest-dkms"}[flavour]
@@ -761,3 +769,77 @@ def test_local_connector_never_reboots(monkeypatch):
         commands = list(nvidia.reboot_if_needed._inner(distro="debian12"))
     assert [type(c).__name__ for c in commands] == ["FileUploadCommand", "StringCommand"]
     assert str(commands[1]) == "chmod 644 /var/lib/provisioner/reboot-required"
+
+
+# --- day 2: unattended-upgrades and the kernel hold (issue 16) -------------------------------
+
+
+def test_unattended_upgrades_blacklist_names_exactly_the_driver_packages(doubles):
+    """The drop-in's entries, matched as unattended-upgrades matches them (``re.match`` of
+    each entry against the package name, ``is_pkgname_in_blacklist``), cover every held driver
+    package and nothing else of the stack."""
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host})
+    text = host.files["/etc/apt/apt.conf.d/51provisioner-nvidia-driver"]["content"]
+    assert "Unattended-Upgrade::Package-Blacklist {" in text
+    patterns = re.findall(r'^\s+"(.+)";$', text, re.M)
+
+    def blacklisted(name: str) -> bool:
+        return any(re.match(p, name) for p in patterns)
+
+    held = {name for name, p in host.packages.items() if p["held"]}
+    assert held and all(blacklisted(name) for name in held)
+    for other in ("nvidia-driver-pinning-580", "cuda-toolkit-13-0", "linux-image-amd64"):
+        assert not blacklisted(other), other
+    assert not blacklisted("nvidia-driver-libs")  # "nvidia-driver$" ends at the name
+    # converged: nothing changes
+    apply(doubles, {"a": host})
+    assert host.changes == []
+
+
+def test_the_unattended_upgrades_dropin_is_removed_when_no_driver_is_managed(doubles):
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host})
+    assert "/etc/apt/apt.conf.d/51provisioner-nvidia-driver" in host.files
+    apply(doubles, {"a": host}, {"a": {"gpu": False}})
+    assert "rm -f /etc/apt/apt.conf.d/51provisioner-nvidia-driver" in host.changes
+    assert "/etc/apt/apt.conf.d/51provisioner-nvidia-driver" not in host.files
+
+
+def test_no_unattended_upgrades_dropin_on_el(doubles):
+    host = GpuHostDouble(distro="rhel9", gpus=("2684",))
+    apply(doubles, {"a": host})
+    assert not [path for path in host.files if "apt.conf.d" in path]
+
+
+@pytest.mark.parametrize("distro", ["debian12", "ubuntu2404", "rhel9"])
+def test_kernel_hold_holds_the_running_kernel_and_releases_only_its_own(doubles, distro):
+    host = GpuHostDouble(distro=distro, gpus=("2684",))
+    own = "linux-image-6.1.0-28-amd64" if host.family == "apt" else "kernel-modules-core"
+    host.kernel_packages[own]["held"] = True  # the operator's own hold
+    if host.family == "dnf":
+        host.locks[own] = host.kernel_packages[own]["version"]
+    data = {"a": {"nvidia_hold_kernel": True}}
+    apply(doubles, {"a": host}, data)
+    expected = {
+        "debian12": "apt-mark hold linux-headers-6.1.0-28-amd64 linux-image-amd64",
+        "ubuntu2404": "apt-mark hold linux-headers-6.1.0-28-amd64 linux-image-amd64 linux-amd64",
+        "rhel9": "dnf versionlock add kernel kernel-core kernel-modules kernel-devel",
+    }[distro]
+    assert expected in host.changes
+    assert all(p["held"] for p in host.kernel_packages.values())
+    record = host.files["/var/lib/provisioner/kernel-hold"]["content"].split()
+    assert own not in record and sorted(record) == sorted(
+        expected.split()[2 + (distro == "rhel9") :]
+    )
+    apply(doubles, {"a": host}, data)
+    assert host.changes == []  # idempotent
+    # set back to false: the provisioner's holds go, the operator's stays
+    apply(doubles, {"a": host})
+    unhold = "apt-mark unhold" if host.family == "apt" else "dnf versionlock delete"
+    release = f"{unhold} {' '.join(sorted(record))}"
+    assert host.changes == [release, "rm -f /var/lib/provisioner/kernel-hold"]
+    assert host.kernel_packages[own]["held"] is True
+    assert not any(p["held"] for n, p in host.kernel_packages.items() if n != own)
+    apply(doubles, {"a": host})
+    assert host.changes == []

@@ -19,6 +19,7 @@ from provisioner import next_boot
 __all__ = [
     "AptSourcesFor",
     "GpuStackPackages",
+    "KernelPackages",
     "NvidiaKernelModule",
     "RepoDriverBranches",
     "RepoKey",
@@ -98,15 +99,7 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
         return {"manager": None, "packages": [], "locks": [], "stream": None}
 
     def command(self) -> str:
-        return (
-            "if command -v dpkg-query >/dev/null 2>&1; then echo '##manager dpkg'; "
-            f"dpkg-query -W -f={_DPKG_FORMAT} {_GLOBS} 2>/dev/null; "
-            "elif command -v rpm >/dev/null 2>&1; then echo '##manager rpm'; "
-            f"rpm -qa --qf {_RPM_FORMAT} {_GLOBS} 2>/dev/null; "
-            f"if [ -r {VERSIONLOCK_LIST} ]; then sed 's/^/lock|/' {VERSIONLOCK_LIST}; fi; "
-            f"if [ -r {DNF_MODULE_FILE} ]; then sed 's/^/module|/' {DNF_MODULE_FILE}; fi; "
-            "fi; true"
-        )
+        return _package_query(_GLOBS)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         result = self.default()
@@ -129,6 +122,56 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
                 result["stream"] = module["stream"]
         except Exception:  # a fact must never abort the run
             return self.default()
+        return result
+
+
+def _package_query(names: str) -> str:
+    """The shell query of GpuStackPackages for ``names`` (shell words: globs or names)."""
+    return (
+        "if command -v dpkg-query >/dev/null 2>&1; then echo '##manager dpkg'; "
+        f"dpkg-query -W -f={_DPKG_FORMAT} {names} 2>/dev/null; "
+        "elif command -v rpm >/dev/null 2>&1; then echo '##manager rpm'; "
+        f"rpm -qa --qf {_RPM_FORMAT} {names} 2>/dev/null; "
+        f"if [ -r {VERSIONLOCK_LIST} ]; then sed 's/^/lock|/' {VERSIONLOCK_LIST}; fi; "
+        f"if [ -r {DNF_MODULE_FILE} ]; then sed 's/^/module|/' {DNF_MODULE_FILE}; fi; "
+        "fi; true"
+    )
+
+
+KERNEL_HOLD_RECORD = "/var/lib/provisioner/kernel-hold"
+
+
+class KernelPackages(GpuStackPackages):
+    """
+    Returns which of the packages ``names`` and of the recorded ones are installed and held,
+    in GpuStackPackages' shape, plus ``recorded``: the packages ``nvidia_hold_kernel`` held on
+    this host (the record ``/var/lib/provisioner/kernel-hold``, one name a line), so that
+    turning the key off releases exactly those and never a hold the operator made:
+
+    .. code:: python
+
+        {"manager": "dpkg", "packages": [{"name": "linux-image-amd64", ..., "held": True}],
+         "locks": [], "stream": None, "recorded": ["linux-image-amd64"]}
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {**GpuStackPackages.default(), "recorded": []}
+
+    def command(self, names: list[str]) -> str:  # type: ignore[override]
+        # the recorded names are queried too (package names: no blanks to split on)
+        words = " ".join(shlex.quote(name) for name in names)
+        return (
+            f"set -- {words} $(cat {KERNEL_HOLD_RECORD} 2>/dev/null); "
+            f"if [ $# -gt 0 ]; then {_package_query(chr(34) + '$@' + chr(34))}; fi; "
+            f"if [ -r {KERNEL_HOLD_RECORD} ]; then "
+            f"sed 's/^/recorded|/' {KERNEL_HOLD_RECORD}; fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        recorded = [line[9:].strip() for line in output if line.startswith("recorded|")]
+        result = super().process([line for line in output if not line.startswith("recorded|")])
+        result["recorded"] = sorted({name for name in recorded if name})
         return result
 
 

@@ -12,6 +12,7 @@ API mode pairs operations across hosts by their order).
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import time
 from collections.abc import Iterator, Sequence
@@ -31,8 +32,10 @@ from pyinfra.operations import apt, dnf, files, systemd
 from provisioner import fact_cache, gpu_stack, next_boot, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import (
+    KERNEL_HOLD_RECORD,
     AptSourcesFor,
     GpuStackPackages,
+    KernelPackages,
     NextBootModule,
     NvidiaKernelModule,
     RepoKey,
@@ -649,6 +652,125 @@ def hold(distro: str, skip: str | None = None):
     if stale:  # a versionlock for another version of these packages
         yield _command(target.family.unhold, *stale)
     yield _command(target.family.hold, *unheld)
+
+
+@operation()
+def auto_upgrades_exclude(distro: str, skip: str | None = None):
+    """
+    Keep unattended-upgrades off the driver: an apt.conf.d drop-in (the family's
+    ``auto_upgrades_dropin``) that lists every installed driver package in
+    ``Unattended-Upgrade::Package-Blacklist``, as the exact name (each entry is a Python
+    regular expression matched at the start of the name: escaped, ending with ``$``). Removed
+    when no driver package is installed or the host has no driver to manage (``skip``). The
+    holds already stop the upgrade; the drop-in keeps it off even where a hold is lifted by
+    hand. dnf has no such file: dnf-automatic runs dnf with its plugins, versionlock included.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to manage no driver here (the drop-in is removed)
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.auto_upgrades_exclude(name="Keep unattended upgrades off", distro="debian12")
+    """
+    paths = _auto_upgrades_dropins(distro)
+    if not paths:
+        host.noop(f"{distro}: no unattended-upgrades drop-in (dnf-automatic honours versionlock)")
+        return
+    names = [] if skip else _driver_package_names(gpu_stack.distro(distro))
+    if not names:  # no driver managed here: no drop-in (wherever a package family puts it)
+        for path in paths:
+            yield from files.file._inner(path=path, present=False)
+        return
+    text = _render("unattended-upgrades.conf.j2", patterns=[_exact_name(n) for n in names])
+    yield from files.put._inner(src=StringIO(text), dest=paths[0], mode="644")
+
+
+def _auto_upgrades_dropins(distro: str) -> list[str]:
+    """The distro family's drop-in path; without a distro (a skipped host), every family's."""
+    if distro:
+        path = gpu_stack.distro(distro).family.auto_upgrades_dropin
+        return [path] if path else []
+    return sorted({f.auto_upgrades_dropin for f in gpu_stack.families().values()} - {""})
+
+
+def _exact_name(name: str) -> str:
+    """A package name as an unattended-upgrades entry (a Python regular expression matched at
+    the start of the name): Debian package names are ``[a-z0-9.+-]``, of which ``.`` and ``+``
+    are special; ``$`` ends the match at the name's end."""
+    return re.sub(r"([.+])", r"\\\1", name) + "$"
+
+
+def _driver_package_names(target: gpu_stack.Distro) -> list[str]:
+    """The installed driver packages, as the holds see them (``hold_globs`` less
+    ``hold_exclude``)."""
+    installed = fact_cache.get_fact(GpuStackPackages)
+    return sorted(
+        {
+            p["name"]
+            for p in gpu_stack.find_packages(installed, target.hold_globs)
+            if not gpu_stack.name_matches(p["name"], target.hold_exclude)
+        }
+    )
+
+
+@operation()
+def kernel_hold(distro: str, kernel: str, hold: bool, skip: str | None = None):
+    """
+    ``nvidia_hold_kernel``: hold the running kernel's installed packages (the distro's
+    ``kernel_hold`` names: its image and headers, its flavour's metapackages) with the
+    family's hold command, and record them in ``/var/lib/provisioner/kernel-hold``; with
+    ``hold=False``, release what that record names (never a hold made by someone else) and
+    remove it.
+
+    + distro: distro key of ``data/distros.toml``
+    + kernel: the running kernel (``uname -r``)
+    + hold: hold (True) or release the provisioner's holds (False)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.kernel_hold(
+            name="Hold the kernel", distro="debian12", kernel="6.1.0-28-amd64", hold=True
+        )
+    """
+    if skip:
+        host.noop(f"kernel hold: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    names = target.kernel_packages(kernel) if hold else []
+    fact = host.get_fact(KernelPackages, names=names)
+    held = {p["name"]: bool(p.get("held")) for p in fact["packages"]}
+    recorded = list(fact.get("recorded") or [])
+    if hold:
+        yield from _hold_kernel(target, [n for n in names if n in held], held, recorded)
+        return
+    release = [name for name in recorded if held.get(name)]
+    if release:
+        yield _command(target.family.unhold, *release)
+    if recorded:
+        yield from files.file._inner(path=KERNEL_HOLD_RECORD, present=False)
+    elif not release:
+        host.noop("kernel hold: nvidia_hold_kernel is false and nothing was held by it")
+
+
+def _hold_kernel(
+    target: gpu_stack.Distro, present: list[str], held: dict[str, bool], recorded: list[str]
+) -> Iterator[Any]:
+    unheld = [name for name in present if not held[name]]
+    if unheld:
+        yield _command(target.family.hold, *unheld)
+    want = sorted({*recorded, *unheld})
+    if want != sorted(recorded):
+        directory = KERNEL_HOLD_RECORD.rsplit("/", 1)[0]
+        yield from files.directory._inner(path=directory, present=True)
+        record = "".join(f"{name}\n" for name in want)
+        yield from files.put._inner(src=StringIO(record), dest=KERNEL_HOLD_RECORD, mode="644")
+    if not unheld:
+        host.noop(f"kernel hold: {', '.join(present) or 'no kernel package'} held")
 
 
 # --- kernel module ---------------------------------------------------------------------------
