@@ -100,3 +100,22 @@ def test_no_reboot_into_a_kernel_without_the_module_until_it_is_built(lab):
             check=False,
         )
         lab.set_state(HOST, "clear")
+
+
+def test_apt_reads_the_unattended_upgrades_blacklist_of_the_held_driver(lab):
+    """apt itself parses the drop-in (``apt-config dump``): every held driver package is in
+    ``Unattended-Upgrade::Package-Blacklist`` as the entry unattended-upgrades matches it by
+    (``re.match``), and nothing else of the host is."""
+    if HOST not in lab.hosts:
+        pytest.skip(f"needs {HOST}")
+    code, _, err = apply(lab)
+    assert code == 0, err
+    dump = lab.ssh(HOST, "apt-config dump Unattended-Upgrade::Package-Blacklist").stdout
+    patterns = re.findall(r'^Unattended-Upgrade::Package-Blacklist:: "(.+)";$', dump, re.M)
+    held = set(lab.ssh(HOST, "apt-mark showhold").stdout.split())
+    driver = {name for name in held if name.startswith(("nvidia-", "libnvidia-", "libcuda"))}
+    assert driver, held
+    assert sorted(patterns) == sorted(f"{name}$" for name in driver), dump
+    installed = lab.ssh(HOST, "dpkg-query -W -f='${Package}\\n'").stdout.split()
+    blacklisted = {name for name in installed if any(re.match(p, name) for p in patterns)}
+    assert blacklisted == driver  # not the pinning package, the toolkit or anything else
