@@ -866,8 +866,11 @@ def reboot_if_needed(
     loaded. After the reboot the module is checked again and the host fails with the reason if
     it is still wrong. With ``reboot=False`` the host is reported as pending reboot instead: a
     warning and the marker file ``/var/lib/provisioner/reboot-required`` with the reasons; the
-    same on ``@local`` (pyinfra cannot reboot the machine it runs on). Batches follow pyinfra's
-    ``--serial`` / ``--parallel N``.
+    same on ``@local`` (pyinfra cannot reboot the machine it runs on), and when the kernel the
+    host boots next has no NVIDIA module for the installed driver (or an unsigned one under
+    Secure Boot): a reboot would come up without the driver, so the reason names that kernel
+    and the operator's next step (:mod:`provisioner.next_boot`, the ``NextBootModule`` fact).
+    Batches follow pyinfra's ``--serial`` / ``--parallel N``.
 
     + distro: distro key of ``data/distros.toml``
     + reboot: whether rebooting is allowed
