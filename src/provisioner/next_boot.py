@@ -15,10 +15,12 @@ The rule, kept simple on purpose (docs/monitoring.md, "A reboot that cannot bric
   container, a host booting another way): the next kernel is unknown and nothing is decided;
 * **its NVIDIA module** is any ``nvidia.ko``, ``nvidia.ko.xz``/``.zst``/``.gz`` under
   ``/lib/modules/<kernel>/``: DKMS installs it in ``updates/dkms/`` (Debian, Ubuntu), ``extra/``
-  (EL); precompiled packages in their own directory. Its version and signer come from
-  ``modinfo -F version|signer`` where ``modinfo`` (kmod) exists;
+  (EL); precompiled packages in their own directory. Its version and signature come from
+  ``modinfo -F version`` / ``-F sig_id`` where ``modinfo`` (kmod) exists (kmod lists
+  ``sig_id`` only for a module with an appended signature; ``signer`` can be empty for a
+  PKCS#7 signature when kmod was built without a crypto library);
 * it **fits** when one of them is the held driver's version (or its version cannot be read)
-  and, with Secure Boot enforcing, is signed (``modinfo`` names a signer).
+  and, with Secure Boot enforcing, is signed (``modinfo`` gives a ``sig_id``).
 
 Python >= 3.9, no third-party imports: the host runs this file with its own python3.
 """
@@ -43,7 +45,7 @@ SECURE_BOOT_SCRIPT = (
 )
 
 # The next kernel, its headers, and its NVIDIA modules: lines ``kernel|K``, ``headers|yes``,
-# ``modinfo|yes|no``, ``module|PATH|VERSION|SIGNER``, then the Secure Boot lines. Exit status 0.
+# ``modinfo|yes|no``, ``module|PATH|VERSION|SIG_ID``, then the Secure Boot lines. Exit status 0.
 FACT_SCRIPT = " ".join(
     (
         'PATH="$PATH:/usr/sbin:/sbin";',
@@ -55,7 +57,7 @@ FACT_SCRIPT = " ".join(
         "find \"/lib/modules/$k/\" \\( -name nvidia.ko -o -name 'nvidia.ko.*' \\) 2>/dev/null",
         "| sort | while read -r f; do v=; s=;",
         'if [ $m = yes ]; then v=$(modinfo -F version "$f" 2>/dev/null | head -n 1);',
-        's=$(modinfo -F signer "$f" 2>/dev/null | head -n 1); fi;',
+        's=$(modinfo -F sig_id "$f" 2>/dev/null | head -n 1); fi;',
         'echo "module|$f|$v|$s"; done;',
         "fi;",
         SECURE_BOOT_SCRIPT,
@@ -87,11 +89,11 @@ def parse_fact_output(lines: Iterable[str]) -> dict[str, Any]:
 
     {"kernel": "6.1.0-29-amd64", "headers": False, "modinfo": True,
      "modules": [{"path": "/lib/modules/.../nvidia.ko", "version": "580.126.09" | None,
-                  "signer": "..." | None}],
+                  "signature": "PKCS#7" | "" | None}],
      "secure_boot": {"enabled": False, "source": "mokutil", "detail": "SecureBoot disabled"}}
 
-    ``kernel`` is None when ``/boot`` holds no kernel image; ``version``/``signer`` are None where
-    ``modinfo`` is missing (unknown), ``signer`` is "" for an unsigned module."""
+    ``kernel`` is None when ``/boot`` holds no kernel image; ``version``/``signature`` are None
+    where ``modinfo`` is missing (unknown), ``signature`` is "" for an unsigned module."""
     lines = [line.rstrip("\n") for line in lines]
     fact: dict[str, Any] = {"kernel": None, "headers": False, "modinfo": False, "modules": []}
     for line in lines:
@@ -104,13 +106,13 @@ def parse_fact_output(lines: Iterable[str]) -> dict[str, Any]:
             fact["modinfo"] = value.strip() == "yes"
         elif kind == "module":
             path, _, rest = value.partition("|")
-            version, _, signer = rest.partition("|")
+            version, _, signature = rest.partition("|")
             known = fact["modinfo"]
             fact["modules"].append(
                 {
                     "path": path,
                     "version": (version.strip() or None) if known else None,
-                    "signer": signer.strip() if known else None,
+                    "signature": signature.strip() if known else None,
                 }
             )
     fact["secure_boot"] = parse_secure_boot(lines)
@@ -155,7 +157,7 @@ def problem(
             next_step(kernel, headers, headers_package),
         )
     secure_boot = (fact.get("secure_boot") or {}).get("enabled")
-    if secure_boot and all(m.get("signer") == "" for m in fitting):
+    if secure_boot and all(m.get("signature") == "" for m in fitting):
         return (
             f"kernel {kernel}'s NVIDIA module is not signed and Secure Boot is enabled "
             "(the kernel would reject it: Key was rejected by service)",

@@ -1039,8 +1039,8 @@ class GpuHostDouble:
         built = (running and headers) or kernel in self.modules_built
         if version and built:
             where = "updates/dkms" if self.family == "apt" else "extra"
-            signer = "provisioner MOK" if self._module_signed() else ""
-            out.append(f"module|/lib/modules/{kernel}/{where}/nvidia.ko.xz|{version}|{signer}")
+            signature = "PKCS#7" if self._module_signed() else ""
+            out.append(f"module|/lib/modules/{kernel}/{where}/nvidia.ko.xz|{version}|{signature}")
         state = "enabled" if self.secure_boot else "disabled"
         return [*out, f"mokutil|SecureBoot {state}"]
 

@@ -55,11 +55,11 @@ def kernel(root: Path, release: str, headers: bool = False) -> Path:
 
 
 def module(
-    where: Path, name: str = "nvidia.ko", version: str = "580.126.09", signer: str = ""
+    where: Path, name: str = "nvidia.ko", version: str = "580.126.09", signature: str = ""
 ) -> None:
     where.mkdir(parents=True, exist_ok=True)
     text = f"version={version}\nlicense=Dual MIT/GPL\n"
-    (where / name).write_text(text + (f"signer={signer}\n" if signer else ""))
+    (where / name).write_text(text + (f"sig_id={signature}\n" if signature else ""))
 
 
 def test_the_newest_kernel_image_is_the_next_boot_and_its_dkms_module_is_read(tmp_path):
@@ -67,7 +67,7 @@ def test_the_newest_kernel_image_is_the_next_boot_and_its_dkms_module_is_read(tm
     module(old / "updates" / "dkms")
     # version order, not text order: 6.1.0-10 is newer than 6.1.0-9
     new = kernel(tmp_path, "6.1.0-10-amd64", headers=True)
-    module(new / "updates" / "dkms", "nvidia.ko.xz", signer="provisioner MOK")
+    module(new / "updates" / "dkms", "nvidia.ko.xz", signature="PKCS#7")
     (tmp_path / "boot" / "vmlinuz").write_text("")  # Ubuntu's symlink names are not kernels
     (tmp_path / "boot" / "config-6.1.0-11-amd64").write_text("")
     fact = next_boot.parse_fact_output(run_script(tmp_path))
@@ -77,7 +77,7 @@ def test_the_newest_kernel_image_is_the_next_boot_and_its_dkms_module_is_read(tm
         {
             "path": f"{tmp_path}/lib/modules/6.1.0-10-amd64/updates/dkms/nvidia.ko.xz",
             "version": "580.126.09",
-            "signer": "provisioner MOK",
+            "signature": "PKCS#7",
         }
     ]
     assert next_boot.problem(fact, "580.126.09") is None
@@ -112,11 +112,11 @@ def test_precompiled_and_el_locations_count(tmp_path):
     ]
 
 
-def test_without_modinfo_the_version_and_signer_are_unknown_and_presence_counts(tmp_path):
+def test_without_modinfo_the_version_and_signature_are_unknown_and_presence_counts(tmp_path):
     module(kernel(tmp_path, "6.1.0-28-amd64") / "updates" / "dkms")
     fact = next_boot.parse_fact_output(run_script(tmp_path, modinfo=False))
     assert fact["modinfo"] is False
-    assert fact["modules"][0]["version"] is None and fact["modules"][0]["signer"] is None
+    assert fact["modules"][0]["version"] is None and fact["modules"][0]["signature"] is None
     fact["secure_boot"] = {"enabled": True}
     assert next_boot.problem(fact, "580.126.09") is None
 
@@ -145,10 +145,10 @@ PRECOMPILED = "/lib/modules/6.8.0-50-generic/kernel/nvidia-580srv/nvidia.ko"
 @pytest.mark.parametrize(
     ("modules", "secure_boot", "driver", "expected"),
     [
-        ([{"path": DKMS, "version": "580.126.09", "signer": ""}], False, "580.126.09", None),
+        ([{"path": DKMS, "version": "580.126.09", "signature": ""}], False, "580.126.09", None),
         # another driver's module (an old DKMS build): not the held driver
         (
-            [{"path": DKMS, "version": "580.105.08", "signer": ""}],
+            [{"path": DKMS, "version": "580.105.08", "signature": ""}],
             False,
             "580.126.09",
             "has NVIDIA module 580.105.08, not the installed driver 580.126.09",
@@ -156,8 +156,8 @@ PRECOMPILED = "/lib/modules/6.8.0-50-generic/kernel/nvidia-580srv/nvidia.ko"
         # one of two fits: enough
         (
             [
-                {"path": DKMS, "version": "580.105.08", "signer": ""},
-                {"path": PRECOMPILED, "version": "580.126.09", "signer": "Canonical Ltd."},
+                {"path": DKMS, "version": "580.105.08", "signature": ""},
+                {"path": PRECOMPILED, "version": "580.126.09", "signature": "PKCS#7"},
             ],
             True,
             "580.126.09",
@@ -165,16 +165,21 @@ PRECOMPILED = "/lib/modules/6.8.0-50-generic/kernel/nvidia-580srv/nvidia.ko"
         ),
         # Secure Boot: an unsigned module is rejected; a signed one loads
         (
-            [{"path": DKMS, "version": "580.126.09", "signer": ""}],
+            [{"path": DKMS, "version": "580.126.09", "signature": ""}],
             True,
             "580.126.09",
             "is not signed and Secure Boot is enabled",
         ),
-        ([{"path": DKMS, "version": "580.126.09", "signer": "MOK"}], True, "580.126.09", None),
+        (
+            [{"path": DKMS, "version": "580.126.09", "signature": "PKCS#7"}],
+            True,
+            "580.126.09",
+            None,
+        ),
         # Secure Boot off: unsigned is fine
-        ([{"path": DKMS, "version": "580.126.09", "signer": ""}], None, "580.126.09", None),
+        ([{"path": DKMS, "version": "580.126.09", "signature": ""}], None, "580.126.09", None),
         # no driver version to compare (the collector with NVML down): presence counts
-        ([{"path": DKMS, "version": "580.105.08", "signer": ""}], False, None, None),
+        ([{"path": DKMS, "version": "580.105.08", "signature": ""}], False, None, None),
         ([], False, None, "has no NVIDIA module"),
     ],
 )

@@ -358,7 +358,7 @@ class SecureBoot(FactBase[dict[str, Any]]):
 class NextBootModule(FactBase[dict[str, Any]]):
     """
     Returns the kernel the host boots next (the newest ``/boot/vmlinuz-*``), its NVIDIA
-    modules with their versions and signers, and Secure Boot
+    modules with their versions and signatures, and Secure Boot
     (:func:`provisioner.next_boot.parse_fact_output`, the same script and parser the health
     collector runs):
 
@@ -366,7 +366,7 @@ class NextBootModule(FactBase[dict[str, Any]]):
 
         {"kernel": "6.1.0-29-amd64", "headers": True, "modinfo": True,
          "modules": [{"path": "/lib/modules/6.1.0-29-amd64/updates/dkms/nvidia.ko.xz",
-                      "version": "580.126.09", "signer": ""}],
+                      "version": "580.126.09", "signature": ""}],
          "secure_boot": {"enabled": False, "source": "mokutil", "detail": "SecureBoot disabled"}}
 
     ``kernel`` is None when ``/boot`` has no kernel image (a container).
