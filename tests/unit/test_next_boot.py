@@ -204,3 +204,70 @@ def test_the_facts_use_the_shared_scripts():
     value = NextBootModule().process(["kernel|6.1.0-28-amd64", "mokutil|SecureBoot enabled"])
     assert value["kernel"] == "6.1.0-28-amd64" and value["secure_boot"]["enabled"] is True
     assert NextBootModule().process([])["kernel"] is None
+
+
+def test_messages_name_every_version_found_and_the_headers_step():
+    modules = [
+        {"path": DKMS, "version": "580.105.08", "signature": ""},
+        {"path": PRECOMPILED, "version": "580.95.05", "signature": ""},
+    ]
+    reason, step = next_boot.problem(fact(modules, headers=False), "580.126.09", "linux-headers-X")
+    assert reason == (
+        "kernel 6.8.0-50-generic, which the host boots next, has NVIDIA module "
+        "580.105.08, 580.95.05, not the installed driver 580.126.09"
+    )
+    assert step == "install the kernel headers linux-headers-X, then build it: " + (
+        "dkms autoinstall -k 6.8.0-50-generic"
+    )
+    unsigned = [{"path": DKMS, "version": "580.126.09", "signature": ""}]
+    reason, step = next_boot.problem(fact(unsigned, secure_boot=True), "580.126.09")
+    assert reason == (
+        "kernel 6.8.0-50-generic's NVIDIA module is not signed and Secure Boot is enabled "
+        "(the kernel would reject it: Key was rejected by service)"
+    )
+    assert step == (
+        "set nvidia_mok_key and nvidia_mok_cert to an enrolled Machine Owner Key and apply "
+        "again, or sign and rebuild it: dkms autoinstall -k 6.8.0-50-generic --force"
+    )
+
+
+def test_parse_keeps_modinfo_values_only_when_modinfo_ran():
+    assert next_boot.parse_fact_output([]) == {
+        "kernel": None,
+        "headers": False,
+        "modinfo": False,
+        "modules": [],
+        "secure_boot": {"enabled": None, "source": None, "detail": None},
+    }
+    line = "module|/lib/modules/k/updates/dkms/nvidia.ko|580.126.09|PKCS#7"
+    without = next_boot.parse_fact_output(["kernel|k", "modinfo|no", line])
+    assert without["modules"] == [
+        {"path": "/lib/modules/k/updates/dkms/nvidia.ko", "version": None, "signature": None}
+    ]
+    with_ = next_boot.parse_fact_output(["kernel|k", "headers|yes", "modinfo|yes", line])
+    assert with_["headers"] is True and with_["modinfo"] is True
+    assert with_["modules"][0]["version"] == "580.126.09"
+    assert with_["modules"][0]["signature"] == "PKCS#7"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        # mokutil src/mokutil.c prints "SecureBoot enabled" / "SecureBoot disabled"
+        (["mokutil|SecureBoot enabled", "efivar|0"], (True, "mokutil", "SecureBoot enabled")),
+        (["mokutil|SecureBoot disabled"], (False, "mokutil", "SecureBoot disabled")),
+        (
+            ["mokutil|EFI variables are not supported on this system", "efivar|no-efi"],
+            (False, "mokutil", "EFI variables are not supported on this system"),
+        ),
+        # without mokutil: the EFI variable's value byte
+        (["efivar|1"], (True, "efivars", "SecureBoot=1")),
+        (["efivar|0"], (False, "efivars", "SecureBoot=0")),
+        (["efivar|no-efi"], (False, "efivars", "no EFI firmware")),
+        (["efivar|"], (None, None, None)),
+        ([], (None, None, None)),
+    ],
+)
+def test_secure_boot_sources(lines, expected):
+    state = next_boot.parse_secure_boot(lines)
+    assert (state["enabled"], state["source"], state["detail"]) == expected
