@@ -94,7 +94,7 @@ def parse_fact_output(lines: Iterable[str]) -> dict[str, Any]:
 
     ``kernel`` is None when ``/boot`` holds no kernel image; ``version``/``signature`` are None
     where ``modinfo`` is missing (unknown), ``signature`` is "" for an unsigned module."""
-    lines = [line.rstrip("\n") for line in lines]
+    lines = list(lines)  # read twice: here and for Secure Boot
     fact: dict[str, Any] = {"kernel": None, "headers": False, "modinfo": False, "modules": []}
     for line in lines:
         kind, _, value = line.partition("|")

@@ -219,6 +219,9 @@ def test_messages_name_every_version_found_and_the_headers_step():
     assert step == "install the kernel headers linux-headers-X, then build it: " + (
         "dkms autoinstall -k 6.8.0-50-generic"
     )
+    # with the kernel's headers there, only the build is left to do
+    _, step = next_boot.problem(fact(modules, headers=True), "580.126.09", "linux-headers-X")
+    assert step == "build it: dkms autoinstall -k 6.8.0-50-generic"
     unsigned = [{"path": DKMS, "version": "580.126.09", "signature": ""}]
     reason, step = next_boot.problem(fact(unsigned, secure_boot=True), "580.126.09")
     assert reason == (
