@@ -119,3 +119,40 @@ def test_apt_reads_the_unattended_upgrades_blacklist_of_the_held_driver(lab):
     installed = lab.ssh(HOST, "dpkg-query -W -f='${Package}\\n'").stdout.split()
     blacklisted = {name for name in installed if any(re.match(p, name) for p in patterns)}
     assert blacklisted == driver  # not the pinning package, the toolkit or anything else
+
+
+def test_kernel_hold_holds_the_running_kernel_and_releases_only_its_own(lab):
+    """``nvidia_hold_kernel`` on a real Debian host: apt-mark holds the running kernel's
+    installed packages (here the stand-in headers the driver deploy installed, and a stand-in
+    ``linux-image-<kernel>`` made on the host), records them, and releases exactly those when
+    the key is false again; the operator's own hold on the image stays."""
+    if HOST not in lab.hosts:
+        pytest.skip(f"needs {HOST}")
+    running = lab.ssh(HOST, "uname -r").stdout.strip()
+    image, headers = f"linux-image-{running}", f"linux-headers-{running}"
+    control = (
+        f"Package: {image}\\nVersion: 1.0-lab\\nArchitecture: all\\nMaintainer: lab <lab@lab>\\n"
+        "Description: TEST DOUBLE: a kernel image package (empty)\\n"
+    )
+    lab.ssh(
+        HOST,
+        f"rm -rf /tmp/kimg && mkdir -p /tmp/kimg/DEBIAN && printf '{control}' > "
+        "/tmp/kimg/DEBIAN/control && dpkg-deb -b /tmp/kimg /tmp/kimg.deb >/dev/null && "
+        f"dpkg -i /tmp/kimg.deb >/dev/null && apt-mark hold {image}",
+    )
+    try:
+        code, _, err = provision(
+            "apply", str(lab.inventory), "--limit", HOST, "--data", "nvidia_hold_kernel=true"
+        )
+        assert code == 0, err
+        held = set(lab.ssh(HOST, "apt-mark showhold").stdout.split())
+        assert {image, headers} <= held, held
+        record = lab.ssh(HOST, "cat /var/lib/provisioner/kernel-hold").stdout.split()
+        assert record == [headers]  # the image was held by the operator, not by us
+        code, result, err = provision("apply", str(lab.inventory), "--limit", HOST)
+        assert code == 0, err
+        held = set(lab.ssh(HOST, "apt-mark showhold").stdout.split())
+        assert image in held and headers not in held, held
+        assert lab.ssh(HOST, "test -e /var/lib/provisioner/kernel-hold", False).returncode
+    finally:
+        lab.ssh(HOST, f"apt-mark unhold {image} {headers}; dpkg -r {image}", check=False)
