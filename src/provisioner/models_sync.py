@@ -296,15 +296,14 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
     """Every planned and pinned model present, complete and equal to its registry manifest."""
     from provisioner.deploys.models import planned_models, source_settings
     from provisioner.facts.ollama import OllamaRegistryManifest
+    from provisioner.planner import wanted_models
     from provisioner.settings import resolve
 
     data = resolve(target.data.dict())
     src = source_settings(data)
-    wanted = _in_context(state, target, planned_models, target)
-    wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
+    planned = _in_context(state, target, planned_models, target)
     problems = []
-    for tag in wanted:
-        name = ModelName.parse(tag).display
+    for name in wanted_models(planned, data["models_pinned"]):
         have = after.get(name)
         if not have or not have.get("complete"):
             problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
@@ -543,7 +542,9 @@ def mirror(
         workdir = Path(temporary.name)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        for tag in dict.fromkeys(ModelName.parse(m).display for m in models):
+        from provisioner.planner import wanted_models
+
+        for tag in wanted_models(models):
             name = ModelName.parse(tag)
             target = site_name(tag, to, namespace)
             entry: dict[str, Any] = {"site": target.display, "bytes": 0}
@@ -594,16 +595,14 @@ def mirror(
 def planned_by_host(loaded: LoadedInventory) -> dict[str, list[str]]:
     """The planned and pinned tags of every host of ``loaded`` (facts gathered live)."""
     from provisioner.gather import gather
-    from provisioner.planner import plan_host
+    from provisioner.planner import plan_host, wanted_models
 
     facts = gather(loaded)
     planned: dict[str, list[str]] = {}
     for target in loaded.hosts:
         data = loaded.resolved(target)
         plan = plan_host(target.name, facts.get(target.name), data)
-        tags = [entry["tag"] for entry in plan.get("models", [])]
-        tags += [m for m in data.get("models_pinned") or [] if m not in tags]
-        planned[target.name] = tags
+        planned[target.name] = wanted_models(plan.get("models", []), data["models_pinned"])
     return planned
 
 

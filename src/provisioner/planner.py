@@ -45,24 +45,18 @@ costs one plan (``plan_fleet``).
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
 from . import settings
-from .catalog import (
-    CATEGORIES,
-    ModelEntry,
-    cached_catalog,
-    is_valid_ollama_name,
-    normalise_tag,
-)
+from .catalog import CATEGORIES, ModelEntry, catalog_by_key, catalog_key
 from .estimator import Estimate, estimate, largest_offer, place, usable_mib
+from .model_name import ModelName, ModelNameError
 
 NVIDIA_VENDOR_ID = "10de"
 WHAT_IF_MAX_GPUS = 64
@@ -298,29 +292,12 @@ def _classify(facts: Mapping[str, Any], data: Mapping[str, Any], s: _Settings) -
 # --- selection ----------------------------------------------------------------------------------
 
 
-_catalogs: dict[str, dict[str, ModelEntry]] = {}
-
-
-def _catalog_key(extra: Any) -> str:
-    """A hashable name for the catalog of one host (its ``model_catalog_extra`` content)."""
-    if not extra:
-        return ""
-    key = json.dumps(extra, sort_keys=True, default=repr)
-    if key not in _catalogs:
-        _catalogs[key] = cached_catalog(extra)
-    return key
-
-
-def _catalog_of(key: str) -> dict[str, ModelEntry]:
-    return _catalogs[key] if key else cached_catalog(None)
-
-
 @lru_cache(maxsize=256)
 def _candidates(catalog_key: str, profile: Profile) -> tuple[ModelEntry, ...]:
     wanted = set(profile.categories)
     entries = [
         e
-        for e in _catalog_of(catalog_key).values()
+        for e in catalog_by_key(catalog_key).values()
         if wanted.intersection(e.categories)
         and (profile.max_params_b is None or e.params_b <= profile.max_params_b)
     ]
@@ -344,7 +321,7 @@ _Skip = tuple[str, str]
 class _Selector:
     def __init__(self, shape: _Shape, s: _Settings, catalog_key: str) -> None:
         self.shape, self.s, self.catalog_key = shape, s, catalog_key
-        self.catalog = _catalog_of(catalog_key)
+        self.catalog = catalog_by_key(catalog_key)
         self.offers = {i: usable_mib(m, s.reserve_mib, s.headroom) for i, m in shape.devices}
         self.models: list[_Model] = []
         self.skipped: list[_Skip] = []
@@ -412,10 +389,11 @@ class _Selector:
 
     def wanted(self, raw: Any, why: str, via: str) -> None:
         """An operator-named tag: take it when it fits, else say why not."""
-        if not is_valid_ollama_name(raw):
+        try:
+            tag = ModelName.parse(raw).canonical
+        except ModelNameError:
             self.skip(str(raw), "not a valid Ollama model name ([host/][namespace/]model[:tag])")
             return
-        tag = normalise_tag(raw)
         if tag in self.chosen:
             return
         entry = self.catalog.get(tag)
@@ -501,7 +479,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     skipped: tuple[_Skip, ...] = ()
     if host.mode != "none":
         shape = _Shape(host.mode, host.devices, host.budget_mib)
-        key = _catalog_key(data.get("model_catalog_extra"))
+        key = catalog_key(data.get("model_catalog_extra"))
         models, skipped = _select(shape, s, key, profile)
         if profile is not None and not any(m[4].startswith("profile:") for m in models):
             reason += f"; no model of profile {profile} fits"
@@ -532,6 +510,25 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
             "batch_size": s.batch_size,
         },
     }
+
+
+def wanted_models(
+    planned: Iterable[str | Mapping[str, Any]], pinned: Iterable[str] = ()
+) -> list[str]:
+    """The models a host must hold: the plan's models, then the operator's pinned ones.
+
+    ``planned`` is a plan's ``models`` (dicts with a ``tag``) or plain names; ``models_always``
+    reaches it through the plan (when it fits), and ``pinned`` (``models_pinned``) is added
+    whether it fits or not, since a pinned model is never pruned. Names come out in their
+    canonical form (:mod:`provisioner.model_name`), each once, first mention first, so
+    ``llama3.1:8b`` and ``Llama3.1:8B`` are one model. This is the one merge of "planned +
+    pinned": the models operation, ``provision models sync|update|mirror`` and verify use it.
+
+    Raises ``model_name.ModelNameError`` (a ``ValueError``) for a name Ollama refuses.
+    """
+    names = [item["tag"] if isinstance(item, Mapping) else item for item in planned]
+    names += list(pinned)
+    return list(dict.fromkeys(ModelName.parse(name).canonical for name in names))
 
 
 def plan_fleet(hosts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:

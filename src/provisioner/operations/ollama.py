@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from pyinfra import host, logger
@@ -27,6 +27,7 @@ from provisioner.facts.ollama import (
     PathChain,
 )
 from provisioner.ollama_api import ModelName, PullError, PullStream, site_name
+from provisioner.planner import wanted_models
 
 __all__ = ["FETCH_HELPER", "SERVICE_USER", "models", "refuse", "release", "service", "store"]
 
@@ -433,13 +434,6 @@ def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool
 # --- models -----------------------------------------------------------------------------------
 
 
-def _unique(names: Iterable[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for name in names:
-        seen.setdefault(name, None)
-    return list(seen)
-
-
 @operation()
 def models(
     models: list[str] | Callable[[], list[str]],
@@ -500,7 +494,7 @@ def models(
         yield _refusal(f"no model plan for this host: {exc}")
         return
     try:
-        wanted = _unique(ModelName.parse(n).display for n in [*planned, *(pinned or [])])
+        wanted = wanted_models(planned, pinned or [])
         sources = {
             name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
             for name in wanted
@@ -520,7 +514,7 @@ def models(
         source = sources[name]
         have = installed.get(name)
         present = bool(have and have.get("complete"))
-        place = source.display != name and transport == "place"
+        place = source.canonical != name and transport == "place"
         remote: dict[str, Any] | None = None
         if refresh or (place and not present):
             remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
@@ -537,9 +531,9 @@ def models(
             new = set(remote["content"]) if remote else set()
             replaced[name] = [digest for digest in have["content"] if digest not in new]
 
-        have_source = installed.get(source.display)
+        have_source = installed.get(source.canonical)
         source_ok = (
-            source.display != name
+            source.canonical != name
             and have_source is not None
             and have_source.get("complete")
             and remote is not None
@@ -569,12 +563,12 @@ def models(
                 )
             else:
                 yield FunctionCommand(pull_model, (name, api, source.pull_name, insecure), {})
-        if source.display != name:
+        if source.canonical != name:
             yield _api_command(
                 api, "POST", "/api/copy", {"source": source.display, "destination": name}
             )
 
-    keep = set(wanted) | {source.display for source in sources.values()}
+    keep = set(wanted) | {source.canonical for source in sources.values()}
     removed = sorted(name for name in installed if name not in keep) if prune else []
     for name in removed:
         yield _api_command(api, "DELETE", "/api/delete", {"model": name})

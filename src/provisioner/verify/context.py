@@ -363,25 +363,26 @@ class HostContext:
         return models
 
     def planned_models(self) -> list[dict[str, Any]]:
-        """The plan's models plus the operator's pinned ones: ``{"tag", "digest",
-        "estimated_vram_mib"}`` each, tags normalised, first mention wins."""
-        wanted: dict[str, dict[str, Any]] = {}
-        entries: list[Any] = list(self.plan.get("models") or [])
-        entries += list(self.key("models_pinned") or [])
-        for entry in entries:
-            item = dict(entry) if isinstance(entry, dict) else {"tag": str(entry)}
-            if not item.get("tag"):
-                continue
-            tag = normalise(str(item["tag"]))
-            wanted.setdefault(
-                tag,
-                {
-                    "tag": tag,
-                    "digest": parse.digest_hex(item.get("digest")),
-                    "estimated_vram_mib": item.get("estimated_vram_mib"),
-                },
-            )
-        return list(wanted.values())
+        """The plan's models plus the operator's pinned ones (``planner.wanted_models``):
+        ``{"tag", "digest", "estimated_vram_mib"}`` each, tags canonical, first mention wins."""
+        from provisioner.model_name import is_valid
+        from provisioner.planner import wanted_models
+
+        entries: dict[str, dict[str, Any]] = {}
+        for entry in self.plan.get("models") or []:
+            if isinstance(entry, dict) and entry.get("tag"):
+                entries.setdefault(normalise(str(entry["tag"])), entry)
+        pinned = [str(tag) for tag in self.key("models_pinned") or []]
+        # an invalid name cannot be checked; inventory validation refuses it (exit 2)
+        names = [name for name in [*entries, *pinned] if is_valid(name)]
+        return [
+            {
+                "tag": tag,
+                "digest": parse.digest_hex(entries.get(tag, {}).get("digest")),
+                "estimated_vram_mib": entries.get(tag, {}).get("estimated_vram_mib"),
+            }
+            for tag in wanted_models(names)
+        ]
 
     def model_size(self, tag: str) -> int | None:
         """Download size in bytes: what Ollama reports, else the model catalog's."""
@@ -450,13 +451,13 @@ class HostContext:
 
 
 def normalise(tag: str) -> str:
-    """A model name as the planner and ``/api/tags`` spell it (``llama3.2:latest`` for
-    ``llama3.2``)."""
-    from provisioner.catalog import normalise_tag
+    """A model name in its canonical form (``llama3.2:latest`` for ``Llama3.2``), as the plan
+    and the installed-model facts spell it; a name Ollama refuses is returned stripped."""
+    from provisioner.model_name import ModelNameError, canonical
 
     try:
-        return normalise_tag(tag)
-    except ValueError:
+        return canonical(tag)
+    except ModelNameError:
         return tag.strip()
 
 
