@@ -275,9 +275,8 @@ def _in_context(state: State, target: Host, func: Any, *args: Any, **kwargs: Any
 def _store(state: State, target: Host) -> dict[str, Any]:
     from provisioner.deploys.models import source_settings
     from provisioner.facts.ollama import OllamaModels
-    from provisioner.settings import resolve
 
-    models_dir = source_settings(resolve(target.data.dict()))["models_dir"]
+    models_dir = source_settings(target.data)["models_dir"]
     return _in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
 
 
@@ -297,13 +296,13 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
     from provisioner.deploys.models import planned_models, source_settings
     from provisioner.facts.ollama import OllamaRegistryManifest
     from provisioner.planner import wanted_models
-    from provisioner.settings import resolve
+    from provisioner.settings import host_settings
 
-    data = resolve(target.data.dict())
+    data = host_settings(target.data)
     src = source_settings(data)
     planned = _in_context(state, target, planned_models, target)
     problems = []
-    for name in wanted_models(planned, data["models_pinned"]):
+    for name in wanted_models(planned, data.list_of("models_pinned")):
         have = after.get(name)
         if not have or not have.get("complete"):
             problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
@@ -596,13 +595,15 @@ def planned_by_host(loaded: LoadedInventory) -> dict[str, list[str]]:
     """The planned and pinned tags of every host of ``loaded`` (facts gathered live)."""
     from provisioner.gather import gather
     from provisioner.planner import plan_host, wanted_models
+    from provisioner.settings import host_settings
 
     facts = gather(loaded)
     planned: dict[str, list[str]] = {}
     for target in loaded.hosts:
-        data = loaded.resolved(target)
+        data = host_settings(target.data)
         plan = plan_host(target.name, facts.get(target.name), data)
-        planned[target.name] = wanted_models(plan.get("models", []), data["models_pinned"])
+        pinned = data.list_of("models_pinned")
+        planned[target.name] = wanted_models(plan.get("models", []), pinned)
     return planned
 
 
@@ -621,14 +622,16 @@ def mirror_inventory(
       one are left out)
     + upstream: where models come from (default: the public library)
     """
+    from provisioner.settings import host_settings
+
     by_registry: dict[tuple[str, str], list[str]] = {}
     for name, tags in planned_by_host(loaded).items():
         target = next(t for t in loaded.hosts if t.name == name)
-        data = loaded.resolved(target)
-        site = registry or data.get("ollama_registry")
+        data = host_settings(target.data)
+        site = registry or data.optional_text("ollama_registry")
         if not site:
             continue
-        key = (site, str(data.get("ollama_registry_namespace") or "library"))
+        key = (site, data.text("ollama_registry_namespace"))
         by_registry.setdefault(key, [])
         by_registry[key] += [t for t in tags if t not in by_registry[key]]
     return [

@@ -122,29 +122,25 @@ class _Settings:
     models_max: int
 
 
-def _value(data: Mapping[str, Any], key: str) -> Any:
-    value = data.get(key)
-    return settings.all_defaults()[key] if value is None else value
-
-
 def _settings(data: Mapping[str, Any]) -> _Settings:
-    kv_type = _value(data, "ollama_kv_cache_type")
-    if not _value(data, "ollama_flash_attention"):
+    h = settings.host_settings(data)
+    kv_type = h.text("ollama_kv_cache_type")
+    if not h.flag("ollama_flash_attention"):
         kv_type = "f16"  # Ollama ignores a quantised KV cache without flash attention
-    models = data.get("models")
+    models = h.optional_list_of("models")
     return _Settings(
-        context=int(_value(data, "ollama_context_length")),
-        parallel=int(_value(data, "ollama_num_parallel")),
+        context=h.integer("ollama_context_length"),
+        parallel=h.integer("ollama_num_parallel"),
         kv_cache_type=kv_type,
-        batch_size=int(_value(data, "ollama_batch_size")),
-        reserve_mib=int(_value(data, "vram_reserve_mib")),
-        headroom=float(_value(data, "vram_headroom")),
-        ram_reserve_mib=int(_value(data, "ram_reserve_mib")),
+        batch_size=h.integer("ollama_batch_size"),
+        reserve_mib=h.integer("vram_reserve_mib"),
+        headroom=h.number("vram_headroom"),
+        ram_reserve_mib=h.integer("ram_reserve_mib"),
         models=tuple(models) if models is not None else None,
-        profile=str(_value(data, "model_profile")),
-        always=tuple(_value(data, "models_always")),
-        pinned=tuple(_value(data, "models_pinned")),
-        models_max=int(_value(data, "models_max")),
+        profile=h.text("model_profile"),
+        always=tuple(h.list_of("models_always")),
+        pinned=tuple(h.list_of("models_pinned")),
+        models_max=h.integer("models_max"),
     )
 
 

@@ -92,7 +92,7 @@ class HostContext:
         self.host = testinfra_host
         self.id = str(testinfra_host.backend.get_pytest_id())
         self.name = str(expectations.get("name") or self.id)
-        self.data: dict[str, Any] = settings.resolve(dict(expectations.get("data") or {}))
+        self.data = settings.HostSettings(expectations.get("data") or {})
         self.plan: dict[str, Any] = dict(expectations.get("plan") or {})
         self.facts: dict[str, Any] | None = expectations.get("facts")
         self._cache: dict[str, Any] = {}
@@ -115,17 +115,10 @@ class HostContext:
 
     # -- data keys ---------------------------------------------------------------------
 
-    def key(self, name: str, fallback: Any = None) -> Any:
-        """A declared data key's value: the host's, else the declared default, else
-        ``fallback`` (so a key that another component has not declared yet never crashes
-        the suite)."""
-        if name in self.data:
-            value = self.data[name]
-            return fallback if value is None and fallback is not None else value
-        spec = settings.all_keys().get(name)
-        if spec is not None and spec.default is not None:
-            return spec.default
-        return fallback
+    def key(self, name: str) -> Any:
+        """A declared data key's value: the host's, else its declared default
+        (``settings.HostSettings``; an undeclared key raises ``KeyError``)."""
+        return self.data.raw(name)
 
     # -- running commands ----------------------------------------------------------------
 
@@ -338,8 +331,8 @@ class HostContext:
 
     def ollama_bind(self) -> tuple[str, int]:
         """Where Ollama should listen: ``ollama_listen_address`` and ``ollama_port``."""
-        host = str(self.key("ollama_listen_address", "127.0.0.1"))
-        port = int(self.key("ollama_port", parse.OLLAMA_DEFAULT_PORT))
+        host = self.data.text("ollama_listen_address").strip()
+        port = self.data.integer("ollama_port")
         return parse.split_host_port(host, port)[0] if host else "127.0.0.1", port
 
     def ollama_url(self, path: str) -> str:
@@ -372,7 +365,7 @@ class HostContext:
         for entry in self.plan.get("models") or []:
             if isinstance(entry, dict) and entry.get("tag"):
                 entries.setdefault(normalise(str(entry["tag"])), entry)
-        pinned = [str(tag) for tag in self.key("models_pinned") or []]
+        pinned = [str(tag) for tag in self.data.list_of("models_pinned")]
         # an invalid name cannot be checked; inventory validation refuses it (exit 2)
         names = [name for name in [*entries, *pinned] if is_valid(name)]
         return [
@@ -393,7 +386,7 @@ class HostContext:
         try:
             from provisioner.catalog import cached_catalog
 
-            entry = cached_catalog(self.key("model_catalog_extra") or None).get(tag)
+            entry = cached_catalog(self.data.list_of("model_catalog_extra")).get(tag)
         except Exception:  # a bad catalog is reported by `provision plan`, not here
             entry = None
         return entry.size_bytes if entry is not None else None
