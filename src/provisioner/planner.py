@@ -460,11 +460,14 @@ def _select(
 def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any]) -> dict:
     """The plan of one host (see the module docstring for the shape and the rules).
 
+    ``data`` is host data or ``settings.HostSettings`` (resolved once, here if not before).
+
     Raises ``catalog.CatalogError`` when the host's ``model_catalog_extra`` is malformed.
     """
     facts = facts or {}
-    s = _settings(data)
-    host = _classify(facts, data, s)
+    h = settings.host_settings(data)
+    s = _settings(h)
+    host = _classify(facts, h, s)
     profile: str | None = None
     if s.models is None:
         profile = s.profile
@@ -475,7 +478,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     skipped: tuple[_Skip, ...] = ()
     if host.mode != "none":
         shape = _Shape(host.mode, host.devices, host.budget_mib)
-        key = catalog_key(data.get("model_catalog_extra"))
+        key = catalog_key(h.list_of("model_catalog_extra"))
         models, skipped = _select(shape, s, key, profile)
         if profile is not None and not any(m[4].startswith("profile:") for m in models):
             reason += f"; no model of profile {profile} fits"

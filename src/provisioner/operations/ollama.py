@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra import host, logger
@@ -486,18 +487,62 @@ def models(
     """
     if transport not in ("place", "pull"):
         raise OperationValueError(f"transport must be place or pull, not {transport!r}")
-    user = user or SERVICE_USER
-    fetch_helper = fetch_helper or FETCH_HELPER
+    options = _Options(
+        refresh, transport, api, insecure, models_dir, user or SERVICE_USER, fetch_helper
+    )
     try:
         planned = models() if callable(models) else list(models)
     except Exception as exc:  # the planner failed for this host: fail it, not the run
         yield _refusal(f"no model plan for this host: {exc}")
         return
+    sources = _sources(planned, pinned or [], registry, namespace, insecure)
+    installed = host.get_fact(OllamaModels, models_dir=models_dir)
+    run = _Run()
+    for name, source in sources.items():
+        yield from _sync_model(name, source, installed, options, run)
+        if run.refused:
+            return
+    removed = _unwanted(installed, sources) if prune else []
+    for name in removed:
+        yield _api_command(api, "DELETE", "/api/delete", {"model": name})
+    yield from _clean_blobs(run.replaced, models_dir)
+    if not run.replaced and not removed and len(run.current) == len(sources):
+        host.noop(
+            f"{len(sources)} planned model(s) present and current"
+            + (f": {', '.join(sources)}" if sources else "")
+        )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`models` syncs: its arguments, once checked."""
+
+    refresh: bool
+    transport: str
+    api: str
+    insecure: bool
+    models_dir: str
+    user: str
+    fetch_helper: str | None
+
+
+@dataclass
+class _Run:
+    """What :func:`models` found so far on this host."""
+
+    current: list[str] = field(default_factory=list)  # present and equal to the registry's
+    replaced: dict[str, list[str]] = field(default_factory=dict)  # name -> digests it drops
+    refused: bool = False
+
+
+def _sources(
+    planned: list[str], pinned: list[str], registry: str | None, namespace: str, insecure: bool
+) -> dict[str, ModelName]:
+    """Each wanted model (``planner.wanted_models``) and where it is taken from."""
     try:
-        wanted = wanted_models(planned, pinned or [])
         sources = {
             name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
-            for name in wanted
+            for name in wanted_models(planned, pinned)
         }
     except ValueError as exc:
         raise OperationValueError(str(exc)) from None
@@ -506,83 +551,91 @@ def models(
             raise OperationValueError(
                 f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
             )
+    return sources
 
-    installed = host.get_fact(OllamaModels, models_dir=models_dir)
-    current: list[str] = []
-    replaced: dict[str, list[str]] = {}
-    for name in wanted:
-        source = sources[name]
-        have = installed.get(name)
-        present = bool(have and have.get("complete"))
-        place = source.canonical != name and transport == "place"
-        remote: dict[str, Any] | None = None
-        if refresh or (place and not present):
-            remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
-            if "error" in remote:
-                verb = "check" if present else "fetch"
-                yield _refusal(
-                    f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
-                )
-                return
-        if present and (remote is None or have["content"] == remote["content"]):
-            current.append(name)
-            continue
-        if have and have.get("content"):
-            new = set(remote["content"]) if remote else set()
-            replaced[name] = [digest for digest in have["content"] if digest not in new]
 
-        have_source = installed.get(source.canonical)
-        source_ok = (
-            source.canonical != name
-            and have_source is not None
-            and have_source.get("complete")
-            and remote is not None
-            and have_source["content"] == remote["content"]
-        )
-        if not source_ok:
-            if place:
-                assert remote is not None
-                base = source.blob_url("").rstrip("/") + "/"
-                blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
-                yield FunctionCommand(
-                    fetch_model,
-                    (
-                        name,
-                        [
-                            fetch_helper,
-                            models_dir,
-                            user,
-                            base,
-                            remote["digest"],
-                            remote["raw"],
-                            source.manifest_path,
-                            *blobs,
-                        ],
-                    ),
-                    {},
-                )
-            else:
-                yield FunctionCommand(pull_model, (name, api, source.pull_name, insecure), {})
-        if source.canonical != name:
-            yield _api_command(
-                api, "POST", "/api/copy", {"source": source.display, "destination": name}
-            )
+def _sync_model(
+    name: str, source: ModelName, installed: dict[str, Any], options: _Options, run: _Run
+) -> Iterator[Any]:
+    """The commands that make one model present and current (nothing when it is)."""
+    have = installed.get(name)
+    present = bool(have and have.get("complete"))
+    place = source.canonical != name and options.transport == "place"
+    remote: dict[str, Any] | None = None
+    if options.refresh or (place and not present):
+        remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
+        if "error" in remote:
+            verb = "check" if present else "fetch"
+            yield _refusal(f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}")
+            run.refused = True
+            return
+    if present and (remote is None or have["content"] == remote["content"]):
+        run.current.append(name)
+        return
+    if have and have.get("content"):
+        new = set(remote["content"]) if remote else set()
+        run.replaced[name] = [digest for digest in have["content"] if digest not in new]
+    yield from _transfer(name, source, installed.get(source.canonical), remote, place, options)
 
-    keep = set(wanted) | {source.canonical for source in sources.values()}
-    removed = sorted(name for name in installed if name not in keep) if prune else []
-    for name in removed:
-        yield _api_command(api, "DELETE", "/api/delete", {"model": name})
 
+def _transfer(
+    name: str,
+    source: ModelName,
+    have_source: dict[str, Any] | None,
+    remote: dict[str, Any] | None,
+    place: bool,
+    options: _Options,
+) -> Iterator[Any]:
+    """Fetch or pull ``source`` unless the store already holds it, then alias it as ``name``."""
+    source_ok = (
+        source.canonical != name
+        and have_source is not None
+        and have_source.get("complete")
+        and remote is not None
+        and have_source["content"] == remote["content"]
+    )
+    if not source_ok:
+        if place:
+            assert remote is not None
+            yield _fetch_command(name, source, remote, options)
+        else:
+            pull = (name, options.api, source.pull_name, options.insecure)
+            yield FunctionCommand(pull_model, pull, {})
+    if source.canonical != name:
+        body = {"source": source.display, "destination": name}
+        yield _api_command(options.api, "POST", "/api/copy", body)
+
+
+def _fetch_command(
+    name: str, source: ModelName, remote: dict[str, Any], options: _Options
+) -> FunctionCommand:
+    base = source.blob_url("").rstrip("/") + "/"
+    blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
+    arguments = [
+        options.fetch_helper or FETCH_HELPER,
+        options.models_dir,
+        options.user,
+        base,
+        remote["digest"],
+        remote["raw"],
+        source.manifest_path,
+        *blobs,
+    ]
+    return FunctionCommand(fetch_model, (name, arguments), {})
+
+
+def _unwanted(installed: dict[str, Any], sources: dict[str, ModelName]) -> list[str]:
+    """Models in the store that are neither wanted nor the site copy of a wanted one."""
+    keep = set(sources) | {source.canonical for source in sources.values()}
+    return sorted(name for name in installed if name not in keep)
+
+
+def _clean_blobs(replaced: dict[str, list[str]], models_dir: str) -> Iterator[str]:
+    """Remove the blobs that replaced models dropped, unless another manifest uses them."""
     stale = sorted({digest.split(":", 1)[1] for content in replaced.values() for digest in content})
     if stale:
         blobs_dir = models_dir.rstrip("/") + "/blobs"
         yield (
             f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
             'grep -rqs "sha256:$h" ../manifests ../manifests-v2 || rm -f "sha256-$h"; done'
-        )
-
-    if not replaced and not removed and len(current) == len(wanted):
-        host.noop(
-            f"{len(wanted)} planned model(s) present and current"
-            + (f": {', '.join(wanted)}" if wanted else "")
         )
