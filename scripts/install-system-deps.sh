@@ -13,6 +13,7 @@ PACKAGES=(
   gnupg                   # signs that repository with a throwaway test key
   docker-registry         # CNCF Distribution: the lab's OCI model registry
   curl ca-certificates zstd
+  prometheus              # promtool: `promtool check/test rules` of templates/monitoring/
   vagrant vagrant-libvirt # `vagrant validate` of the Vagrantfile (no VMs run here)
 )
 missing=()
@@ -29,7 +30,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian starts these services on install; the lab runs its own instances on its own address.
-for svc in apt-cacher-ng docker-registry; do
+for svc in apt-cacher-ng docker-registry prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 # What the driver deploy logs for a host that needs a reboot it may not do (--no-reboot).
+# Operations that record a run rather than change the host (deploys/monitoring.py).
+BOOKKEEPING_OPERATIONS = ("Record the successful apply (monitoring)",)
 PENDING_REBOOT = re.compile(r"\[(?P<host>[^\]]+)\]\s+PENDING REBOOT (?P<why>.*)")
 
 EXIT_PENDING_REBOOT = 3
@@ -136,6 +138,8 @@ def parse_results(
     results = raw.get("results") or {}
     for op in results.get("operations", []):
         name = op.get("name", "?")
+        if name.rsplit(" | ", 1)[-1] in BOOKKEEPING_OPERATIONS:  # changes on every run by nature
+            continue
         for host in op.get("success", []):
             hosts.setdefault(host, HostRun()).changed.append(name)
         for host in op.get("no_change", []):

@@ -254,8 +254,25 @@ def _report_run(result, as_json: bool) -> None:
     default=None,
     help="Hosts checked in parallel (default: all).",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Then run provision apply on the hosts found broken (only those) and verify them again.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --repair: hosts repaired (and rebooted) at once.",
+)
 def verify(
-    inventory: str, limit: tuple[str, ...], as_json: bool, junit: str | None, workers: int | None
+    inventory: str,
+    limit: tuple[str, ...],
+    as_json: bool,
+    junit: str | None,
+    workers: int | None,
+    repair: bool,
+    batch: int | None,
 ) -> None:
     """Prove with testinfra checks that every layer works on every host."""
     from pathlib import Path
@@ -269,15 +286,42 @@ def verify(
     except VerifyError as exc:
         click.echo(f"provision: verify could not run: {exc}", err=True)
         sys.exit(EXIT_HOST_FAILED)
+    if repair:
+        _verify_and_repair(inventory, report, as_json, batch, workers)
     if as_json:
         _print_json(report.to_json())
     else:
-        console = _console()
-        console.print(report.table())
-        failures = report.failures()
-        if failures:
-            console.print(failures)
+        _show_verify(report)
     sys.exit(report.exit_code)
+
+
+def _show_verify(report) -> None:
+    console = _console()
+    console.print(report.table())
+    failures = report.failures()
+    if failures:
+        console.print(failures)
+
+
+def _verify_and_repair(inventory, report, as_json: bool, batch, workers) -> None:
+    """``verify --repair``: the report, then apply on the broken hosts, then their re-check."""
+    from provisioner.verify_cli import repair
+
+    if not as_json:
+        _show_verify(report)
+    fixed = repair(lambda hosts: _load(inventory, hosts), report, batch=batch, workers=workers)
+    if as_json:
+        _print_json({**report.to_json(), "repair": fixed.to_json()})
+    elif not fixed.broken:
+        click.echo("provision: nothing to repair", err=True)
+    else:
+        from provisioner.report import run_table
+
+        click.echo(f"provision: repairing {', '.join(fixed.broken)}", err=True)
+        _console().print(run_table(fixed.run))
+        if fixed.after is not None:
+            _show_verify(fixed.after)
+    sys.exit(fixed.exit_code)
 
 
 @main.group()

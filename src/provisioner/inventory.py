@@ -144,6 +144,7 @@ def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
 def validate(loaded: LoadedInventory) -> None:
     """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
     from provisioner.catalog import check_host_data
+    from provisioner.deploys import monitoring
     from provisioner.deploys.ollama import check_settings
 
     problems: list[str] = []
@@ -154,7 +155,8 @@ def validate(loaded: LoadedInventory) -> None:
         if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
             found += check_host_data(data)
         if not typed_wrong:
-            found += check_settings(settings.resolve(data))
+            resolved = settings.resolve(data)
+            found += check_settings(resolved) + monitoring.check_settings(resolved)
         for key, message in found:
             problems.append(
                 f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}"

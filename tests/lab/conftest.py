@@ -44,5 +44,6 @@ def lab():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Harness tests first (they check a fresh host), the end-to-end flow last (it provisions)."""
-    items.sort(key=lambda item: item.module.__name__.endswith("test_e2e"))
+    """Harness tests first (they check a fresh host), the end-to-end flow last (it provisions):
+    ``test_e2e`` and then the ``test_e2e_*`` modules that build on the fleet it left."""
+    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1].startswith("test_e2e"))

@@ -67,3 +67,21 @@ def test_pyinfra_command_dry_never_passes_yes():
     assert dry[dry.index("--data") + 1] == "nvidia_reboot=false"
     real = pyinfra_command(Loaded(), "site", batch=2)
     assert "-y" in real and real[real.index("--parallel") + 1] == "2"
+
+
+def test_the_record_of_a_successful_apply_is_not_a_change():
+    """With monitoring, the last operation writes the time of the run on every run: a converged
+    host must still be reported unchanged (and a failing one still failed)."""
+    record = "provisioner | Record the successful apply | Record the successful apply (monitoring)"
+    raw = {
+        "results": {
+            "operations": [
+                {"name": "a", "success": [], "no_change": ["h1", "h2"], "error": []},
+                {"name": record, "success": ["h1"], "no_change": [], "error": ["h2"]},
+            ],
+            "failed_hosts": [],
+        }
+    }
+    hosts, failed = parse_results(raw, ["h1", "h2"])
+    assert hosts["h1"].status == "unchanged" and hosts["h1"].changed == []
+    assert hosts["h2"].status == "unchanged"  # its failure to record is not a provisioning error

@@ -10,13 +10,16 @@ from pyinfra.api import deploy
 
 from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.models import ollama_models
+from provisioner.deploys.monitoring import monitoring, record_apply
 from provisioner.deploys.ollama import install_ollama
 
 
 @deploy("provisioner")
 def site() -> None:
     """
-    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host.
+    Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host → monitoring
+    (node_exporter and the health collector, with ``monitoring = true``), and last the record
+    of the successful run.
 
     **Example:**
 
@@ -29,3 +32,5 @@ def site() -> None:
     gpu_stack()
     install_ollama()
     ollama_models()
+    monitoring()
+    record_apply()
