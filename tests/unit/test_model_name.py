@@ -302,3 +302,33 @@ def test_inventory_validation_refuses_names_ollama_refuses(value, needle):
     problem = caught.value.problems[0]
     assert problem.startswith("site.py: host bad-1: key models_pinned: ")
     assert needle in problem
+
+
+def test_the_health_collector_spells_names_as_model_name_does(monkeypatch):
+    """The collector runs on the host without the package, so it keeps a copy of the
+    canonical form; this is the check that the copy and the one definition agree."""
+    import importlib.util
+    import sys
+    from importlib import resources
+
+    package = resources.files("provisioner")
+    monkeypatch.syspath_prepend(str(package))  # the collector imports nvidia_smi beside it
+    monkeypatch.delitem(sys.modules, "nvidia_smi", raising=False)
+    path = package / "templates" / "monitoring" / "provisioner_metrics.py"
+    spec = importlib.util.spec_from_file_location("provisioner_metrics_copy", str(path))
+    collector = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collector)
+    names = [
+        "llama3.1:8b",
+        "Llama3.1:8B",
+        "llama3.2",
+        "library/Qwen3:8B",
+        "registry.ollama.ai/library/qwen3:8b",
+        "Registry.Ollama.AI/MyOrg/Model",
+        "myorg/model:v2",
+        "mirror.example.com:5000/library/qwen3:8b",
+        "169.254.100.1:5000/site/tiny:1b",
+        "hf.co/Org/Repo:Q4_K_M",
+    ]
+    for name in names:
+        assert collector.canonical(name) == model_name.canonical(name), name
