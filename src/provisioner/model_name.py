@@ -41,6 +41,7 @@ __all__ = [
     "ModelNameError",
     "canonical",
     "is_valid",
+    "namespace_problem",
 ]
 
 DEFAULT_HOST = "registry.ollama.ai"
@@ -256,6 +257,19 @@ def is_valid(name: object) -> bool:
     except ModelNameError:
         return False
     return True
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why ``namespace`` cannot be a namespace part of a name, or None (``isValidPart``)."""
+    if not isinstance(namespace, str):
+        return f"{namespace!r} is not a namespace"
+    problem = _part_problem("namespace", namespace)
+    if problem is None:
+        return None
+    return (
+        f"{namespace!r} is not a namespace: {problem} (letters, digits, _ and -, starting with "
+        "a letter, a digit or _; no '/' and no '.')"
+    )
 
 
 def canonical(name: str) -> str:
