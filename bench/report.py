@@ -1,5 +1,5 @@
 """Reports of a benchmark run: ``<date>.json`` (everything), ``<date>.md`` (tables) and
-``<date>.png`` (fleet scaling, drawn by :mod:`bench.png`)."""
+``<date>.png`` (fleet scaling, drawn by :mod:`bench.chart` with matplotlib, when installed)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import png
+from bench import chart
 
 
 def _s(summary: dict[str, Any] | None, unit: str = "", digits: int = 2) -> str:
@@ -42,26 +42,27 @@ def target_rows(targets: list[dict[str, Any]]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    """The markdown report of ``results``."""
+    """The markdown report of ``results``: one section per part of the run that has results."""
+    out = _header(results)
+    for section in (_lab, _converged, _models, _planner, _startup, _notes):
+        out += section(results)
+    return "\n".join(out)
+
+
+def _header(results: dict[str, Any]) -> list[str]:
     meta = results["meta"]
     m = meta["machine"]
     opts = meta["options"]
-    out = [
+    ansible = results.get("lab", {}).get("ansible_core")
+    waited = meta.get("lock_wait_s", 0)
+    return [
         f"# Benchmark {meta['date']}",
         "",
         f"Revision `{meta.get('revision')}`; machine: {m['cpus']} CPUs, {m['memory_mib']} MiB, "
         f"kernel {m['kernel']}, Python {m['python']}, pyinfra {m['pyinfra']}"
-        + (
-            f", ansible-core {results['lab']['ansible_core']}"
-            if results.get("lab", {}).get("ansible_core")
-            else ""
-        )
+        + (f", ansible-core {ansible}" if ansible else "")
         + f". {opts['reps']} repetitions; the run took {meta.get('duration_s', 0):.0f} s"
-        + (
-            f" ({meta['lock_wait_s']:.0f} s of it waiting for the lab lock)."
-            if meta.get("lock_wait_s", 0) >= 1
-            else "."
-        ),
+        + (f" ({waited:.0f} s of it waiting for the lab lock)." if waited >= 1 else "."),
         "",
         "Figures are medians with (min–max); a ratio is computed run by run from measurements "
         "taken side by side in the same run, then summarised the same way.",
@@ -71,138 +72,171 @@ def render(results: dict[str, Any]) -> str:
         *target_rows(results.get("targets", [])),
         "",
     ]
+
+
+def _lab(results: dict[str, Any]) -> list[str]:
     lab = results.get("lab")
-    if lab:
-        out += [
-            "## Lab",
-            "",
-            f"{lab['hosts']} hosts, each a {lab['host']}, serving "
-            f"{', '.join(lab['role']['models'] + lab['role']['models_always'])} with CUDA "
-            f"toolkit {lab['role']['cuda_toolkit_version']} (the whole stack: driver, toolkit, "
-            f"PyTorch, Ollama, models). Lab up in {lab.get('up_s')} s.",
-            "",
-        ]
-        first = results.get("first_apply")
-        if first:
-            out.append(
-                f"First `provision apply` on {first['hosts']} bare hosts: {first['wall_s']} s "
-                f"(exit {first['exit_code']})."
-            )
-        warm = results.get("ansible_first_run")
-        if warm:
-            out.append(
-                f"First Ansible run on the converged hosts (not a figure): {warm['wall_s']} s, "
-                f"exit {warm['exit_code']}, changed: {warm['changed'] or 'none'}."
-            )
-        settle = results.get("ours_settle_run")
-        if settle:
-            out.append(
-                f"`provision apply` after it: {settle['wall_s']} s, changed: "
-                f"{settle['changed'] or 'none'}."
-            )
-        out.append("")
+    if not lab:
+        return []
+    out = [
+        "## Lab",
+        "",
+        f"{lab['hosts']} hosts, each a {lab['host']}, serving "
+        f"{', '.join(lab['role']['models'] + lab['role']['models_always'])} with CUDA "
+        f"toolkit {lab['role']['cuda_toolkit_version']} (the whole stack: driver, toolkit, "
+        f"PyTorch, Ollama, models). Lab up in {lab.get('up_s')} s.",
+        "",
+    ]
+    first = results.get("first_apply")
+    if first:
+        out.append(
+            f"First `provision apply` on {first['hosts']} bare hosts: {first['wall_s']} s "
+            f"(exit {first['exit_code']})."
+        )
+    warm = results.get("ansible_first_run")
+    if warm:
+        out.append(
+            f"First Ansible run on the converged hosts (not a figure): {warm['wall_s']} s, "
+            f"exit {warm['exit_code']}, changed: {warm['changed'] or 'none'}."
+        )
+    settle = results.get("ours_settle_run")
+    if settle:
+        out.append(
+            f"`provision apply` after it: {settle['wall_s']} s, changed: "
+            f"{settle['changed'] or 'none'}."
+        )
+    out.append("")
+    return out
+
+
+def _converged_row(conv: dict[str, Any], who: str, n: str, row: dict[str, Any], cpu: bool) -> str:
+    ratio = conv.get("fanout_ratio", {}).get(who, {}).get(n)
+    name = "provision apply" if who == "ours" else "ansible-playbook"
+    return (
+        f"| {n} | {name} | {_s(row['wall_s'])} | "
+        f"{_s(ratio) if ratio else ('1' if n == '1' else '–')} | "
+        f"{_s(row['commands_per_host'], digits=0)} | "
+        f"{_s(row['logins_per_host'], digits=0)} | "
+        f"{_s(row['sftp_per_host'], digits=0)} | "
+        f"{row['runs_with_changes']} of {len(row['runs'])}"
+        + (f", {row['failed_runs']} failed" if row["failed_runs"] else "")
+        + " |"
+        + (f" {_s(row.get('controller_cpu_s'))} |" if cpu else "")
+    )
+
+
+def _baseline(conv: dict[str, Any]) -> list[str]:
+    base = conv.get("pyinfra_baseline")
+    one = (conv.get("ours") or {}).get("1")
+    if not (base and one):
+        return []
+    extra = one["commands_per_host"]["median"] - base["commands_per_host"]["median"]
+    spent = one["wall_s"]["median"] - base["wall_s"]["median"]
+    return [
+        "",
+        f"A bare `pyinfra INVENTORY exec -- true` on 1 host (interpreter, inventory, one "
+        f"SSH connection, {base['commands_per_host']['median']:g} command): "
+        f"{_s(base['wall_s'])} s. The converged `provision apply` on 1 host spends "
+        f"{spent:.2f} s more, for {extra:g} more remote commands "
+        + (f"({spent / extra * 1000:.0f} ms each, everything included)." if extra else "."),
+    ]
+
+
+def _converged(results: dict[str, Any]) -> list[str]:
     conv = results.get("converged")
-    if conv:
-        out += [
-            "## Converged re-run, fan-out, against Ansible",
-            "",
-            "Remote commands per host are `exec` channels seen by the host's sshd (its VERBOSE "
-            "log), the same count for both tools; logins and sftp sessions beside them.",
-            "",
-        ]
-        rows = [r for who in ("ours", "ansible") for r in (conv.get(who) or {}).values()]
-        cpu = any("controller_cpu_s" in r for r in rows)
-        out += [
-            "| hosts | tool | wall time (s) | time(N)/time(1) | commands/host | logins/host "
-            "| sftp/host | runs with changes |" + (" controller CPU (s) |" if cpu else ""),
-            "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cpu else ""),
-        ]
-        for who in ("ours", "ansible"):
-            for n, row in (conv.get(who) or {}).items():
-                ratio = conv.get("fanout_ratio", {}).get(who, {}).get(n)
-                name = "provision apply" if who == "ours" else "ansible-playbook"
-                out.append(
-                    f"| {n} | {name} | {_s(row['wall_s'])} | "
-                    f"{_s(ratio) if ratio else ('1' if n == '1' else '–')} | "
-                    f"{_s(row['commands_per_host'], digits=0)} | "
-                    f"{_s(row['logins_per_host'], digits=0)} | "
-                    f"{_s(row['sftp_per_host'], digits=0)} | "
-                    f"{row['runs_with_changes']} of {len(row['runs'])}"
-                    + (f", {row['failed_runs']} failed" if row["failed_runs"] else "")
-                    + " |"
-                    + (f" {_s(row.get('controller_cpu_s'))} |" if cpu else "")
-                )
-        base = conv.get("pyinfra_baseline")
-        one = (conv.get("ours") or {}).get("1")
-        if base and one:
-            extra = one["commands_per_host"]["median"] - base["commands_per_host"]["median"]
-            spent = one["wall_s"]["median"] - base["wall_s"]["median"]
-            out += [
-                "",
-                f"A bare `pyinfra INVENTORY exec -- true` on 1 host (interpreter, inventory, one "
-                f"SSH connection, {base['commands_per_host']['median']:g} command): "
-                f"{_s(base['wall_s'])} s. The converged `provision apply` on 1 host spends "
-                f"{spent:.2f} s more, for {extra:g} more remote commands "
-                + (f"({spent / extra * 1000:.0f} ms each, everything included)." if extra else "."),
-            ]
-        versus = conv.get("ours_over_ansible")
-        if versus:
-            out += ["", "| hosts | ours / Ansible |", "| --- | --- |"]
-            out += [f"| {n} | {_s(v, digits=3)} |" for n, v in versus.items()]
-        out.append("")
+    if not conv:
+        return []
+    rows = [r for who in ("ours", "ansible") for r in (conv.get(who) or {}).values()]
+    cpu = any("controller_cpu_s" in r for r in rows)
+    out = [
+        "## Converged re-run, fan-out, against Ansible",
+        "",
+        "Remote commands per host are `exec` channels seen by the host's sshd (its VERBOSE "
+        "log), the same count for both tools; logins and sftp sessions beside them.",
+        "",
+        "| hosts | tool | wall time (s) | time(N)/time(1) | commands/host | logins/host "
+        "| sftp/host | runs with changes |" + (" controller CPU (s) |" if cpu else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cpu else ""),
+    ]
+    for who in ("ours", "ansible"):
+        for n, row in (conv.get(who) or {}).items():
+            out.append(_converged_row(conv, who, n, row, cpu))
+    out += _baseline(conv)
+    versus = conv.get("ours_over_ansible")
+    if versus:
+        out += ["", "| hosts | ours / Ansible |", "| --- | --- |"]
+        out += [f"| {n} | {_s(v, digits=3)} |" for n, v in versus.items()]
+    out.append("")
+    return out
+
+
+def _models(results: dict[str, Any]) -> list[str]:
     models = results.get("models")
-    if models:
-        out += [
-            "## Model distribution",
-            "",
-            f"One model ({models['model']}, {_mib(models['model_bytes'])} of blobs, pushed anew "
-            "for every run so nothing is cached) onto N hosts. *direct*: every host fetches from "
-            "the upstream registry; *mirror*: `provision models mirror` copies it into the site "
-            "registry once, then the hosts fetch from the site. Bytes are response bodies counted "
-            "by a proxy in front of each registry.",
-            "",
-            "| hosts | path | wall time (s) | upstream blob bytes | × model size "
-            "| site blob bytes | hosts that got it |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for scenario in ("direct", "mirror"):
-            for n, row in models.get(scenario, {}).items():
-                up = row["upstream_blob_bytes"]["median"]
-                site = row["site_blob_bytes"]["median"]
-                out.append(
-                    f"| {n} | {scenario} | {_s(row['wall_s'])} | {_mib(up)} | "
-                    f"{_s(row['upstream_factor'])} | {_mib(site)} | "
-                    f"{_s(row.get('hosts_served'), digits=0)} |"
-                    + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
-                )
-        out.append("")
+    if not models:
+        return []
+    out = [
+        "## Model distribution",
+        "",
+        f"One model ({models['model']}, {_mib(models['model_bytes'])} of blobs, pushed anew "
+        "for every run so nothing is cached) onto N hosts. *direct*: every host fetches from "
+        "the upstream registry; *mirror*: `provision models mirror` copies it into the site "
+        "registry once, then the hosts fetch from the site. Bytes are response bodies counted "
+        "by a proxy in front of each registry.",
+        "",
+        "| hosts | path | wall time (s) | upstream blob bytes | × model size "
+        "| site blob bytes | hosts that got it |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for scenario in ("direct", "mirror"):
+        for n, row in models.get(scenario, {}).items():
+            up = row["upstream_blob_bytes"]["median"]
+            site = row["site_blob_bytes"]["median"]
+            out.append(
+                f"| {n} | {scenario} | {_s(row['wall_s'])} | {_mib(up)} | "
+                f"{_s(row['upstream_factor'])} | {_mib(site)} | "
+                f"{_s(row.get('hosts_served'), digits=0)} |"
+                + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
+            )
+    out.append("")
+    return out
+
+
+def _planner(results: dict[str, Any]) -> list[str]:
     planner = results.get("planner")
-    if planner:
-        out += [
-            "## Planner scale",
-            "",
-            f"`provision plan` on recorded facts of {planner['hosts']:,} hosts (no connections; "
-            f"a fresh interpreter: import, load the facts, resolve each host's data, plan, JSON): "
-            f"wall time {_s(planner['wall_s'])} s, of which `plan_fleet` "
-            f"{_s(planner['plan_fleet_s'])} s; peak RSS {_s(planner['max_rss_mib'], ' MiB', 0)}; "
-            f"{planner['models_planned']:,} models planned.",
-            "",
-        ]
+    if not planner:
+        return []
+    return [
+        "## Planner scale",
+        "",
+        f"`provision plan` on recorded facts of {planner['hosts']:,} hosts (no connections; "
+        f"a fresh interpreter: import, load the facts, resolve each host's data, plan, JSON): "
+        f"wall time {_s(planner['wall_s'])} s, of which `plan_fleet` "
+        f"{_s(planner['plan_fleet_s'])} s; peak RSS {_s(planner['max_rss_mib'], ' MiB', 0)}; "
+        f"{planner['models_planned']:,} models planned.",
+        "",
+    ]
+
+
+def _startup(results: dict[str, Any]) -> list[str]:
     start = results.get("startup")
-    if start:
-        out += [
-            "## Start-up",
-            "",
-            f"`provision --help`: {_s(start['provision_help_s'], ' s', 3)}; a bare "
-            f"`python -c pass` beside it: {_s(start['python_bare_s'], ' s', 3)}.",
-            "",
-        ]
-    if results.get("notes"):
-        out += ["## Notes", "", *[f"* {note}" for note in results["notes"]], ""]
-    return "\n".join(out)
+    if not start:
+        return []
+    return [
+        "## Start-up",
+        "",
+        f"`provision --help`: {_s(start['provision_help_s'], ' s', 3)}; a bare "
+        f"`python -c pass` beside it: {_s(start['python_bare_s'], ' s', 3)}.",
+        "",
+    ]
 
 
-def scaling_series(results: dict[str, Any]) -> list[png.Series]:
+def _notes(results: dict[str, Any]) -> list[str]:
+    if not results.get("notes"):
+        return []
+    return ["## Notes", "", *[f"* {note}" for note in results["notes"]], ""]
+
+
+def scaling_series(results: dict[str, Any]) -> list[chart.Series]:
     conv = results.get("converged") or {}
     series = []
     for who, label in (("ours", "provision apply (pyinfra)"), ("ansible", "ansible-playbook")):
@@ -212,7 +246,7 @@ def scaling_series(results: dict[str, Any]) -> list[png.Series]:
             for n, r in rows.items()
         ]
         if points:
-            series.append(png.Series(label, points))
+            series.append(chart.Series(label, points))
     return series
 
 
@@ -224,9 +258,11 @@ def write(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     text = render(results)
     series = scaling_series(results)
-    if series:
+    if series and not chart.AVAILABLE:
+        text += f"\n({chart.MISSING})\n"
+    elif series:
         paths["png"] = folder / f"{stem}.png"
-        png.write_chart(
+        chart.write_chart(
             paths["png"],
             series,
             title="Converged re-run vs fleet size",

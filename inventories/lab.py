@@ -7,7 +7,7 @@ at the lab's mirrors on 169.254.100.1 (see group_data/lab.py); nothing leaves th
 
 | host | release  | simulated GPUs                        | role in the tests                   |
 | ---- | -------- | ------------------------------------- | ----------------------------------- |
-| gpu1 | bookworm | 1x RTX 4090 24564 MiB                 | coding box, explicit list, CUDA 12.8|
+| gpu1 | bookworm | 1x RTX 4090 24564 MiB                 | coding box, resident set, CUDA 12.8 |
 | gpu2 | trixie   | 2x A100-SXM4-80GB + NVSwitch          | profile-planned, CUDA 13.0, FM      |
 | gpu3 | bookworm | 1x Tesla T4 15360 MiB                 | inference only (no CUDA toolkit)    |
 | cpu1 | bookworm | none                                  | CPU-only host (models sized to RAM) |
@@ -27,6 +27,8 @@ _ROLES = {
     "gpu1": {
         "models": ["qwen2.5-coder:14b", "llama3.2:3b"],
         "models_always": ["nomic-embed-text:v1.5"],
+        # the chat/code model and the embedding model stay loaded together (issue 14)
+        "models_resident": ["qwen2.5-coder:14b", "nomic-embed-text:v1.5"],
         "cuda_toolkit_version": "12.8",
     },
     "gpu2": {

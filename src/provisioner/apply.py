@@ -3,28 +3,37 @@
 ``provision apply`` runs ``pyinfra INVENTORY provisioner/entrypoints/site.py`` as a subprocess
 so that group_data, ``--limit``, ordering and failure handling are exactly pyinfra's. pyinfra's
 progress goes straight to the terminal (stderr); its ``--json`` result (stdout) is turned into a
-per-host summary: changed / unchanged / failed operations.
+per-host summary: changed / unchanged / failed operations. pyinfra runs through
+:mod:`provisioner.run_outcome`, which writes each failed host's reason (and the results when
+every host failed and pyinfra printed none) to a side file this module reads back.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import os
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from provisioner import run_events
+from provisioner.interrupts import stop_child
+from provisioner.inventory import pyinfra_limit
+from provisioner.run_outcome import OUTCOME_ENV
+from provisioner.run_outcome import read as read_outcome
 
 if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
-# What the driver deploy logs for a host that needs a reboot it may not do (--no-reboot).
 # Operations that record a run rather than change the host (deploys/monitoring.py).
 BOOKKEEPING_OPERATIONS = ("Record the successful apply (monitoring)",)
-PENDING_REBOOT = re.compile(r"\[(?P<host>[^\]]+)\]\s+PENDING REBOOT (?P<why>.*)")
 
 EXIT_PENDING_REBOOT = 3
 
@@ -35,6 +44,8 @@ class HostRun:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     pending_reboot: str | None = None
+    #: Why the host failed: the step and its cause, in one sentence (None when it did not fail).
+    error: str | None = None
 
     @property
     def status(self) -> str:
@@ -76,6 +87,7 @@ class RunResult:
                     "unchanged": len(run.unchanged),
                     "failed": run.failed,
                     "pending_reboot": run.pending_reboot,
+                    "error": run.error,
                 }
                 for name, run in self.hosts.items()
             },
@@ -87,10 +99,13 @@ class RunResult:
         lines = []
         for name in self.failed_hosts:
             run = self.hosts.get(name)
-            where = f" at '{run.failed[0]}'" if run and run.failed else ""
+            if run and run.error:
+                why = f": {run.error}"
+            else:
+                where = f" at '{run.failed[0]}'" if run and run.failed else ""
+                why = f"{where}; the reason is in pyinfra's output above"
             lines.append(
-                f"provision: host {name} failed{where}; the reason is in pyinfra's output above. "
-                f"Fix it and re-run with --limit {name}."
+                f"provision: host {name} failed{why}. Fix it and re-run with --limit {name}."
             )
         for name, run in self.hosts.items():
             if run.pending_reboot and name not in self.failed_hosts:
@@ -116,11 +131,14 @@ def pyinfra_command(
     batch: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> list[str]:
-    command = [sys.executable, "-m", "pyinfra", loaded.source, entrypoint(deploy), "--json"]
+    # pyinfra's own CLI, through the launcher that reports each failed host's reason
+    command = [sys.executable, "-m", "provisioner.run_outcome", loaded.source, entrypoint(deploy)]
+    command.append("--json")
     # --dry without -y: pyinfra detects changes, prints the plan and executes nothing.
     command.append("--dry" if dry else "-y")
-    for pattern in limit:
-        command += ["--limit", pattern]
+    if limit:  # pyinfra is given the hosts we selected, in a form its --limit understands
+        for value in pyinfra_limit(loaded):
+            command += ["--limit", value]
     if serial:
         command.append("--serial")
     if batch:
@@ -163,40 +181,96 @@ def run_deploy(loaded: LoadedInventory, deploy: str, **options: Any) -> RunResul
     """
     dry = bool(options.get("dry"))
     command = pyinfra_command(loaded, deploy, **options)
+    with tempfile.TemporaryDirectory(prefix="provision-apply-") as folder:
+        events_file = Path(folder) / "events.jsonl"
+        events_file.touch()
+        outcome_file = Path(folder) / "outcome.json"
+        env = {**os.environ, run_events.ENV: str(events_file), OUTCOME_ENV: str(outcome_file)}
+        out, returncode = _run_pyinfra(command, env)
+        pending = run_events.pending_reboots(run_events.read(events_file))
+        outcome = read_outcome(str(outcome_file))
+    names = [host.name for host in loaded.hosts]
+    return summarise(deploy, dry, returncode, out, outcome, names, pending)
+
+
+def summarise(
+    deploy: str,
+    dry: bool,
+    returncode: int,
+    out: str,
+    outcome: dict[str, Any],
+    names: list[str],
+    pending: dict[str, str],
+) -> RunResult:
+    """Turn pyinfra's --json output (``out``) and the launcher's outcome into a :class:`RunResult`.
+
+    When pyinfra printed no result (every host failed: ``No hosts remaining!``), the results the
+    launcher rebuilt from pyinfra's state stand in, so the counts stay true.
+    """
+    try:
+        raw = json.loads(out) if out.strip() else None
+    except json.JSONDecodeError:
+        sys.stderr.write(out)
+        raw = None
+    if raw is None and outcome.get("results"):
+        raw = {"plan": [], "results": outcome["results"]}
+    told = {
+        name: entry
+        for name, entry in (outcome.get("hosts") or {}).items()
+        if isinstance(entry, dict) and entry.get("error")
+    }
+    if raw is None:
+        hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
+        failed = list(names)
+        returncode = returncode or 1
+    else:
+        hosts, failed = parse_results(raw, names)
+        failed = sorted(set(failed) | set(told) & set(names))
+    for name in failed:
+        run = hosts.setdefault(name, HostRun())
+        entry = told.get(name) or {}
+        if not run.failed:  # failed before any operation ran: the step the launcher named
+            run.failed.append(str(entry.get("step") or "pyinfra run"))
+        run.error = str(entry["error"]) if entry else _unexplained(run, returncode)
+    for name, why in pending.items():
+        if name in hosts:
+            hosts[name].pending_reboot = why
+    return RunResult(deploy, dry, returncode, hosts, failed, raw)
+
+
+def _unexplained(run: HostRun, returncode: int) -> str:
+    step = run.failed[0] if run.failed else "pyinfra run"
+    return (
+        f"step '{step}' failed (pyinfra exited {returncode}); no reason was reported: "
+        "see pyinfra's output above"
+    )
+
+
+def _run_pyinfra(command: list[str], env: dict[str, str]) -> tuple[str, int]:
+    """Run pyinfra; its progress (stderr) goes on to the terminal as it comes. Returns its
+    stdout (the ``--json`` result) and exit status."""
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        env=env,
     )
-    pending: dict[str, str] = {}
-    # pyinfra's progress goes on to the terminal as it comes; pending reboots are noted on the way.
-    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr, pending), daemon=True)
+    reader = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
     reader.start()
-    out = proc.stdout.read() if proc.stdout else ""
-    proc.wait()
-    reader.join()
-    names = [host.name for host in loaded.hosts]
     try:
-        raw = json.loads(out) if out.strip() else None
-    except json.JSONDecodeError:
-        sys.stderr.write(out)
-        raw = None
-    if raw is None:
-        hosts = {name: HostRun(failed=["pyinfra run"]) for name in names}
-        return RunResult(deploy, dry, proc.returncode or 1, hosts, names, None)
-    hosts, failed = parse_results(raw, names)
-    for name, why in pending.items():
-        if name in hosts:
-            hosts[name].pending_reboot = why
-    return RunResult(deploy, dry, proc.returncode, hosts, failed, raw)
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait()
+    except KeyboardInterrupt:  # pyinfra got the terminal's Ctrl-C too: bound its exit
+        stop_child(proc)
+        raise
+    reader.join()
+    return out, proc.returncode
 
 
-def _relay_stderr(stream, pending: dict[str, str]) -> None:
+def _relay_stderr(stream: Iterable[str]) -> None:
+    """Copy pyinfra's log to our stderr, line by line."""
     for line in stream:
         sys.stderr.write(line)
-        match = PENDING_REBOOT.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
-        if match:
-            pending[match["host"]] = match["why"].strip()
     sys.stderr.flush()

@@ -8,7 +8,10 @@ entry whose tag is already in the packaged catalog replaces that row.
 Required columns of an extra entry: ``tag``, ``size_bytes``, ``context``, ``layers``,
 ``kv_heads``, ``head_dim``. The others default to: ``family`` the model part of the tag,
 ``category`` ``chat``, ``params_b`` 0, ``quant`` ``unknown``, ``rank`` 0 (never preferred over a
-packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``source`` ``model_catalog_extra``.
+packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``vocab`` 152064, ``heads``
+4 x ``kv_heads``, ``embd`` heads x head_dim, ``tied`` 0, ``projector_bytes`` 0, ``kind``
+``embedding`` when the category says so, ``vision`` when it lists vision, else ``text``,
+``num_ctx`` 0 (the model's params set no context), ``source`` ``model_catalog_extra``.
 
 Catalog keys are canonical Ollama names (:mod:`provisioner.model_name`): the short form
 ``model:tag`` for the library of the default registry, ``namespace/model:tag`` for other
@@ -46,8 +49,21 @@ COLUMNS = (
     "head_dim",
     "swa_layers",
     "swa_window",
+    "vocab",
+    "heads",
+    "embd",
+    "tied",
+    "projector_bytes",
+    "kind",
+    "num_ctx",
     "source",
 )
+KINDS = ("text", "vision", "embedding")
+# What an extra entry without ``vocab``/``heads`` is sized with: the largest vocabulary of the
+# packaged text models below 200k tokens (qwen2.5, 152064) and four query heads per KV head
+# (the common GQA ratio); both err towards a larger compute graph.
+DEFAULT_VOCAB = 152064
+DEFAULT_HEADS_PER_KV_HEAD = 4
 REQUIRED_EXTRA = ("tag", "size_bytes", "context", "layers", "kv_heads", "head_dim")
 
 EXTRA_KEY = "model_catalog_extra"
@@ -59,6 +75,8 @@ _MAX_CONTEXT = 16 * 2**20  # 16 Mi tokens
 _MAX_LAYERS = 1024
 _MAX_HEADS = 1024
 _MAX_HEAD_DIM = 4096
+_MAX_VOCAB = 4 * 2**20
+_MAX_EMBD = 65536
 
 
 class CatalogError(ValueError):
@@ -87,7 +105,24 @@ class ModelEntry:
     head_dim: int
     swa_layers: int = 0
     swa_window: int = 0
+    vocab: int = DEFAULT_VOCAB
+    heads: int = 0  # query heads; 0: DEFAULT_HEADS_PER_KV_HEAD x kv_heads
+    embd: int = 0  # embedding length (hidden size); 0: heads x head_dim
+    tied: bool = False  # the output layer reuses the token embeddings
+    projector_bytes: int = 0  # vision projector (part of size_bytes)
+    kind: str = "text"  # text | vision | embedding
+    num_ctx: int = 0  # num_ctx of the model's params layer; 0 when it sets none
     source: str = ""
+
+    @property
+    def attention_heads(self) -> int:
+        """Query heads (the catalog's ``heads``, or 4 per KV head when unknown)."""
+        return self.heads or DEFAULT_HEADS_PER_KV_HEAD * self.kv_heads
+
+    @property
+    def hidden(self) -> int:
+        """Embedding length (the catalog's ``embd``, or heads x head_dim when unknown)."""
+        return self.embd or self.attention_heads * self.head_dim
 
     @property
     def full_layers(self) -> int:
@@ -165,6 +200,16 @@ def _categories(value: Any) -> tuple[str, ...]:
     return tuple(cats)
 
 
+def _kind(value: Any, categories: tuple[str, ...]) -> str:
+    if value is None or value == "":
+        if "embedding" in categories:
+            return "embedding"
+        return "vision" if "vision" in categories else "text"
+    if value not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {value!r}")
+    return str(value)
+
+
 def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> ModelEntry:
     """Build and check one entry; raises ``ValueError`` with a message naming the column."""
     unknown = sorted(set(row) - set(COLUMNS))
@@ -186,13 +231,16 @@ def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> Mod
     swa_window = _int(row.get("swa_window", 0) or 0, "swa_window", 0, _MAX_CONTEXT)
     if swa_layers and not swa_window:
         raise ValueError("swa_window must be set (tokens) when swa_layers is not 0")
+    categories = _categories(row.get("category") or "chat")
+    size_bytes = _int(row["size_bytes"], "size_bytes", 1, _MAX_SIZE_BYTES)
+    projector = _int(row.get("projector_bytes") or 0, "projector_bytes", 0, size_bytes)
     return ModelEntry(
         tag=tag,
         family=_str(row.get("family") or model_part, "family"),
-        categories=_categories(row.get("category") or "chat"),
+        categories=categories,
         params_b=_float(row.get("params_b") or 0, "params_b", 0, 100_000),
         quant=_str(row.get("quant") or "unknown", "quant"),
-        size_bytes=_int(row["size_bytes"], "size_bytes", 1, _MAX_SIZE_BYTES),
+        size_bytes=size_bytes,
         context=_int(row["context"], "context", 1, _MAX_CONTEXT),
         rank=_int(row.get("rank") or 0, "rank", 0, 100),
         layers=layers,
@@ -200,6 +248,13 @@ def entry_from_mapping(row: Mapping[str, Any], *, packaged: bool = False) -> Mod
         head_dim=_int(row["head_dim"], "head_dim", 1, _MAX_HEAD_DIM),
         swa_layers=swa_layers,
         swa_window=swa_window,
+        vocab=_int(row.get("vocab") or DEFAULT_VOCAB, "vocab", 1, _MAX_VOCAB),
+        heads=_int(row.get("heads") or 0, "heads", 0, _MAX_HEADS),
+        embd=_int(row.get("embd") or 0, "embd", 0, _MAX_EMBD),
+        tied=bool(_int(row.get("tied") or 0, "tied", 0, 1)),
+        projector_bytes=projector,
+        kind=_kind(row.get("kind"), categories),
+        num_ctx=_int(row.get("num_ctx") or 0, "num_ctx", 0, _MAX_CONTEXT),
         source=_str(row.get("source") or EXTRA_KEY, "source"),
     )
 
@@ -289,15 +344,16 @@ def cached_catalog(extra: list[dict] | None) -> dict[str, ModelEntry]:
     return catalog_by_key(catalog_key(extra))
 
 
-MODEL_LIST_KEYS = ("models", "models_always", "models_pinned")
+MODEL_LIST_KEYS = ("models", "models_always", "models_pinned", "models_resident")
 
 
 def check_host_data(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(key, message)`` for each model-related problem in one host's data.
 
-    Checks ``model_catalog_extra`` and that every tag in ``models``, ``models_always`` and
-    ``models_pinned`` is either in the catalog or a valid Ollama name (an unknown but valid
-    name is not an error here: the planner reports it as skipped, since it cannot be sized).
+    Checks ``model_catalog_extra`` and that every tag in ``models``, ``models_always``,
+    ``models_pinned`` and ``models_resident`` is either in the catalog or a valid Ollama name (an
+    unknown but valid name is not an error here: the planner reports it as skipped, since it
+    cannot be sized).
     """
     problems: list[tuple[str, str]] = []
     try:

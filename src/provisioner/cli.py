@@ -9,8 +9,10 @@ Imports stay inside the commands so that ``provision --help`` is fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -130,32 +132,40 @@ def _exit_for_unreachable(results: dict[str, dict[str, Any]]) -> None:
 @click.option(
     "--profile", default=None, help="Model profile for --what-if hosts (default: general)."
 )
+@click.option(
+    "--users",
+    type=click.IntRange(min=1, max=256),
+    default=None,
+    help="Concurrent requests each model must serve: sizes the KV cache for them "
+    "(ollama_num_parallel for this plan).",
+)
+@data_option
 @json_option
 def plan(
     inventory: str | None,
     limit: tuple[str, ...],
     what_if: tuple[str, ...],
     profile: str | None,
+    users: int | None,
+    data: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Show which models each host will serve, sized to its GPUs' memory."""
-    from provisioner import planner, settings
+    """Show which models each host will serve, sized to its GPUs' memory.
+
+    With --what-if, --data sets the host data of the imaginary hosts (context, parallelism, KV
+    type, an explicit models list, ...), parsed and validated as `apply --data`.
+    """
+    from provisioner import planner
 
     if what_if:
         if inventory:
             _fail_input("give either INVENTORY or --what-if, not both")
-        data = {"model_profile": profile} if profile else {}
-        problems = settings.validate(data)
-        if problems:
-            _fail_input(f"--profile: {problems[0][1]}")
-        for spec in what_if:
-            try:
-                planner.parse_what_if(spec)
-            except planner.WhatIfError as exc:
-                _fail_input(f"--what-if {spec!r}: {exc}")
-        result = planner.plan_what_if(list(what_if), settings.resolve(data))
-        _show_plan(result, as_json)
-        sys.exit(EXIT_OK)
+        override = _parse_data(data)
+        if users is not None:
+            if "ollama_num_parallel" in override:
+                _fail_input("give either --users or --data ollama_num_parallel=, not both")
+            override["ollama_num_parallel"] = users
+        _plan_what_if(what_if, profile, override, as_json)
 
     if not inventory:
         _fail_input("give an INVENTORY or at least one --what-if SPEC (see provision plan --help)")
@@ -163,15 +173,48 @@ def plan(
         _fail_input(
             "--profile applies to --what-if; set model_profile in the inventory's data instead"
         )
+    if data:
+        _fail_input("--data applies to --what-if; set host data in the inventory instead")
     from provisioner.gather import gather
 
     loaded = _load(inventory, limit)
     gathered = gather(loaded)
+    users_data = {"ollama_num_parallel": users} if users is not None else {}
     result = planner.plan_fleet(
-        {host.name: (gathered[host.name], loaded.resolved(host)) for host in loaded.hosts}
+        {
+            host.name: (gathered[host.name], {**loaded.resolved(host), **users_data})
+            for host in loaded.hosts
+        }
     )
     _show_plan(result, as_json)
     _exit_for_unreachable(gathered)
+
+
+def _plan_what_if(
+    what_if: tuple[str, ...], profile: str | None, data: dict[str, Any], as_json: bool
+) -> NoReturn:
+    """Plan imaginary hosts; bad --profile, --data or --what-if exits 2 before anything runs."""
+    from provisioner import planner, settings
+    from provisioner.inventory import data_problems
+
+    if profile:
+        if "model_profile" in data:
+            _fail_input("give the profile either with --profile or --data model_profile=")
+        data["model_profile"] = profile
+    problems = data_problems(data)
+    for key, message in problems:
+        option = "--profile" if key == "model_profile" and profile else f"--data {key}"
+        click.echo(f"provision: error: {option}: {message}", err=True)
+    if problems:
+        sys.exit(EXIT_BAD_INPUT)
+    for spec in what_if:
+        try:
+            planner.parse_what_if(spec)
+        except planner.WhatIfError as exc:
+            _fail_input(f"--what-if {spec!r}: {exc}")
+    result = planner.plan_what_if(list(what_if), settings.resolve(data))
+    _show_plan(result, as_json)
+    sys.exit(EXIT_OK)
 
 
 def _show_plan(result: dict[str, Any], as_json: bool) -> None:
@@ -220,10 +263,24 @@ def apply(
     if batch:
         override["nvidia_reboot_batch"] = batch
     loaded = _load(inventory, limit, override or None)
-    result = run_deploy(
-        loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
-    )
+    with _interruptible("apply"):
+        result = run_deploy(
+            loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
+        )
     _report_run(result, as_json)
+
+
+@contextlib.contextmanager
+def _interruptible(what: str) -> Iterator[None]:
+    """Ctrl-C: the run stops what it started on the hosts (see provisioner.interrupts), then
+    ``provision`` says so and exits 130."""
+    from provisioner.interrupts import EXIT_INTERRUPTED, message
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(message(what), err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _report_run(result, as_json: bool) -> None:
@@ -357,9 +414,10 @@ def models_sync(
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
 
-    result = sync_lib.sync(
-        loaded, prune=True if prune else None, dry=dry, batch=batch, show_progress=not as_json
-    )
+    with _interruptible("models sync"):
+        result = sync_lib.sync(
+            loaded, prune=True if prune else None, dry=dry, batch=batch, show_progress=not as_json
+        )
     _report_models(result, as_json)
 
 
@@ -378,7 +436,9 @@ def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_
     loaded = _load(inventory, limit)
     from provisioner import models_sync as sync_lib
 
-    _report_models(sync_lib.update(loaded, batch=batch, show_progress=not as_json), as_json)
+    with _interruptible("models update"):
+        result = sync_lib.update(loaded, batch=batch, show_progress=not as_json)
+    _report_models(result, as_json)
 
 
 @models.command("mirror")
@@ -417,6 +477,58 @@ def models_mirror(
         for result in results:
             _console().print(result.table())
     sys.exit(max((r.exit_code for r in results), default=EXIT_OK))
+
+
+@models.command("table")
+@click.option(
+    "--context",
+    type=click.IntRange(min=1, max=16 * 2**20),
+    default=None,
+    help="Context per request (default: ollama_context_length's default).",
+)
+@click.option(
+    "--tiers",
+    default="8,16,24,48,80",
+    show_default=True,
+    help="Card sizes in GB to check each model against.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+)
+@click.option(
+    "--chart",
+    "chart_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also draw VRAM against context for the most used models into this PNG (matplotlib).",
+)
+@data_option
+def models_table(
+    context: int | None, tiers: str, fmt: str, chart_path: str | None, data: tuple[str, ...]
+) -> None:
+    """Print every catalog model with the VRAM it needs and the cards that hold it."""
+    from provisioner import model_table
+    from provisioner.inventory import data_problems
+
+    override = _parse_data(data)
+    for key, message in data_problems(override):
+        _fail_input(f"--data {key}: {message}")
+    try:
+        tier_list = model_table.parse_tiers(tiers)
+        rows = model_table.rows(context, tier_list, override)
+    except model_table.TableError as exc:
+        _fail_input(str(exc))
+    ctx = context or int(override.get("ollama_context_length") or 0) or rows[0]["context"]
+    if context is None and not data and fmt == "md" and tier_list == model_table.DEFAULT_TIERS:
+        click.echo(model_table.markdown_page(tier_list), nl=False)
+    else:
+        click.echo(model_table.render(rows, fmt, ctx), nl=False)
+    if chart_path:
+        try:
+            model_table.chart(chart_path)
+        except model_table.TableError as exc:
+            _fail_input(str(exc))
+    sys.exit(EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

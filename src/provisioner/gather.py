@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provisioner.nvidia_smi import GPU_CLASSES
+from provisioner.nvidia_smi import gpus_on_bus
 
 if TYPE_CHECKING:
-    from pyinfra.api import Host, State
+    from pyinfra.api import Host
 
     from provisioner.inventory import LoadedInventory
 
@@ -40,8 +40,7 @@ def shape(
     """Combine raw fact values into the ``provision facts --json`` host shape."""
     state = smi.get("state", "error")
     # nvidia-smi absent (no error text) and no NVIDIA GPU on the PCI bus: a CPU-only host.
-    gpus_on_bus = [d for d in pci if d.get("class_id") in GPU_CLASSES]
-    if state == "no-driver" and smi.get("error") is None and not gpus_on_bus:
+    if state == "no-driver" and smi.get("error") is None and not gpus_on_bus(pci):
         state = "no-gpu"
     return {
         "gpu_state": state,
@@ -56,6 +55,7 @@ def shape(
 
 
 def unreachable(error: str) -> dict[str, Any]:
+    """The ``provision facts --json`` shape of a host that could not be reached."""
     return {
         "gpu_state": "unreachable",
         "gpus": [],
@@ -68,43 +68,25 @@ def unreachable(error: str) -> dict[str, Any]:
     }
 
 
-def make_state(loaded: LoadedInventory, parallel: int = 0) -> State:
-    from pyinfra.api import Config, State
-
-    state = State()
-    state.init(loaded.inventory, Config(PARALLEL=parallel), initial_limit=loaded.hosts)
-    return state
-
-
 def gather(loaded: LoadedInventory, parallel: int = 0) -> dict[str, dict[str, Any]]:
     """Facts of every selected host, by host name, in inventory order."""
     import logging
 
-    import gevent
-    from pyinfra.context import ctx_host, ctx_state
+    from provisioner import fleet
 
     # pyinfra's own warnings (e.g. unknown host keys) would interleave with our report.
-    logging.getLogger("pyinfra").setLevel(logging.ERROR)
-
-    state = make_state(loaded, parallel)
-    results: dict[str, dict[str, Any]] = {}
-
-    def one(host: Host) -> None:
-        try:
-            host.connect(raise_exceptions=True, show_errors=False)
-        except Exception as exc:  # connection refused, auth, DNS...: the host is reported
-            results[host.name] = unreachable(f"{type(exc).__name__}: {exc}".strip())
-            return
-        state.activate_host(host)
-        try:
-            with ctx_state.use(state), ctx_host.use(host):
-                results[host.name] = host_facts(host)
-        except Exception as exc:
-            failed = unreachable(f"fact gathering failed: {exc}")
-            results[host.name] = {**failed, "gpu_state": "error"}
-        finally:
-            host.disconnect()
-
-    greenlets = [state.pool.spawn(one, host) for host in loaded.hosts]
-    gevent.joinall(greenlets)
+    pyinfra_log = logging.getLogger("pyinfra")
+    level = pyinfra_log.level
+    pyinfra_log.setLevel(logging.ERROR)
+    state = fleet.make_state(loaded, parallel)
+    try:
+        unreached = fleet.connect(state, loaded.hosts)
+        facts, errors = fleet.each(state, fleet.connected(state, loaded.hosts), host_facts)
+    finally:
+        fleet.disconnect(state)
+        pyinfra_log.setLevel(level)
+    results = {name: unreachable(error) for name, error in unreached.items()}
+    results.update(facts)
+    for name, error in errors.items():
+        results[name] = {**unreachable(f"fact gathering failed: {error}"), "gpu_state": "error"}
     return {host.name: results[host.name] for host in loaded.hosts}

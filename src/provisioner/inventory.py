@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class LoadedInventory:
     source: str
     inventory: Inventory
     hosts: list[Host]  # after --limit
+    limit: tuple[str, ...] = ()  # the --limit patterns, split at commas (empty: every host)
 
     def data_of(self, host: Host) -> dict[str, Any]:
         """The host's own data merged over the group data (pyinfra's precedence)."""
@@ -77,12 +79,14 @@ def load(
     hosts = list(inventory)
     if not hosts:
         raise InventoryError([f"{source}: the inventory defines no hosts"])
-    limited = select(inventory, limit) if limit else hosts
-    if limit and not limited:
+    patterns = tuple(parse_limit(limit))
+    unknown = unmatched(inventory, patterns)
+    if unknown:
         raise InventoryError(
-            [f"{source}: --limit {','.join(limit)} matches no host or group of the inventory"]
+            [f"{source}: --limit {p} matches no host or group of the inventory" for p in unknown]
         )
-    loaded = LoadedInventory(source=source, inventory=inventory, hosts=limited)
+    limited = select(inventory, patterns) if patterns else hosts
+    loaded = LoadedInventory(source=source, inventory=inventory, hosts=limited, limit=patterns)
     validate(loaded)
     return loaded
 
@@ -108,17 +112,56 @@ def _traceback_file(exc: BaseException) -> str | None:
     return where
 
 
+def parse_limit(values: Iterable[str]) -> list[str]:
+    """The patterns of ``--limit`` values: each split at commas, blanks dropped, first kept.
+
+    ``--limit gpu1,gpu3 --limit gpus`` gives ``["gpu1", "gpu3", "gpus"]``. Every command parses
+    its ``--limit`` here (through :func:`load`), so they all select the same hosts.
+    """
+    patterns: list[str] = []
+    for value in values:
+        for pattern in value.split(","):
+            pattern = pattern.strip()
+            if pattern and pattern not in patterns:
+                patterns.append(pattern)
+    return patterns
+
+
+def _matches(host: Host, pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for name in (host.name, *host.groups))
+
+
 def select(inventory: Inventory, patterns: Iterable[str]) -> list[Host]:
-    """Hosts whose name or one of whose groups matches a pattern (pyinfra's ``--limit``)."""
-    wanted: list[str] = []
-    for pattern in patterns:
-        wanted.extend(p for p in pattern.split(",") if p)
-    chosen = []
-    for host in inventory:
-        names = [host.name, *host.groups]
-        if any(fnmatch.fnmatch(name, p) for p in wanted for name in names):
-            chosen.append(host)
-    return chosen
+    """Hosts whose name or one of whose groups matches a pattern (globs allowed), in order.
+
+    + patterns: ``--limit`` values, comma-separated or not (see :func:`parse_limit`)
+    """
+    wanted = parse_limit(patterns)
+    return [host for host in inventory if any(_matches(host, p) for p in wanted)]
+
+
+def unmatched(inventory: Inventory, patterns: Iterable[str]) -> list[str]:
+    """The ``--limit`` patterns that match no host name and no group name: bad input."""
+    hosts = list(inventory)
+    return [p for p in parse_limit(patterns) if not any(_matches(h, p) for h in hosts)]
+
+
+def pyinfra_limit(loaded: LoadedInventory) -> list[str]:
+    """``--limit`` values for pyinfra's CLI that select exactly ``loaded.hosts``.
+
+    pyinfra 3.x (``pyinfra_cli/cli.py``, ``_get_inventory_pattern_matches``) neither splits at
+    commas nor globs group names: each value is an exact group name, else a glob over host
+    names. So pyinfra is given one value per selected host, its name with any glob character
+    bracketed, and its first character bracketed when a group has the same name.
+    """
+    groups = set(loaded.inventory.groups)
+    values = []
+    for host in loaded.hosts:
+        value = re.sub(r"([*?\[])", r"[\1]", host.name)
+        if value in groups:
+            value = f"[{value[0]}]{value[1:]}"
+        values.append(value)
+    return values
 
 
 def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
@@ -141,22 +184,31 @@ def key_source(loaded: LoadedInventory, host: Host, key: str) -> str:
     return loaded.source
 
 
-def validate(loaded: LoadedInventory) -> None:
-    """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
-    from provisioner.catalog import check_host_data
+def data_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for every problem in one host's data: types, models, cross-key rules.
+
+    The checks an inventory gets before any host is touched; ``plan --what-if --data`` runs the
+    same ones on its override data.
+    """
+    from provisioner.catalog import MODEL_LIST_KEYS, check_host_data
     from provisioner.deploys import monitoring
     from provisioner.deploys.ollama import check_settings
 
+    found = settings.validate(data)
+    typed_wrong = {key for key, _ in found}
+    if not typed_wrong & {*MODEL_LIST_KEYS, "model_catalog_extra"}:
+        found += check_host_data(data)
+    if not typed_wrong:
+        resolved = settings.resolve(data)
+        found += check_settings(resolved) + monitoring.check_settings(resolved)
+    return found
+
+
+def validate(loaded: LoadedInventory) -> None:
+    """Check every selected host's data; raise one :class:`InventoryError` listing all problems."""
     problems: list[str] = []
     for host in loaded.hosts:
-        data = loaded.data_of(host)
-        found = settings.validate(data)
-        typed_wrong = {key for key, _ in found}
-        if not typed_wrong & {"models", "models_always", "models_pinned", "model_catalog_extra"}:
-            found += check_host_data(data)
-        if not typed_wrong:
-            resolved = settings.resolve(data)
-            found += check_settings(resolved) + monitoring.check_settings(resolved)
+        found = data_problems(loaded.data_of(host))
         for key, message in found:
             problems.append(
                 f"{key_source(loaded, host, key)}: host {host.name}: key {key}: {message}"

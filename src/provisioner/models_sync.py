@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyinfra.api.state import BaseStateCallback
 
+from provisioner.fleet import in_context
 from provisioner.ollama_api import (
     Blob,
     ManifestError,
@@ -193,6 +194,10 @@ class PullProgress(BaseStateCallback):
         self.tasks: dict[tuple[str, str], Any] = {}
         self.errors: dict[str, list[str]] = {}
 
+    def host_refused(self, state: State, host: Host, reason: str) -> None:
+        """A refused host (``provisioner.operations.system.fail_host``): its reason is kept."""
+        self.errors.setdefault(host.name, []).append(reason)
+
     def ollama_pull_progress(
         self, state: State, host: Host, model: str, event: Mapping[str, Any]
     ) -> None:
@@ -240,45 +245,12 @@ def _rich_progress(console: Console | None) -> Progress:
 # --- running the deploy -----------------------------------------------------------------------
 
 
-def _make_state(loaded: LoadedInventory) -> State:
-    from pyinfra.api import Config, State
-
-    state = State()
-    state.init(loaded.inventory, Config(PARALLEL=0, FAIL_PERCENT=None), initial_limit=loaded.hosts)
-    return state
-
-
-def _connect(state: State, hosts: list[Host]) -> dict[str, str]:
-    """Connect to every host in parallel; return the error of each host that failed."""
-    import gevent
-
-    errors: dict[str, str] = {}
-
-    def one(target: Host) -> None:
-        try:
-            target.connect(raise_exceptions=True, show_errors=False)
-        except Exception as exc:  # refused, auth, DNS...: reported, the others go on
-            errors[target.name] = f"cannot connect: {type(exc).__name__}: {exc}".strip()
-            return
-        state.activate_host(target)
-
-    gevent.joinall([state.pool.spawn(one, target) for target in hosts])
-    return errors
-
-
-def _in_context(state: State, target: Host, func: Any, *args: Any, **kwargs: Any) -> Any:
-    from pyinfra.context import ctx_host, ctx_state
-
-    with ctx_state.use(state), ctx_host.use(target):
-        return func(*args, **kwargs)
-
-
 def _store(state: State, target: Host) -> dict[str, Any]:
     from provisioner.deploys.models import source_settings
     from provisioner.facts.ollama import OllamaModels
 
     models_dir = source_settings(target.data)["models_dir"]
-    return _in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
+    return in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
 
 
 def _failed_op_output(state: State, target: Host) -> list[str]:
@@ -301,7 +273,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
 
     data = host_settings(target.data)
     src = source_settings(data)
-    planned = _in_context(state, target, planned_models, target)
+    planned = in_context(state, target, planned_models, target)
     problems = []
     for name in wanted_models(planned, data.list_of("models_pinned")):
         have = after.get(name)
@@ -313,7 +285,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
             if src["registry"]
             else ModelName.parse(name)
         )
-        remote = _in_context(
+        remote = in_context(
             state, target, target.get_fact, OllamaRegistryManifest, url=source.manifest_url
         )
         if "error" in remote:
@@ -346,16 +318,16 @@ def sync(
     + console: where the progress bars go (rich; stderr by default)
     + show_progress: draw progress bars at all
     """
-    from pyinfra.api.connect import disconnect_all
     from pyinfra.api.deploy import add_deploy
 
+    from provisioner import fleet
     from provisioner.deploys.models import ollama_models
 
-    state = _make_state(loaded)
+    state = fleet.make_state(loaded)
     results = {target.name: HostResult(target.name) for target in loaded.hosts}
-    for name, error in _connect(state, list(loaded.hosts)).items():
-        results[name].errors.append(error)
-    connected = [t for t in loaded.hosts if t in state.active_hosts]
+    for name, error in fleet.connect(state, loaded.hosts).items():
+        results[name].errors.append(f"cannot connect: {error}")
+    connected = fleet.connected(state, loaded.hosts)
     before = _read_stores(state, connected, results)
 
     progress = _rich_progress(console) if show_progress and not dry else None
@@ -364,19 +336,23 @@ def sync(
     deploy_args: dict[str, Any] = {"prune": prune, "refresh": refresh}
     if batch:
         deploy_args["_parallel"] = batch
+    finished = not dry  # after a real run (not --dry, not Ctrl-C): read and check the stores
     try:
         add_deploy(state, ollama_models, **deploy_args)
         if dry:
             _mark_would_change(state, connected, results)
         else:
             _run_ops(state, progress)
+    except KeyboardInterrupt:  # Ctrl-C: every host's step was stopped, nothing is reported
+        finished = False
+        raise
     finally:
-        after = {} if dry else _read_stores(state, connected, results)
+        after = _read_stores(state, connected, results) if finished else {}
         for target in connected:
             _collect(state, target, results[target.name], handler, before, after)
-        if check and not dry:
+        if check and finished:
             _check_hosts(state, connected, results, after)
-        disconnect_all(state)
+        fleet.disconnect(state)
     return SyncResult(action="update" if check else "sync", dry=dry, hosts=results)
 
 
@@ -404,7 +380,7 @@ def _mark_would_change(state: State, hosts: list[Host], results: dict[str, HostR
     for target in hosts:
         for op_hash in state.ops.get(target, {}):
             meta = state.get_op_data_for_host(target, op_hash).operation_meta
-            will = _in_context(state, target, lambda m=meta: m.will_change)
+            will = in_context(state, target, lambda m=meta: m.will_change)
             results[target.name].would_change |= bool(will)
 
 
@@ -413,12 +389,17 @@ def _run_ops(state: State, progress: Progress | None) -> None:
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
 
+    from provisioner.interrupts import stop_run
+
     if progress is not None:
         progress.start()
     try:
         run_ops(state)
     except PyinfraError:
         pass  # every host failed: each one's reason is collected afterwards
+    except KeyboardInterrupt:  # Ctrl-C: stop every host's step now
+        stop_run(state)
+        raise
     finally:
         if progress is not None:
             progress.stop()

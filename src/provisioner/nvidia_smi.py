@@ -306,6 +306,28 @@ GPU_CLASSES = frozenset({"0300", "0302", "0380"})
 NVSWITCH_CLASSES = frozenset({"0680"})
 KEPT_CLASSES = GPU_CLASSES | NVSWITCH_CLASSES
 
+
+def gpus_on_bus(pci: Iterable[Any] | None) -> list[dict[str, str]]:
+    """The NVIDIA GPUs among PCI functions (``NvidiaPciDevices`` entries): the one answer to
+    "an NVIDIA GPU on the PCI bus" that gather, plan, apply and verify all use. An entry
+    without a vendor counts as NVIDIA's (the fact keeps only NVIDIA's)."""
+    out = []
+    for device in pci or []:
+        if not isinstance(device, dict):
+            continue
+        vendor = str(device.get("vendor_id") or NVIDIA_VENDOR_ID).lower()
+        if vendor == NVIDIA_VENDOR_ID and str(device.get("class_id") or "").lower() in GPU_CLASSES:
+            out.append(device)
+    return out
+
+
+# `lspci -n -D` lines from sysfs, for a host without pciutils: "<slot> <class>: <vendor>:<device>"
+SYSFS_PCI_SCRIPT = (
+    'for d in /sys/bus/pci/devices/*; do [ -r "$d/vendor" ] || continue; '
+    'printf \'%s %s: %s:%s\\n\' "${d##*/}" "$(cut -c3-6 "$d/class")" '
+    '"$(cut -c3- "$d/vendor")" "$(cut -c3- "$d/device")"; done'
+)
+
 _LSPCI_RE = re.compile(
     r"^\s*(?P<slot>(?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\s+"
     r"(?P<class>[0-9a-f]{4}):\s+(?P<vendor>[0-9a-f]{4}):(?P<device>[0-9a-f]{4})\b",

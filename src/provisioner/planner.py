@@ -32,10 +32,14 @@ Models
     then the strongest remaining models of its categories, up to ``models_max``.
   * then ``models_always`` and ``models_pinned``, each when it fits (else skipped).
 
-Each model is sized and placed on its own: the plan assumes Ollama holds one model at a time
-(it loads a model on request and evicts the others when memory is short), so the models of a
-plan are not summed. ``OLLAMA_MAX_LOADED_MODELS`` above 1 with all models resident at once would
-need their sum to fit; no host data key sets it today, so the plan does not check that.
+Each model is sized and placed on its own: Ollama loads a model on request and evicts the others
+when memory is short, so the models of a plan are not summed. The exception is the resident set
+(``models_resident``): those models must stay loaded together, so they are placed side by side on
+the GPUs (each on the GPU with the most room left, split when none holds it), in order, within
+``OLLAMA_MAX_LOADED_MODELS`` (0: Ollama's 3 per GPU); the ones that do not fit are reported in
+``resident.left_out``. The other models load on demand: ``cold_load_s`` is their blob read from
+the store at ``model_store_read_mb_s``, ``fits_beside_resident`` whether the GPU with the most
+room left holds them without evicting a resident model.
 
 Deterministic: candidates sorted by rank (descending), then download size, then tag; GPUs by
 offer (descending), then index. Estimates and placements are cached per (model, settings) and
@@ -48,17 +52,25 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
 from . import settings
 from .catalog import CATEGORIES, ModelEntry, catalog_by_key, catalog_key
-from .estimator import Estimate, estimate, largest_offer, place, usable_mib
-from .model_name import ModelName, ModelNameError
+from .estimator import (
+    Estimate,
+    estimate,
+    flash_attention_supported,
+    largest_offer,
+    place,
+    rules_for,
+    usable_mib,
+)
+from .model_name import ModelName, ModelNameError, is_valid
+from .nvidia_smi import gpus_on_bus
 
-NVIDIA_VENDOR_ID = "10de"
 WHAT_IF_MAX_GPUS = 64
 WHAT_IF_MAX_MIB = 1024 * 1024  # 1 TiB per GPU
 WHAT_IF_EXAMPLE = "2x NVIDIA A100-SXM4-80GB:81920"
@@ -113,6 +125,9 @@ class _Settings:
     kv_cache_type: str
     batch_size: int
     reserve_mib: int
+    version: str
+    flash_attention: bool
+    margin_mib: int  # free memory the release's fit leaves per GPU (on top of the reserve)
     headroom: float
     ram_reserve_mib: int
     models: tuple[str, ...] | None
@@ -120,6 +135,9 @@ class _Settings:
     always: tuple[str, ...]
     pinned: tuple[str, ...]
     models_max: int
+    resident: tuple[str, ...] = ()
+    max_loaded: int = 0  # OLLAMA_MAX_LOADED_MODELS; 0: Ollama's 3 per GPU
+    read_mb_s: int = 500  # model store read rate, for cold loads
 
 
 def _settings(data: Mapping[str, Any]) -> _Settings:
@@ -128,12 +146,16 @@ def _settings(data: Mapping[str, Any]) -> _Settings:
     if not h.flag("ollama_flash_attention"):
         kv_type = "f16"  # Ollama ignores a quantised KV cache without flash attention
     models = h.optional_list_of("models")
+    version = h.text("ollama_version")
     return _Settings(
         context=h.integer("ollama_context_length"),
         parallel=h.integer("ollama_num_parallel"),
         kv_cache_type=kv_type,
         batch_size=h.integer("ollama_batch_size"),
         reserve_mib=h.integer("vram_reserve_mib"),
+        version=version,
+        flash_attention=h.flag("ollama_flash_attention"),
+        margin_mib=rules_for(version).fit_margin_mib,
         headroom=h.number("vram_headroom"),
         ram_reserve_mib=h.integer("ram_reserve_mib"),
         models=tuple(models) if models is not None else None,
@@ -141,22 +163,18 @@ def _settings(data: Mapping[str, Any]) -> _Settings:
         always=tuple(h.list_of("models_always")),
         pinned=tuple(h.list_of("models_pinned")),
         models_max=h.integer("models_max"),
+        resident=tuple(h.list_of("models_resident")),
+        max_loaded=h.integer("ollama_max_loaded_models"),
+        read_mb_s=h.integer("model_store_read_mb_s"),
     )
 
 
 def _nvidia_pci_gpus(pci: Any) -> int | None:
-    """NVIDIA display controllers among the PCI devices; None when lspci gave nothing usable."""
+    """NVIDIA GPUs on the PCI bus (``nvidia_smi.gpus_on_bus``); None when lspci/sysfs gave
+    nothing usable."""
     if not isinstance(pci, list):
         return None
-    count = 0
-    for dev in pci:
-        if not isinstance(dev, Mapping):
-            continue
-        vendor = str(dev.get("vendor_id") or NVIDIA_VENDOR_ID).lower()
-        klass = str(dev.get("class_id") or "0300")
-        if vendor == NVIDIA_VENDOR_ID and klass.startswith("03"):
-            count += 1
-    return count
+    return len(gpus_on_bus(pci))
 
 
 def _mig_enabled(gpu: Mapping[str, Any]) -> bool:
@@ -205,7 +223,7 @@ def _gpu_host(raw_gpus: list[Any], s: _Settings, ram: int | None) -> _Host:
             out["excluded"] = "memory.total unknown"
             left_out.append(f"GPU {index} (memory unknown)")
         else:
-            out["usable_mib"] = usable_mib(memory, s.reserve_mib, s.headroom)
+            out["usable_mib"] = usable_mib(memory, s.reserve_mib + s.margin_mib, s.headroom)
             devices.append((index, memory))
         gpus.append(out)
     gpus.sort(key=lambda g: g["index"])
@@ -214,7 +232,8 @@ def _gpu_host(raw_gpus: list[Any], s: _Settings, ram: int | None) -> _Host:
     budget = sum(g["usable_mib"] for g in gpus)
     reason = (
         f"{len(gpus)} NVIDIA GPU(s), {vram} MiB; each GPU offers "
-        f"{s.headroom:g} x (memory - {s.reserve_mib} MiB reserve)"
+        f"{s.headroom:g} x (memory - {s.reserve_mib} MiB reserve"
+        + (f" - {s.margin_mib} MiB llama-server fit margin)" if s.margin_mib else ")")
     )
     if left_out:
         reason += "; left out: " + ", ".join(left_out)
@@ -309,8 +328,8 @@ class _Shape:
     budget_mib: int
 
 
-# (tag, estimated_vram_mib, gpus, reason, via, rank) and (tag, reason)
-_Model = tuple[str, int, tuple[int, ...], str, str, int]
+# (tag, estimated_vram_mib, gpus, reason, via, rank, context) and (tag, reason)
+_Model = tuple[str, int, tuple[int, ...], str, str, int, int]
 _Skip = tuple[str, str]
 
 
@@ -318,7 +337,10 @@ class _Selector:
     def __init__(self, shape: _Shape, s: _Settings, catalog_key: str) -> None:
         self.shape, self.s, self.catalog_key = shape, s, catalog_key
         self.catalog = catalog_by_key(catalog_key)
-        self.offers = {i: usable_mib(m, s.reserve_mib, s.headroom) for i, m in shape.devices}
+        self.reserve = s.reserve_mib + s.margin_mib
+        self.offers = {i: usable_mib(m, self.reserve, s.headroom) for i, m in shape.devices}
+        # Ollama steps its automatic batch down against the free memory of the GPU it picks.
+        self.available = max((m - s.reserve_mib for _, m in shape.devices), default=0)
         self.models: list[_Model] = []
         self.skipped: list[_Skip] = []
         self.chosen: set[str] = set()
@@ -326,12 +348,22 @@ class _Selector:
     # sizing
     def estimate(self, entry: ModelEntry) -> Estimate:
         s = self.s
-        return estimate(entry, s.context, s.parallel, s.kv_cache_type, s.batch_size)
+        return estimate(
+            entry,
+            s.context,
+            s.parallel,
+            s.kv_cache_type,
+            s.batch_size,
+            version=s.version,
+            flash_attention=s.flash_attention,
+            available_mib=self.available,
+        )
 
     def fit(self, entry: ModelEntry) -> tuple[Estimate, list[int] | None]:
         est = self.estimate(entry)
         if self.shape.mode == "gpu":
-            gpus = place(est, list(self.shape.devices), self.s.reserve_mib, self.s.headroom)
+            s = self.s
+            gpus = place(est, list(self.shape.devices), s.reserve_mib, s.headroom, s.margin_mib)
             return est, gpus
         return est, ([] if est.total_mib <= self.shape.budget_mib else None)
 
@@ -349,16 +381,14 @@ class _Selector:
 
     def need_text(self, entry: ModelEntry, est: Estimate) -> str:
         s = self.s
-        ctx = min(s.context, entry.context)
+        vision = f" + vision {est.vision_mib}" if est.vision_mib else ""
         need = (
             f"needs {est.total_mib} MiB (weights {est.weights_mib} + KV cache {est.kv_mib} + "
-            f"graph {est.graph_mib}, at context {ctx} x {s.parallel} parallel, "
-            f"{s.kv_cache_type} KV)"
+            f"graph {est.graph_mib}{vision}, at context {est.context} x {s.parallel} parallel, "
+            f"{s.kv_cache_type} KV, batch {est.batch})"
         )
         if self.shape.mode == "gpu":
-            offer = largest_offer(
-                list(self.shape.devices), s.reserve_mib, s.headroom, est.graph_mib
-            )
+            offer = largest_offer(list(self.shape.devices), self.reserve, s.headroom, est.graph_mib)
             return f"{need}; the largest placement on this host offers {offer} MiB"
         return f"{need}; the RAM budget is {self.shape.budget_mib} MiB"
 
@@ -366,7 +396,7 @@ class _Selector:
     def take(self, entry: ModelEntry, est: Estimate, gpus: list[int], why: str, via: str) -> None:
         mib = est.footprint_mib(len(gpus)) if gpus else est.total_mib
         reason = f"{why}; {self.fit_text(est, gpus)}"
-        self.models.append((entry.tag, mib, tuple(gpus), reason, via, entry.rank))
+        self.models.append((entry.tag, mib, tuple(gpus), reason, via, entry.rank, est.context))
         self.chosen.add(entry.tag)
 
     def skip(self, tag: str, reason: str) -> None:
@@ -451,7 +481,120 @@ def _select(
         selector.wanted(raw, "wanted on top of the plan (models_always)", "models_always")
     for raw in s.pinned:
         selector.wanted(raw, "pinned by the operator (models_pinned)", "models_pinned")
+    for raw in s.resident:
+        selector.wanted(raw, "must stay loaded (models_resident)", "models_resident")
     return tuple(selector.models), tuple(selector.skipped)
+
+
+# --- resident set ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Resident:
+    placed: tuple[tuple[str, int, tuple[int, ...]], ...]  # (tag, footprint MiB, gpus)
+    left_out: tuple[tuple[str, str], ...]  # (tag, reason)
+    limit: int  # OLLAMA_MAX_LOADED_MODELS in effect
+    left: tuple[tuple[int, int], ...]  # (gpu index or -1 for RAM, MiB left beside them)
+
+
+def _place_beside(est: Estimate, room: dict[int, int]) -> tuple[int, ...] | None:
+    """GPUs for ``est`` within what the models already resident left (``room``), or None."""
+    order = sorted(room, key=lambda i: (-room[i], i))
+    if order and est.total_mib <= room[order[0]]:
+        return (order[0],)
+    need, chosen = est.weights_mib + est.kv_mib + est.vision_mib, []
+    for idx in order:
+        if room[idx] <= est.graph_mib:
+            break
+        chosen.append(idx)
+        need -= room[idx] - est.graph_mib
+        if len(chosen) >= 2 and need <= 0:
+            return tuple(sorted(chosen))
+    return None
+
+
+def _take_room(est: Estimate, gpus: tuple[int, ...], room: dict[int, int]) -> None:
+    if len(gpus) == 1:
+        room[gpus[0]] -= est.total_mib
+        return
+    need = est.weights_mib + est.kv_mib + est.vision_mib
+    for idx in sorted(gpus, key=lambda i: -room[i]):
+        share = min(need, room[idx] - est.graph_mib)
+        room[idx] -= share + est.graph_mib
+        need -= share
+
+
+@lru_cache(maxsize=4096)
+def _resident(shape: _Shape, s: _Settings, catalog_key: str, planned: tuple[str, ...]) -> _Resident:
+    """Place ``models_resident`` side by side, in order, within OLLAMA_MAX_LOADED_MODELS."""
+    selector = _Selector(shape, s, catalog_key)
+    if shape.mode == "gpu":
+        room = dict(selector.offers)
+    else:
+        room = {-1: shape.budget_mib}
+    limit = s.max_loaded or 3 * max(1, len(shape.devices))
+    placed: list[tuple[str, int, tuple[int, ...]]] = []
+    left_out: list[tuple[str, str]] = []
+    for raw in dict.fromkeys(s.resident):
+        tag = ModelName.parse(raw).canonical if is_valid(raw) else str(raw)
+        if tag not in planned:
+            left_out.append((tag, "not in the plan (see skipped)"))
+            continue
+        if len(placed) >= limit:
+            left_out.append((tag, f"OLLAMA_MAX_LOADED_MODELS allows {limit} loaded models"))
+            continue
+        est = selector.estimate(selector.catalog[tag])
+        gpus = _place_beside(est, room)
+        if gpus is None:
+            left = ", ".join(f"{m} MiB" for m in sorted(room.values(), reverse=True))
+            left_out.append(
+                (tag, f"needs {est.total_mib} MiB beside the resident models; left: {left}")
+            )
+            continue
+        _take_room(est, gpus, room)
+        footprint = est.footprint_mib(len(gpus))
+        placed.append((tag, footprint, () if shape.mode != "gpu" else gpus))
+    return _Resident(tuple(placed), tuple(left_out), limit, tuple(sorted(room.items())))
+
+
+def _resident_json(res: _Resident, s: _Settings) -> dict:
+    return {
+        "models": [tag for tag, _, _ in res.placed],
+        "total_mib": sum(mib for _, mib, _ in res.placed),
+        "max_loaded_models": res.limit,
+        "fits": not res.left_out,
+        "left_out": [{"tag": tag, "reason": why} for tag, why in res.left_out],
+        "left_mib": {("ram" if i < 0 else str(i)): mib for i, mib in res.left},
+        "parallel": s.parallel,
+    }
+
+
+def _model_json(model: _Model, res: _Resident | None, s: _Settings, catalog: dict) -> dict:
+    tag, mib, gpus, why, via, rank, context = model
+    out = {
+        "tag": tag,
+        "estimated_vram_mib": mib,
+        "gpus": list(gpus),
+        "reason": why,
+        "via": via,
+        "rank": rank,
+        "context": context,
+        "parallel": s.parallel,
+        "resident": False,
+    }
+    entry = catalog.get(tag)
+    placed = {t: (m, g) for t, m, g in res.placed} if res else {}
+    if tag in placed:
+        out["estimated_vram_mib"], gpus = placed[tag]
+        out["gpus"] = list(gpus)
+        out["resident"] = True
+    elif entry is not None:
+        # an on-demand model is read from the store when a request needs it
+        out["cold_load_s"] = round(entry.size_bytes / (s.read_mb_s * 1e6), 1)
+        if res is not None and res.placed:
+            room = max((m for _, m in res.left), default=0)
+            out["fits_beside_resident"] = mib <= room
+    return out
 
 
 # --- public -------------------------------------------------------------------------------------
@@ -468,6 +611,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     h = settings.host_settings(data)
     s = _settings(h)
     host = _classify(facts, h, s)
+    s = _with_flash_attention(s, host, facts)
     profile: str | None = None
     if s.models is None:
         profile = s.profile
@@ -476,10 +620,13 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     reason = host.reason
     models: tuple[_Model, ...] = ()
     skipped: tuple[_Skip, ...] = ()
+    resident: _Resident | None = None
+    key = catalog_key(h.list_of("model_catalog_extra"))
     if host.mode != "none":
         shape = _Shape(host.mode, host.devices, host.budget_mib)
-        key = catalog_key(h.list_of("model_catalog_extra"))
         models, skipped = _select(shape, s, key, profile)
+        if s.resident:
+            resident = _resident(shape, s, key, tuple(m[0] for m in models))
         if profile is not None and not any(m[4].startswith("profile:") for m in models):
             reason += f"; no model of profile {profile} fits"
     return {
@@ -488,17 +635,8 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
         "budget_mib": host.budget_mib,
         "mode": host.mode,
         "reason": reason,
-        "models": [
-            {
-                "tag": tag,
-                "estimated_vram_mib": mib,
-                "gpus": list(gpus),
-                "reason": why,
-                "via": via,
-                "rank": rank,
-            }
-            for tag, mib, gpus, why, via, rank in models
-        ],
+        "models": [_model_json(m, resident, s, catalog_by_key(key)) for m in models],
+        "resident": _resident_json(resident, s) if resident is not None else None,
         "skipped": [{"tag": tag, "reason": why} for tag, why in skipped],
         "profile": profile if host.mode != "none" else None,
         "ram_mib": host.ram_mib,
@@ -507,8 +645,27 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
             "num_parallel": s.parallel,
             "kv_cache_type": s.kv_cache_type,
             "batch_size": s.batch_size,
+            "ollama_version": s.version,
+            "flash_attention": s.flash_attention,
+            "fit_margin_mib": s.margin_mib,
         },
     }
+
+
+def _with_flash_attention(s: _Settings, host: _Host, facts: Mapping[str, Any]) -> _Settings:
+    """Flash attention off (so an f16 KV cache) when a planned GPU's compute capability lacks it."""
+    if not s.flash_attention or host.mode != "gpu":
+        return s
+    used = {index for index, _ in host.devices}
+    caps = []
+    for n, gpu in enumerate(facts.get("gpus") or []):
+        if isinstance(gpu, Mapping):
+            index = _int_or_none(gpu.get("index"))
+            if (n if index is None else index) in used:
+                caps.append(gpu.get("compute_cap"))
+    if flash_attention_supported(caps):
+        return s
+    return replace(s, flash_attention=False, kv_cache_type="f16")
 
 
 def wanted_models(

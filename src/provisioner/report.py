@@ -54,10 +54,14 @@ def plan_table(plan: dict[str, Any]) -> Table:
         models = (
             "\n".join(
                 f"{m['tag']}  {_gib(m['estimated_vram_mib'])}  {m.get('gpus') or 'CPU'}"
+                + ("  resident" if m.get("resident") else "")
                 for m in host.get("models", [])
             )
             or f"[yellow]{host.get('reason', 'none')}[/]"
         )
+        resident = host.get("resident") or {}
+        for out in resident.get("left_out") or []:
+            models += f"\n[yellow]not resident: {out['tag']}: {out['reason']}[/]"
         skipped = "\n".join(f"{s['tag']}: {s['reason']}" for s in host.get("skipped", [])) or "-"
         table.add_row(name, gpu_text, _gib(host.get("budget_mib")), models, skipped)
     return table
@@ -70,6 +74,7 @@ def run_table(result: RunResult) -> Table:
     )
     for column in ("host", "status", verb, "unchanged", "failed at"):
         table.add_column(column)
+    table.add_column("reason", overflow="fold")
     style = {"changed": "yellow", "unchanged": "green", "failed": "red", "pending-reboot": "red"}
     for name, run in result.hosts.items():
         table.add_row(
@@ -78,5 +83,6 @@ def run_table(result: RunResult) -> Table:
             str(len(run.changed)),
             str(len(run.unchanged)),
             ", ".join(run.failed) or "-",
+            run.error or "-",
         )
     return table

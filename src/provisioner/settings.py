@@ -14,17 +14,20 @@ Declaration format (one TOML table per key)::
     max = 256
     choices = ["f16", "q8_0", "q4_0"]   # optional, for str
     items = "str"           # optional, element type of a list
+    format = "absolute_path"   # optional, for str: absolute_path | ollama_namespace
     doc = "What the key does, in one sentence."
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from provisioner.model_name import namespace_problem
 
 # Data keys that belong to pyinfra itself (connectors, global arguments): never validated here.
 PYINFRA_KEY_PREFIXES = (
@@ -49,6 +52,23 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "list": (list, tuple),
     "dict": (dict,),
     "any": (object,),
+}
+
+
+def _absolute_path(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} is not an absolute path"
+    if ".." in value.split("/"):
+        return f"{value!r}: '..' is not allowed in the path"
+    if any(c in value for c in "\n\r\0"):
+        return f"{value!r}: the path holds a line break or NUL"
+    return None
+
+
+#: ``format = "..."`` of a str key: the check, and how docs/data-keys.md names it.
+FORMATS: dict[str, tuple[Callable[[str], str | None], str]] = {
+    "absolute_path": (_absolute_path, "absolute path, no `..`"),
+    "ollama_namespace": (namespace_problem, "Ollama namespace"),
 }
 
 
@@ -89,6 +109,8 @@ class KeySpec:
             for i, item in enumerate(value):
                 if not isinstance(item, allowed) or isinstance(item, bool) and bool not in allowed:
                     return f"item {i} is {type(item).__name__} {item!r}, expected {self.items}"
+        if "format" in self.extra and isinstance(value, str):
+            return FORMATS[self.extra["format"]][0](value)
         return None
 
 
@@ -290,6 +312,8 @@ def markdown() -> str:
             low = "" if spec.min is None else f"{spec.min:g}"
             high = "" if spec.max is None else f"{spec.max:g}"
             kind += f" ({low}..{high})"
+        if "format" in spec.extra:
+            kind += f" ({FORMATS[spec.extra['format']][1]})"
         default = "unset" if spec.default is None else f"`{spec.default!r}`"
         doc = spec.doc.replace("|", "\\|")
         lines.append(f"| `{spec.name}` | {kind} | {default} | {doc} |")

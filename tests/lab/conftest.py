@@ -46,4 +46,11 @@ def lab():
 def pytest_collection_modifyitems(config, items):
     """Harness tests first (they check a fresh host), the end-to-end flow last (it provisions):
     ``test_e2e`` and then the ``test_e2e_*`` modules that build on the fleet it left."""
-    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1].startswith("test_e2e"))
+
+    def order(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        if name == "test_lab_harness":
+            return 0
+        return 1 if name.startswith("test_e2e") else 2  # faults and real packages: last
+
+    items.sort(key=order)

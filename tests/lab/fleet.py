@@ -268,6 +268,11 @@ class Fleet:
     def ssh_key(self) -> Path:
         return self.cache / "ssh" / "id_ed25519"
 
+    @property
+    def known_hosts(self) -> Path:
+        """The hosts' SSH host keys, recorded when each host is made (OpenSSH known_hosts)."""
+        return self.run / "known_hosts"
+
     def base(self, release: str) -> Path:
         return self.cache / "rootfs" / release
 
@@ -372,6 +377,7 @@ class Fleet:
         write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n")
         write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
         sh("ssh-keygen", "-A", "-f", root)  # writes <root>/etc/ssh/ssh_host_*_key
+        self.record_host_keys(host)
         pub = self.ssh_key.with_suffix(".pub").read_text()
         (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
         write(root / "root/.ssh/authorized_keys", pub, 0o600)
@@ -379,6 +385,29 @@ class Fleet:
         self.write_gpu_doubles(host)
         # 5. network namespace and veth pair
         self.create_network(host)
+
+    def record_host_keys(self, host: HostSpec) -> None:
+        """Put the host's fresh public host keys into `known_hosts` (replacing older ones for its
+        address), so every SSH client of the lab checks them strictly."""
+        keys = sorted((self.root(host) / "etc/ssh").glob("ssh_host_*_key.pub"))
+        if not keys:
+            raise LabError(f"{host.name}: no SSH host keys under {self.root(host)}/etc/ssh")
+        lines = [line for line in self._known_lines() if line.split(" ", 1)[0] != host.address]
+        for key in keys:
+            kind, blob = key.read_text().split()[:2]
+            lines.append(f"{host.address} {kind} {blob}")
+        write(self.known_hosts, "".join(f"{line}\n" for line in lines))
+
+    def forget_host_keys(self, host: HostSpec) -> None:
+        if self.known_hosts.exists():
+            lines = [line for line in self._known_lines() if line.split(" ", 1)[0] != host.address]
+            write(self.known_hosts, "".join(f"{line}\n" for line in lines))
+
+    def _known_lines(self) -> list[str]:
+        try:
+            return [line for line in self.known_hosts.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def write_gpu_doubles(self, host: HostSpec) -> None:
         """The GPU set the doubles report (`driver` comes with the stand-in nvidia-smi package)."""
@@ -425,6 +454,9 @@ class Fleet:
             f"--directory={self.root(host)}",
             f"--machine={host.machine}", f"--hostname={host.name}",
             "--register=no", "--keep-unit",  # there is no systemd on the machine itself
+            # nftables inside the host (the Ollama allowlist): safe, its network namespace is
+            # its own, so the capability reaches no other host and not the machine
+            "--capability=CAP_NET_ADMIN",
             f"--network-namespace-path=/run/netns/{host.netns}",
             "--console=passive", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
         ]  # fmt: skip
@@ -450,7 +482,7 @@ class Fleet:
     def ssh_args(self, host: HostSpec, connect_timeout: int = 3) -> list[str]:
         return [
             "ssh", "-i", str(self.ssh_key), "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={connect_timeout}",
             f"root@{host.address}",
         ]  # fmt: skip
@@ -588,15 +620,29 @@ class Fleet:
         self.wait_ssh(host, ssh_timeout)
 
     def destroy_host(self, host: HostSpec) -> list[str]:
-        """Stop the host and remove its mounts, namespace, veth and files."""
-        problems = []
+        """Stop the host and remove its mounts, namespace, veth, recorded host keys and files."""
         d = self.dir(host)
         self.stop_host(host)
-        for point in mounts_under(d):
+        problems = self._unmount(host) + self._remove_network(host)
+        self._remove_nspawn_leftovers(host)
+        self.forget_host_keys(host)
+        if mounts_under(d):
+            problems.append(f"{host.name}: {d} still has mounts; not removed")
+        elif d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        return problems
+
+    def _unmount(self, host: HostSpec) -> list[str]:
+        problems = []
+        for point in mounts_under(self.dir(host)):
             if sh("umount", point, check=False).returncode != 0:
                 time.sleep(0.5)
                 if sh("umount", point, check=False).returncode != 0:
                     problems.append(f"{host.name}: cannot unmount {point}")
+        return problems
+
+    def _remove_network(self, host: HostSpec) -> list[str]:
+        problems = []
         if netns_exists(host.netns):
             if sh("ip", "netns", "del", host.netns, check=False).returncode != 0:
                 problems.append(f"{host.name}: cannot delete netns {host.netns}")
@@ -606,7 +652,11 @@ class Fleet:
             time.sleep(0.1)
         if link_exists(host.veth):
             sh("ip", "link", "del", host.veth, check=False)
-        # systemd-nspawn's own leftovers (it has no systemd to clean up after it)
+        return problems
+
+    @staticmethod
+    def _remove_nspawn_leftovers(host: HostSpec) -> None:
+        """systemd-nspawn's own leftovers (it has no systemd to clean up after it)."""
         for leftover in (
             Path("/run/systemd/nspawn/propagate") / host.machine,
             Path("/run/systemd/nspawn/unix-export") / host.machine,
@@ -617,11 +667,6 @@ class Fleet:
                 Path("/run/systemd/nspawn", empty).rmdir()
             except OSError:
                 pass
-        if mounts_under(d):
-            problems.append(f"{host.name}: {d} still has mounts; not removed")
-        elif d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-        return problems
 
     def leftovers(self) -> list[str]:
         """Everything of this fleet still on the machine (empty after a clean `down`)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from .fleet import (
     REPO,
     Fleet,
+    Gpu,
     HostSpec,
     LabError,
     cache_dir,
@@ -50,6 +51,29 @@ TOOLS = {
 FORCED_STATES = ("ok", "no-driver", "driver-mismatch", "no-gpu")
 
 
+def specs_from_info(info: dict) -> list[HostSpec]:
+    """The hosts a running lab recorded in its lab.json (GPUs included), not fleet.toml's."""
+    specs = []
+    for name, h in info["hosts"].items():
+        # lab.json of an older lab has no index: the address 169.254.(100+N).2 holds it
+        index = h.get("index", int(h["address"].split(".")[2]) - 100)
+        gpus = tuple(
+            Gpu(
+                index=i,
+                name=g["name"],
+                memory_total_mib=g["memory_total_mib"],
+                compute_cap=g["compute_cap"],
+                pci_device=g["pci_device_id"],
+                pci_bus_id=g["pci_bus_id"],
+                uuid=g["uuid"],
+                mig_mode=g.get("mig_mode", "[N/A]"),
+            )
+            for i, g in enumerate(h.get("gpus", []))
+        )
+        specs.append(HostSpec(name, index, h["release"], gpus, h.get("nvswitch", False)))
+    return specs
+
+
 def missing_prerequisites() -> str | None:
     """Why the lab cannot run on this machine, or None."""
     if sys.platform != "linux":
@@ -65,10 +89,12 @@ def missing_prerequisites() -> str | None:
 class Lab:
     """The hosts and mirrors of one lab: `hosts`, `addresses`, `ssh_key`, `inventory`, `info`."""
 
-    def __init__(self, names: list[str] | None = None) -> None:
+    def __init__(self, names: list[str] | None = None, specs: list[HostSpec] | None = None) -> None:
         self.config = load_config()
         self.cache, self.run = cache_dir(), run_dir()
-        self.fleet = Fleet(host_specs(self.config, names), self.cache, self.run, self.config)
+        if specs is None:
+            specs = host_specs(self.config, names)
+        self.fleet = Fleet(specs, self.cache, self.run, self.config)
         self.mirrors = Mirrors(self.config, self.cache, self.run)
         self.info: dict = {}
 
@@ -79,12 +105,13 @@ class Lab:
 
     @classmethod
     def attach(cls) -> Lab | None:
-        """The lab that is up (from `$LAB_RUN/lab.json`), or None."""
+        """The lab that is up (from `$LAB_RUN/lab.json`), or None: its hosts are the ones
+        `lab.json` recorded, whichever fleet brought them up (fleet.toml or the bench's)."""
         path = run_dir() / "lab.json"
         if not path.exists():
             return None
         info = json.loads(path.read_text())
-        lab = cls(list(info["hosts"]))
+        lab = cls(specs=specs_from_info(info))
         lab.info = info
         return lab
 
@@ -132,6 +159,7 @@ class Lab:
         self.info = {
             "hosts": {
                 h.name: {
+                    "index": h.index,
                     "address": h.address,
                     "release": h.release,
                     "distro": DISTROS[h.release],
@@ -143,6 +171,7 @@ class Lab:
                             "pci_device_id": g.pci_device,
                             "pci_bus_id": g.pci_bus_id,
                             "uuid": g.uuid,
+                            "mig_mode": g.mig_mode,
                         }
                         for g in h.gpus
                     ],
@@ -152,6 +181,7 @@ class Lab:
             },
             "ssh_user": "root",
             "ssh_key": str(self.ssh_key),
+            "known_hosts": str(self.fleet.known_hosts),
             "run_dir": str(self.run),
             "cache_dir": str(self.cache),
             **self.mirrors.info,
@@ -162,13 +192,7 @@ class Lab:
 
     def down(self) -> list[str]:
         """Tear everything down, whatever state it is in; returns what is left (empty: clean)."""
-        # every host of fleet.toml, and any other host dir (e.g. of a test that was killed)
-        specs = host_specs(self.config, names=[h["name"] for h in self.config["host"]])
-        known = {s.name for s in specs}
-        hosts_dir = self.run / "hosts"
-        if hosts_dir.is_dir():
-            specs += [HostSpec(d.name, 0, "") for d in hosts_dir.iterdir() if d.name not in known]
-        every_host = Fleet(specs, self.cache, self.run, self.config)
+        every_host = Fleet(self._every_host(), self.cache, self.run, self.config)
         problems = every_host.down()
         self.mirrors.down()
         self.info_path.unlink(missing_ok=True)
@@ -176,6 +200,21 @@ class Lab:
         if not problems and self.run.exists():
             shutil.rmtree(self.run, ignore_errors=True)
         return problems
+
+    def _every_host(self) -> list[HostSpec]:
+        """This lab's hosts (lab.json's when attached), every host of fleet.toml, and any other
+        host directory (e.g. of a test that was killed)."""
+        specs = list(self.fleet.hosts)
+        specs += [
+            s for s in host_specs(self.config, names=[h["name"] for h in self.config["host"]])
+        ]
+        hosts_dir = self.run / "hosts"
+        if hosts_dir.is_dir():
+            specs += [HostSpec(d.name, 0, "") for d in sorted(hosts_dir.iterdir())]
+        unique: dict[str, HostSpec] = {}
+        for spec in specs:
+            unique.setdefault(spec.name, spec)
+        return list(unique.values())
 
     def leftovers(self, fleet: Fleet | None = None) -> list[str]:
         return (fleet or self.fleet).leftovers() + self.mirrors.leftovers()
@@ -217,7 +256,7 @@ class Lab:
 # Command line
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build what is missing, start the mirrors and the hosts")
@@ -228,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("LAB_REAL_TORCH") == "1",
         help="also serve the real CPU torch wheel at /whl-real/cpu/ (LAB_REAL_TORCH=1)",
     )
-    sub.add_parser("down", help="stop and remove everything the lab made")
+    sub.add_parser("down", help="stop and remove everything the running lab recorded (lab.json)")
     sub.add_parser("status", help="hosts and services, as JSON")
     sub.add_parser("info", help="print lab.json (addresses, key, URLs, digests)")
     for name, text in (("stop", "power a host off"), ("start", "boot a stopped host"),
@@ -241,28 +280,58 @@ def main(argv: list[str] | None = None) -> int:
     ssh = sub.add_parser("ssh", help="log in to a host (or run a command there)")
     ssh.add_argument("host")
     ssh.add_argument("remote", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _up(args: argparse.Namespace) -> int:
+    lab = Lab(args.hosts.split(",") if args.hosts else None)
+    timings = lab.up(real_torch=args.real_torch)
+    for what, seconds in timings.items():
+        print(f"{what:>22}: {seconds:6.1f} s")
+    for name, address in lab.addresses.items():
+        print(f"{name:>22}: ssh -i {lab.ssh_key} root@{address}")
+    print(f"{'lab.json':>22}: {lab.info_path}")
+    return 0
+
+
+def _down() -> int:
+    lab = Lab.attach() or Lab()
+    started = time.monotonic()
+    problems = lab.down()
+    for p in problems:
+        print(f"left behind: {p}", file=sys.stderr)
+    print(f"down in {time.monotonic() - started:.1f} s" + (" (not clean)" if problems else ""))
+    return 1 if problems else 0
+
+
+def _on_running_lab(lab: Lab, args: argparse.Namespace) -> int:
+    if args.command == "status":
+        print(json.dumps(lab.status(), indent=2))
+    elif args.command == "info":
+        print(json.dumps(lab.info, indent=2))
+    elif args.command == "ssh":
+        os.execvp("ssh", [*lab.fleet.ssh_args(lab.host(args.host)), *args.remote])
+    elif args.command == "state":
+        lab.set_state(args.host, args.state)
+    else:
+        action = {
+            "stop": lab.fleet.stop_host,
+            "start": lab.fleet.start_host,
+            "cut": lab.fleet.cut,
+            "uncut": lab.fleet.uncut,
+            "reboot": lab.fleet.reboot,
+        }[args.command]
+        action(lab.host(args.host))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "up":
-            lab = Lab(args.hosts.split(",") if args.hosts else None)
-            timings = lab.up(real_torch=args.real_torch)
-            for what, seconds in timings.items():
-                print(f"{what:>22}: {seconds:6.1f} s")
-            for name, address in lab.addresses.items():
-                print(f"{name:>22}: ssh -i {lab.ssh_key} root@{address}")
-            print(f"{'lab.json':>22}: {lab.info_path}")
-            return 0
+            return _up(args)
         if args.command == "down":
-            lab = Lab.attach() or Lab()
-            started = time.monotonic()
-            problems = lab.down()
-            for p in problems:
-                print(f"left behind: {p}", file=sys.stderr)
-            print(
-                f"down in {time.monotonic() - started:.1f} s" + (" (not clean)" if problems else "")
-            )
-            return 1 if problems else 0
+            return _down()
         lab = Lab.attach()
         if lab is None:
             if args.command == "status":
@@ -270,25 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             print("no lab is up (python -m tests.lab up)", file=sys.stderr)
             return 1
-        if args.command == "status":
-            print(json.dumps(lab.status(), indent=2))
-        elif args.command == "info":
-            print(json.dumps(lab.info, indent=2))
-        elif args.command == "ssh":
-            os.execvp("ssh", [*lab.fleet.ssh_args(lab.host(args.host)), *args.remote])
-        elif args.command == "state":
-            lab.set_state(args.host, args.state)
-        else:
-            host = lab.host(args.host)
-            action = {
-                "stop": lab.fleet.stop_host,
-                "start": lab.fleet.start_host,
-                "cut": lab.fleet.cut,
-                "uncut": lab.fleet.uncut,
-                "reboot": lab.fleet.reboot,
-            }[args.command]
-            action(host)
-        return 0
+        return _on_running_lab(lab, args)
     except LabError as e:
         print(f"lab: {e}", file=sys.stderr)
         return 1

@@ -223,7 +223,11 @@ class Mirrors:
     def publish_ollama_releases(self) -> None:
         release_py = DOUBLES / "ollama" / "release.py"
         versions = self.config["mirror"]["ollama"]["releases"]
-        self.info["ollama"] = {"base_url": f"{self.http_url}/ollama", "releases": {}}
+        self.info["ollama"] = {
+            "base_url": f"{self.http_url}/ollama",
+            "default": self.config["mirror"]["ollama"]["default"],
+            "releases": {},
+        }
         if not release_py.exists():  # HOOK: tests/doubles/ollama/release.py not written yet
             self.info["ollama"]["missing"] = str(release_py)
             return
@@ -234,6 +238,7 @@ class Mirrors:
             tarball = Path(release.build_release(folder, version))
             self.info["ollama"]["releases"][version] = {
                 "url": f"{self.http_url}/ollama/v{version}/{tarball.name}",
+                "path": str(tarball),  # on the machine: the e2e tampers with it and restores it
                 "sha256": sha256(tarball),
                 "sha256sum_url": f"{self.http_url}/ollama/v{version}/sha256sum.txt",
             }
@@ -241,13 +246,23 @@ class Mirrors:
     def push_models(self) -> None:
         registry_py = DOUBLES / "ollama" / "registry.py"
         self.info["models"] = {}
+        self.info["model_pushes"] = {}  # how each was pushed: a test restores it exactly
         if not registry_py.exists():  # HOOK: tests/doubles/ollama/registry.py not written yet
             self.info["models_missing"] = str(registry_py)
             return
         registry = import_by_path("lab_ollama_registry", registry_py)
+        from provisioner.catalog import load_catalog
+
+        catalog = load_catalog()
         for m in self.config["mirror"]["ollama"]["models"]:
-            digest = registry.push_model(self.registry, m["name"], m["tag"], seed=m["seed"])
+            # the stand-in has the catalog model's trained context, so Ollama's cap applies alike
+            entry = catalog.get(f"{m['name'].removeprefix('library/')}:{m['tag']}")
+            push = {"seed": m["seed"]}
+            if entry is not None:
+                push["context_length"] = entry.context
+            digest = registry.push_model(self.registry, m["name"], m["tag"], **push)
             self.info["models"][f"{m['name']}:{m['tag']}"] = digest
+            self.info["model_pushes"][f"{m['name']}:{m['tag']}"] = push
 
     # ---- processes -----------------------------------------------------------------------------
     def start(self, name: str, argv: list[str], port: int) -> None:

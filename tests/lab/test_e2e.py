@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "http://169.254.100.1:5000"
 
 
-def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
+def provision(
+    *args: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> tuple[int, Any, str]:
     """Run the real CLI; return (exit code, parsed JSON stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "provisioner.cli", *args, "--json"],
@@ -32,7 +34,7 @@ def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     try:
         payload = json.loads(proc.stdout) if proc.stdout.strip() else None
@@ -82,6 +84,20 @@ def test_gpu_hosts_came_back_from_the_driver_reboot_with_the_module_loaded(lab, 
             assert host["gpu_state"] == "no-gpu", (name, host)
 
 
+def test_driver_libraries_are_installed_and_held(lab, applied):
+    """The libraries an unattended upgrade would move ahead of the module are held (issue 17)."""
+    libraries = {"libnvidia-ml1", "libcuda1", "libnvidia-ptxjitcompiler1"}
+    gpu_hosts = [h for h in lab.hosts if lab.info["hosts"][h]["gpus"]]
+    assert gpu_hosts, lab.hosts
+    for host in gpu_hosts:
+        held = set(lab.ssh(host, "apt-mark showhold").stdout.split())
+        assert libraries <= held, (host, sorted(held))
+        versions = lab.ssh(
+            host, "dpkg-query -W -f='${Version}\\n' nvidia-driver " + " ".join(sorted(libraries))
+        ).stdout.split()
+        assert len(set(versions)) == 1, (host, versions)
+
+
 def test_verify_passes_on_every_host(lab, applied):
     junit = Path(os.environ.get("LAB_JUNIT_DIR", "/tmp")) / "provisioner-lab-verify.xml"
     code, report, err = provision("verify", str(lab.inventory), "--junit", str(junit))
@@ -90,6 +106,26 @@ def test_verify_passes_on_every_host(lab, applied):
     assert code == 0 and not any(problems.values()), problems
     assert all(report["hosts"][h]["status"] == "pass" for h in lab.hosts)
     assert junit.exists() and 'failures="0"' in junit.read_text()
+
+
+def test_resident_set_is_planned_together_and_found_loaded_together(lab, applied):
+    """gpu1's chat/code model and embedding model (models_resident) fit its GPU together, and
+    verify finds both in /api/ps at once (issue 14)."""
+    code, plan, err = provision("plan", str(lab.inventory), "--limit", "gpu1")
+    assert code == 0 and plan is not None, err
+    host = plan["hosts"]["gpu1"]
+    resident = host["resident"]
+    assert resident["fits"] and resident["models"] == ["qwen2.5-coder:14b", "nomic-embed-text:v1.5"]
+    models = {m["tag"]: m for m in host["models"]}
+    assert all(models[t]["resident"] for t in resident["models"])
+    assert resident["total_mib"] <= host["budget_mib"]
+    assert models["llama3.2:3b"]["resident"] is False and models["llama3.2:3b"]["cold_load_s"] > 0
+    code, report, err = provision("verify", str(lab.inventory), "--limit", "gpu1")
+    assert report is not None, err
+    checks = {f"{c['layer']}/{c['check']}": c for c in report["hosts"]["gpu1"]["checks"]}
+    together = checks["ollama/resident_models_loaded_together"]
+    assert together["status"] == "pass", together
+    assert "qwen2.5-coder:14b, nomic-embed-text:v1.5 loaded together" in together["message"]
 
 
 def test_second_apply_changes_nothing(lab, applied):
@@ -104,6 +140,30 @@ def test_dry_run_shows_no_change_on_a_converged_fleet(lab, applied):
     assert code == 0, err
     assert result["dry"] is True
     assert all(r["changed"] == [] for r in result["hosts"].values()), result
+
+
+def test_apply_limit_with_a_comma_runs_on_those_hosts_only(lab, applied):
+    """Issue 18 item 1: `--limit gpu1,cpu1` once matched no host and reported success."""
+    chosen = ["gpu1", "cpu1"]
+    if not set(chosen) <= set(lab.hosts):
+        pytest.skip(f"needs gpu1 and cpu1 in the lab, which has {lab.hosts}")
+    for host in lab.hosts:  # a change for apply to make on every host: Ollama stopped
+        lab.ssh(host, "systemctl stop ollama")
+    try:
+        code, result, err = provision("apply", str(lab.inventory), "--limit", ",".join(chosen))
+        assert code == 0, err
+        assert set(result["hosts"]) == set(chosen), result["hosts"].keys()
+        for host in chosen:
+            run = result["hosts"][host]
+            assert run["changed"], (host, run)  # Ollama started again
+            assert len(run["changed"]) + run["unchanged"] >= 10, (host, run)  # operations run
+            assert lab.ssh(host, "systemctl is-active ollama", False).stdout.strip() == "active"
+        for host in set(lab.hosts) - set(chosen):  # never touched
+            state = lab.ssh(host, "systemctl is-active ollama", False).stdout.strip()
+            assert state == "inactive", (host, state)
+    finally:
+        for host in lab.hosts:
+            lab.ssh(host, "systemctl start ollama")
 
 
 def test_models_update_picks_up_a_re_pushed_tag(lab, applied):
@@ -230,33 +290,82 @@ def ollama_state(lab, host: str) -> tuple[str, str]:
     return version, active
 
 
+def _ends() -> tuple[str, str]:
+    """The supported range's ends: the CVE floor and the default (newest verified) version."""
+    from provisioner import ollama_release
+
+    return ollama_release.cve_floor(), ollama_release.newest_verified()
+
+
+def test_the_mirror_offers_both_ends_of_the_supported_range(lab):
+    oldest, default = _ends()
+    assert {oldest, default} <= set(lab.info["ollama"]["releases"])
+    assert lab.info["ollama"]["default"] == default
+
+
+def test_the_default_release_was_checked_against_its_own_sha256sum_txt(lab, applied):
+    """No ollama_sha256 anywhere in the lab's data: the host took the sum from the mirrored
+    sha256sum.txt and unpacked the .tar.zst only after it matched."""
+    _, default = _ends()
+    host = lab.hosts[0]
+    marker = lab.ssh(host, f"cat /opt/ollama/{default}/.provisioner-sha256").stdout.strip()
+    assert marker == lab.info["ollama"]["releases"][default]["sha256"]
+    assert lab.info["ollama"]["releases"][default]["url"].endswith(".tar.zst")
+    assert ollama_state(lab, host) == (f"ollama version is {default}", "active")
+
+
 def test_checksum_mismatch_leaves_the_serving_version_untouched(lab, applied):
+    oldest, default = _ends()
     host = lab.hosts[0]
     before = ollama_state(lab, host)
-    assert before == ("ollama version is 0.32.15", "active"), before
+    assert before == (f"ollama version is {default}", "active"), before
     code, result, err = provision(
         "apply", str(lab.inventory), "--limit", host,
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={'0' * 64}",
+        "--data", f"ollama_version={oldest}", "--data", f"ollama_sha256={'0' * 64}",
     )  # fmt: skip
     assert code == 1, err
     assert result["failed_hosts"] == [host]
     assert ollama_state(lab, host) == before
-    assert lab.ssh(host, "test -e /opt/ollama/0.33.0/bin/ollama", check=False).returncode != 0
+    assert lab.ssh(host, f"test -e /opt/ollama/{oldest}/bin/ollama", check=False).returncode != 0
 
 
-def test_upgrade_switches_atomically_and_back(lab, applied):
+def test_a_tampered_archive_fails_against_the_release_sums(lab, applied):
+    """The mirror serves a changed archive next to the release's unchanged sha256sum.txt: with
+    no sum in any data the host fails on the mismatch and keeps serving what it served."""
+    oldest, default = _ends()
     host = lab.hosts[0]
-    sha = lab.info["ollama"]["releases"]["0.33.0"]["sha256"]
-    code, result, err = provision(
-        "apply", str(lab.inventory), "--limit", host,
-        "--data", "ollama_version=0.33.0", "--data", f"ollama_sha256={sha}",
-    )  # fmt: skip
+    before = ollama_state(lab, host)
+    archive = Path(lab.info["ollama"]["releases"][oldest]["path"])
+    original = archive.read_bytes()
+    archive.write_bytes(original + b"tampered")
+    try:
+        code, result, err = provision(
+            "apply", str(lab.inventory), "--limit", host,
+            env={"LAB_OLLAMA_VERSION": oldest},
+        )  # fmt: skip
+    finally:
+        archive.write_bytes(original)
+    assert code == 1, err
+    assert result["failed_hosts"] == [host]
+    assert ollama_state(lab, host) == before
+    assert lab.ssh(host, f"test -e /opt/ollama/{oldest}", check=False).returncode != 0
+
+
+def test_the_oldest_supported_version_passes_apply_and_verify_then_switches_back(lab, applied):
+    """The e2e flow on the CVE floor: install it (sum from its sha256sum.txt, a .tar.zst),
+    verify every layer against it, then return to the default, atomically both ways."""
+    oldest, default = _ends()
+    host = lab.hosts[0]
+    old = {"LAB_OLLAMA_VERSION": oldest}
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host, env=old)
     assert code == 0, err
-    assert ollama_state(lab, host) == ("ollama version is 0.33.0", "active")
-    assert lab.ssh(host, "readlink /opt/ollama/current").stdout.strip().endswith("0.33.0")
+    assert ollama_state(lab, host) == (f"ollama version is {oldest}", "active")
+    assert lab.ssh(host, "readlink /opt/ollama/current").stdout.strip().endswith(oldest)
+    code, report, err = provision("verify", str(lab.inventory), "--limit", host, env=old)
+    assert code == 0, (err, failing_checks(report, host) if report else None)
     code, result, err = provision("apply", str(lab.inventory), "--limit", host)
     assert code == 0, err
-    assert ollama_state(lab, host) == ("ollama version is 0.32.15", "active")
+    assert ollama_state(lab, host) == (f"ollama version is {default}", "active")
 
 
 def test_proxy_refuses_requests_without_credentials(lab, applied):
@@ -292,6 +401,107 @@ def test_proxy_refuses_requests_without_credentials(lab, applied):
         code, result, err = provision("apply", str(lab.inventory), "--limit", host)
         assert code == 0, err
     assert lab.ssh(host, "ss -ltn '( sport = :443 )' | tail -n +2", False).stdout.strip() == ""
+    # removing the proxy removes what it installed: credentials, key, site, and the nginx it
+    # brought (no default site left on :80)
+    left = lab.ssh(host, "ls -d /etc/nginx/ollama /etc/nginx/conf.d/ollama.conf 2>&1", False)
+    assert "No such file" in left.stdout and "/etc/nginx/ollama\n" not in left.stdout, left.stdout
+    assert lab.ssh(host, "ss -ltn '( sport = :80 )' | tail -n +2", False).stdout.strip() == ""
+    assert lab.ssh(host, "systemctl is-enabled nginx", False).stdout.strip() == "disabled"
+
+
+# --- the nftables allowlist (the hosts have CAP_NET_ADMIN in their own namespaces) -------------
+
+FIREWALL_UNIT = "/etc/systemd/system/provisioner-ollama-firewall.service"
+DROPIN = "/etc/systemd/system/ollama.service.d/10-provisioner.conf"
+
+
+def apply_allowlist(lab, host: str, allowed: str) -> tuple[int, Any, str]:
+    return provision(
+        "apply", str(lab.inventory), "--limit", host,
+        "--data", "ollama_expose=allowlist", "--data", "ollama_listen_address=0.0.0.0",
+        "--data", f'ollama_allow_networks=["{lab.addresses[allowed]}/32"]',
+    )  # fmt: skip
+
+
+def serving_state(lab, host: str) -> dict[str, str]:
+    """What decides who reaches Ollama on ``host``: its files, listeners and nftables tables."""
+    return {
+        "dropin": lab.ssh(host, f"cat {DROPIN}").stdout,
+        "unit": lab.ssh(host, "cat /etc/systemd/system/ollama.service").stdout,
+        "firewall unit": lab.ssh(host, f"cat {FIREWALL_UNIT} 2>&1", False).stdout,
+        "active": lab.ssh(host, "systemctl is-active ollama", False).stdout.strip(),
+        "listening": lab.ssh(host, "ss -Hltn '( sport = :11434 )' | awk '{print $4}'").stdout,
+        "tables": lab.ssh(host, "nft list tables 2>&1", False).stdout,
+    }
+
+
+def test_the_allowlist_admits_the_listed_host_and_refuses_another(lab, applied):
+    if len(lab.hosts) < 3:
+        pytest.skip("needs three lab hosts")
+    host, allowed, refused = lab.hosts[0], lab.hosts[1], lab.hosts[2]
+    url = f"http://{lab.addresses[host]}:11434/api/version"
+    try:
+        code, result, err = apply_allowlist(lab, host, allowed)
+        assert code == 0, err
+        state = serving_state(lab, host)
+        assert "OLLAMA_HOST=0.0.0.0:11434" in state["dropin"]
+        assert "table inet provisioner_ollama" in state["tables"]
+        assert '"version"' in lab.ssh(allowed, f"curl -s -m 3 {url}", False).stdout
+        probe = lab.ssh(refused, f"curl -s -m 3 {url}", False)
+        assert probe.returncode != 0 and '"version"' not in probe.stdout
+        # converged: a second run changes nothing
+        code, result, err = apply_allowlist(lab, host, allowed)
+        assert code == 0, err
+        assert result["hosts"][host]["status"] == "unchanged", result["hosts"][host]
+    finally:
+        code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+        assert code == 0, err
+    # back to loopback: the allowlist is gone with everything it installed
+    state = serving_state(lab, host)
+    assert state["listening"].split() == ["127.0.0.1:11434"]
+    assert "provisioner_ollama" not in state["tables"]
+    assert "No such file" in state["firewall unit"]
+    assert lab.ssh(allowed, f"curl -s -m 3 {url}", False).returncode != 0
+
+
+def test_a_firewall_that_does_not_load_leaves_the_serving_state_untouched(lab, applied):
+    """nft refuses the ruleset (as on a host without CAP_NET_ADMIN): nothing is switched, the
+    host fails with the reason, and the next run with a working nft converges."""
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, other = lab.hosts[0], lab.hosts[1]
+    # a fault double for nft (diverted, so an nftables install keeps it in place)
+    lab.ssh(
+        host,
+        "dpkg-divert --local --rename --add /usr/sbin/nft >/dev/null && "
+        'printf \'#!/bin/sh\\necho "Error: Could not process rule: Operation not permitted" '
+        ">&2\\nexit 1\\n' > /usr/sbin/nft && chmod 755 /usr/sbin/nft",
+    )
+    try:
+        before = serving_state(lab, host)
+        assert before["active"] == "active"
+        code, result, err = apply_allowlist(lab, host, other)
+        assert code == 1, err
+        assert result["failed_hosts"] == [host]
+        assert "the Ollama allowlist: the check `nft -c -f" in err, err[-3000:]
+        assert "nothing was changed" in err
+        assert "Operation not permitted" in err
+        assert serving_state(lab, host) == before
+        # ... and a restart does not expose it either: the files on disk are the old ones
+        lab.ssh(host, "systemctl restart ollama && sleep 1")
+        assert serving_state(lab, host) == before
+        probe = lab.ssh(other, f"curl -s -m 3 http://{lab.addresses[host]}:11434/", False)
+        assert probe.returncode != 0
+    finally:
+        lab.ssh(
+            host,
+            "rm -f /usr/sbin/nft && dpkg-divert --local --rename --remove /usr/sbin/nft >/dev/null",
+        )
+    code, result, err = apply_allowlist(lab, host, other)
+    assert code == 0, err
+    code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert serving_state(lab, host)["listening"].split() == ["127.0.0.1:11434"]
 
 
 def test_real_cpu_torch_installs_through_the_same_deploy(lab, applied):

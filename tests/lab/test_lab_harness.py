@@ -3,11 +3,15 @@ reboot, stop, start and cut like servers, and teardown leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +118,8 @@ def test_the_mirror_serves_key_wheels_and_releases(lab):
     assert re.search(rb"torch-2\.9\.1%2Bcu130-py3-none-any\.whl#sha256=[0-9a-f]{64}", page)
     for version, release in lab.info["ollama"]["releases"].items():
         sums = urllib.request.urlopen(release["sha256sum_url"], timeout=10).read().decode()
-        assert f"{release['sha256']}  ./ollama-linux-amd64.tgz" in sums, version
+        name = release["url"].rsplit("/", 1)[-1]  # .tar.zst from 0.14.0, .tgz before
+        assert f"{release['sha256']}  ./{name}" in sums, version
 
 
 def test_a_reboot_inside_a_host_is_a_real_reboot(lab):
@@ -193,7 +198,8 @@ def test_stand_in_driver_loads_at_boot_and_mismatches_after_an_upgrade(lab):
         pinned = " ".join(
             f"{p}={old}" for p in ("nvidia-open", "nvidia-driver", "nvidia-smi",
                                    "nvidia-persistenced", "nvidia-kernel-open-dkms",
-                                   "nvidia-fabricmanager")
+                                   "nvidia-fabricmanager", "libcuda1", "libnvidia-ml1",
+                                   "libnvidia-ptxjitcompiler1")
         )  # fmt: skip
         run(install + f"nvidia-driver-pinning-{nvidia['branch']}")
         # without kernel headers DKMS builds nothing: no module after the reboot
@@ -253,3 +259,42 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_host_keys_are_checked_strictly_and_a_changed_key_is_refused(lab, tmp_path):
+    """The lab's inventory checks host keys against the keys the lab recorded (issue 18, item
+    5): the real record connects; a record that names another host's key is refused."""
+    if len(lab.hosts) < 2:
+        pytest.skip("needs two lab hosts")
+    host, other = lab.hosts[0], lab.hosts[1]
+    address, other_address = lab.addresses[host], lab.addresses[other]
+    lines = lab.fleet.known_hosts.read_text().splitlines()
+    assert {line.split()[0] for line in lines} >= set(lab.addresses.values())
+    tampered = [line for line in lines if not line.startswith(address + " ")]
+    tampered += [
+        line.replace(other_address, address, 1)
+        for line in lines
+        if line.startswith(other_address + " ")
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "known_hosts").write_text("\n".join(tampered) + "\n")
+    info = json.loads((lab.run / "lab.json").read_text())
+    (run / "lab.json").write_text(json.dumps({**info, "known_hosts": str(run / "known_hosts")}))
+
+    def facts(lab_run: Path) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "provisioner.cli", "facts", str(lab.inventory)]
+            + ["--limit", host, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "LAB_RUN": str(lab_run)},
+        )
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, report = facts(lab.run)
+    assert code == 0, report
+    code, report = facts(run)
+    assert code == 1
+    assert report["hosts"][host]["gpu_state"] == "unreachable", report["hosts"][host]

@@ -7,16 +7,14 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import struct
 import sys
 import threading
 import urllib.request
-import zlib
 from pathlib import Path
 
 import pytest
 
-from bench import lab_bench, planner_scale, png, report
+from bench import chart, lab_bench, planner_scale, report
 from bench.__main__ import _ints, _parts
 from bench.peers.ansible import inventory as ansible_inventory
 from bench.peers.ansible.runner import PLAYBOOK, parse_recap
@@ -147,59 +145,53 @@ def test_markdown_report_has_every_section_and_the_misses(tmp_path):
     assert "spends 4.00 s more, for 60 more remote commands (67 ms each" in text
     paths = report.write(results, tmp_path)
     assert json.loads(paths["json"].read_text())["meta"]["revision"] == "abc1234"
+    assert paths["md"].read_text().startswith(text)
+
+
+# --- chart (matplotlib, optional) ---------------------------------------------------------
+
+needs_matplotlib = pytest.mark.skipif(
+    not chart.AVAILABLE, reason="matplotlib is not installed (the bench's optional extra)"
+)
+
+
+@needs_matplotlib
+def test_the_report_links_its_fleet_scaling_chart(tmp_path):
+    paths = report.write(_results(), tmp_path)
     assert paths["png"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert "2026-11-28.png" in paths["md"].read_text()
+    assert "![fleet scaling](2026-11-28.png)" in paths["md"].read_text()
 
 
-# --- PNG ------------------------------------------------------------------------------------
+def test_without_matplotlib_the_report_says_why_it_has_no_chart(tmp_path, monkeypatch):
+    monkeypatch.setattr(chart, "AVAILABLE", False)
+    paths = report.write(_results(), tmp_path)
+    assert "png" not in paths and not list(tmp_path.glob("*.png"))
+    assert chart.MISSING in paths["md"].read_text()
+    with pytest.raises(RuntimeError, match="matplotlib is not installed"):
+        chart.write_chart(tmp_path / "x.png", [], title="t", x_label="x", y_label="y")
 
 
-def _decode(data: bytes) -> tuple[int, int, bytes]:
-    """Width, height and raw scanlines of an 8-bit RGB PNG made by bench.png."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, width, height = 8, b"", 0, 0
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body)
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", body[:8])
-            assert body[8:10] == b"\x08\x02"
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    return width, height, zlib.decompress(idat)
+@needs_matplotlib
+def test_chart_draws_each_series_in_its_own_colour(tmp_path):
+    from PIL import Image
+
+    series = [
+        chart.Series("ours", [(8, 5.0, 4.0, 6.0), (1, 3.0, 2.5, 3.5)]),
+        chart.Series("ansible", [(1, 9.0, 8.0, 10.0), (8, 30.0, 25.0, 33.0)]),
+    ]
+    path = chart.write_chart(tmp_path / "c.png", series, title="t", x_label="x", y_label="y")
+    image = Image.open(path).convert("RGB")
+    assert image.size == (720, 480)
+    colours = {colour for _, colour in image.getcolors(maxcolors=720 * 480)}
+    # matplotlib's default cycle: C0 blue, C1 orange; one per series
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours
+    assert (44, 160, 44) not in colours  # no third series was drawn
 
 
-def test_png_encodes_pixels_row_by_row():
-    canvas = png.Canvas(3, 2)
-    canvas.set(2, 1, (255, 0, 0))
-    width, height, raw = _decode(canvas.png())
-    assert (width, height) == (3, 2)
-    assert raw == b"\x00" + b"\xff" * 9 + b"\x00" + b"\xff" * 6 + b"\xff\x00\x00"
-    with pytest.raises(ValueError):
-        png.encode_png(2, 2, b"\x00" * 3)
-
-
-def test_lines_and_text_leave_ink():
-    canvas = png.Canvas(40, 20)
-    canvas.line(0, 0, 39, 19, png.BLACK)
-    assert canvas.get(0, 0) == png.BLACK and canvas.get(39, 19) == png.BLACK
-    assert canvas.text(1, 10, "N=8") == 18
-    assert any(canvas.get(x, y) == png.BLACK for x in range(1, 19) for y in range(10, 17))
-    assert all(len(p) == 35 for p in png._GLYPHS.values() if p)
-
-
-def test_nice_ticks_cover_the_range():
-    assert png.nice_ticks(0, 37) == [0, 10, 20, 30, 40]
-    assert png.nice_ticks(0, 1.3)[-1] >= 1.3
-
-
-def test_chart_is_a_valid_png():
-    series = [png.Series("ours", [(1, 3.0, 2.5, 3.5), (8, 5.0, 4.0, 6.0)])]
-    width, height, raw = _decode(png.line_chart(series, title="t", x_label="x", y_label="y"))
-    assert (width, height) == (720, 480) and len(raw) == height * (1 + width * 3)
+def test_scaling_series_come_from_the_converged_runs():
+    series = report.scaling_series(_results())
+    assert [s.name for s in series] == ["provision apply (pyinfra)", "ansible-playbook"]
+    assert all(p[2] <= p[1] <= p[3] for s in series for p in s.points)
 
 
 # --- planner scale ------------------------------------------------------------------------------

@@ -85,6 +85,17 @@ def write_inventory(tmp_path: Path, port: int, host_data: str = "{}", extra: str
         ),
         ('{"models": "llama3.1:8b"}', "models", "expected list"),
         ('{"vram_headroom": 7}', "vram_headroom", "above the maximum"),
+        # issue 18 item 7: paths and names that reach the host's file system
+        ('{"ollama_models_dir": "/srv/../etc"}', "ollama_models_dir", "'..' is not allowed"),
+        ('{"ollama_models_dir": "models"}', "ollama_models_dir", "not an absolute path"),
+        ('{"pytorch_venv": "torch-venv"}', "pytorch_venv", "not an absolute path"),
+        ('{"pytorch_venv": "/opt/x/../../etc"}', "pytorch_venv", "'..' is not allowed"),
+        (
+            '{"ollama_registry_namespace": "../../x"}',
+            "ollama_registry_namespace",
+            "is not a namespace",
+        ),
+        ('{"ollama_registry_namespace": "a/b"}', "ollama_registry_namespace", "no '/'"),
     ],
 )
 def test_bad_host_data_exits_2_naming_file_host_key(
@@ -173,3 +184,28 @@ def test_what_if_unknown_profile(tmp_path):
     result = run(["plan", "--what-if", "NVIDIA L4:23034", "--profile", "gaming"], tmp_path)
     assert result.returncode == 2
     assert "--profile" in result.stderr and "gaming" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("ollama_contxt_length=8192", "--data ollama_contxt_length: unknown data key"),
+        ("ollama_num_parallel=four", "--data ollama_num_parallel: expected int"),
+        ("ollama_kv_cache_type=q2", "--data ollama_kv_cache_type: 'q2' is not one of"),
+        ('models=["Not A Model!!"]', "--data models: 'Not A Model!!' is neither"),
+        ("ollama_context_length", "--data 'ollama_context_length': expected KEY=VALUE"),
+    ],
+)
+def test_what_if_bad_data_exits_2_naming_the_key(tmp_path, item, needle):
+    result = run(["plan", "--what-if", "NVIDIA L4:23034", "--data", item], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert result.stdout == ""
+
+
+def test_plan_data_needs_what_if(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["plan", str(inv), "--data", "ollama_context_length=4096"], tmp_path)
+    assert result.returncode == 2
+    assert "--data applies to --what-if" in result.stderr
+    assert recorder.accepted == 0

@@ -148,3 +148,37 @@ def test_plan_what_if_json(tmp_path):
         m["estimated_vram_mib"] <= hosts["what-if-2"]["budget_mib"]
         for m in hosts["what-if-2"]["models"]
     )
+
+
+def test_plan_what_if_with_data_sizes_for_that_data(tmp_path):
+    def plan(*data):
+        args = ["plan", "--what-if", "NVIDIA GeForce RTX 4090:24564", "--json"]
+        for item in data:
+            args += ["--data", item]
+        result = run(args, dict(os.environ), tmp_path)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["hosts"]["what-if-1"]
+
+    models = 'models=["qwen2.5-coder:7b"]'
+    short = plan(models, "ollama_context_length=4096")
+    long = plan(models, "ollama_context_length=32768", "ollama_num_parallel=2")
+    assert short["settings"]["context_length"] == 4096
+    assert long["settings"]["num_parallel"] == 2
+    assert [m["tag"] for m in short["models"]] == ["qwen2.5-coder:7b"]
+    assert short["models"][0]["context"] == 4096 and long["models"][0]["context"] == 32768
+    # 28 layers x 4 KV heads x 128 x 2 (K, V) x 2 B: 56 KiB per token; 2 x 32768 - 4096 more tokens
+    growth = long["models"][0]["estimated_vram_mib"] - short["models"][0]["estimated_vram_mib"]
+    assert growth >= (2 * 32768 - 4096) * 56 // 1024
+
+
+def test_plan_users_sizes_for_concurrent_requests(tmp_path):
+    args = ["plan", "--what-if", "NVIDIA H100 80GB HBM3:81559", "--json"]
+    args += ["--data", 'models_resident=["qwen3:8b","nomic-embed-text:v1.5"]', "--users", "8"]
+    result = run(args, dict(os.environ), tmp_path)
+    assert result.returncode == 0, result.stderr
+    host = json.loads(result.stdout)["hosts"]["what-if-1"]
+    assert host["settings"]["num_parallel"] == 8
+    assert host["resident"]["fits"] and host["resident"]["parallel"] == 8
+    assert all(m["parallel"] == 8 for m in host["models"])
+    both = run(args + ["--data", "ollama_num_parallel=2"], dict(os.environ), tmp_path)
+    assert both.returncode == 2 and "--users" in both.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -637,15 +638,33 @@ def test_pci_fact_round_trip_with_the_lspci_double(tmp_path: Path) -> None:
     any(Path(d, "lspci").exists() for d in ("/usr/sbin", "/sbin")),
     reason="the fact adds /usr/sbin and /sbin to PATH, where this machine has an lspci",
 )
-def test_pci_fact_without_lspci_prints_nothing(tmp_path: Path) -> None:
-    empty = tmp_path / "empty-path"
-    empty.mkdir()
+@pytest.mark.skipif(not Path("/sys/bus/pci/devices").is_dir(), reason="no PCI sysfs here")
+def test_pci_fact_without_lspci_reads_sysfs(tmp_path: Path) -> None:
+    """A minimal image without pciutils: the fact lists the PCI functions from sysfs, in
+    lspci's `-n -D` shape, so a GPU host is not planned as CPU-only."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cut").symlink_to(shutil.which("cut"))
     done = subprocess.run(
         ["/bin/sh", "-c", NvidiaPciDevices().command()],
-        env={"PATH": str(empty)},
+        env={"PATH": str(bin_dir)},
         capture_output=True,
         text=True,
         check=False,
     )
-    assert (done.returncode, done.stdout) == (0, "")
-    assert NvidiaPciDevices.default() == []
+    assert done.returncode == 0
+    devices = Path("/sys/bus/pci/devices")
+    expected = sorted(
+        f"{d.name} {(d / 'class').read_text()[2:6]}: {(d / 'vendor').read_text()[2:6]}:"
+        f"{(d / 'device').read_text()[2:6]}"
+        for d in devices.iterdir()
+        if (d / "vendor").exists()
+    )
+    assert sorted(done.stdout.splitlines()) == expected
+    assert NvidiaPciDevices().process(done.stdout.splitlines()) == nvidia_smi.parse_lspci(
+        done.stdout
+    )
+    nvidia = "0000:17:00.0 0302: 10de:2330"  # what an H100 looks like there
+    assert NvidiaPciDevices().process([nvidia]) == [
+        {"slot": "0000:17:00.0", "class_id": "0302", "vendor_id": "10de", "device_id": "2330"}
+    ]

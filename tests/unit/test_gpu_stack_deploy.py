@@ -13,7 +13,7 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
-from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles
+from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles, library_family
 
 from provisioner.deploys.cuda_toolkit import cuda_toolkit
 from provisioner.deploys.gpu import gpu_stack
@@ -38,6 +38,9 @@ TORCH_SETUP = [
 ]
 
 
+EL_TORCH_SETUP = [c.replace("python3 -m", "python3.11 -m") for c in TORCH_SETUP]
+
+
 def pip(tag: str, version: str = "2.9.1", index: str = "https://download.pytorch.org/whl") -> str:
     return (
         f"runuser -u provisioner -- {VENV}/bin/pip install --no-input --disable-pip-version-check "
@@ -45,9 +48,17 @@ def pip(tag: str, version: str = "2.9.1", index: str = "https://download.pytorch
     )
 
 
+# NVIDIA's apt repository keys: 3bf863cc everywhere but debian13, which NVIDIA signs with
+# 8793F200 (cuda-repo-management #30/#34/#39; fingerprint as recorded in test_gpu_stack_double)
+KEYS = {
+    "*": ("3bf863cc.pub", "eb693b3035cd5710e231e123a4b469963bf863cc"),
+    "debian13": ("8793F200.pub", "02182e60104fcdc26eae1b8597a5d4cb8793f200"),
+}
+
+
 def apt_key(repo: str) -> str:
-    url = f"https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/3bf863cc.pub"
-    fpr = "eb693b3035cd5710e231e123a4b469963bf863cc"
+    key, fpr = KEYS.get(repo, KEYS["*"])
+    url = f"https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/{key}"
     return (
         "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; "
         f"/usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file {url} "
@@ -80,6 +91,9 @@ FRESH_DEBIAN12 = [
     apt_key("debian12"),
     "upload /etc/apt/sources.list.d/nvidia-cuda.sources",
     "chmod 644 /etc/apt/sources.list.d/nvidia-cuda.sources",
+    # priority 600 for NVIDIA's repository, as cuda-keyring's preference file sets it
+    "upload /etc/apt/preferences.d/nvidia-cuda.pref",
+    "chmod 644 /etc/apt/preferences.d/nvidia-cuda.pref",
     "upload /etc/apt/sources.list.d/provisioner-distro-components.sources",
     "chmod 644 /etc/apt/sources.list.d/provisioner-distro-components.sources",
     "apt-get update",
@@ -88,7 +102,8 @@ FRESH_DEBIAN12 = [
     f"{APT_INSTALL} nvidia-driver-pinning-580",
     "apt-get update",
     f"{APT_INSTALL} nvidia-open",
-    "apt-mark hold nvidia-driver nvidia-kernel-open-dkms nvidia-open",
+    "apt-mark hold libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-driver "
+    "nvidia-kernel-open-dkms nvidia-open",
     "upload /etc/modprobe.d/blacklist-nouveau.conf",
     "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
     "update-initramfs -u",
@@ -121,7 +136,8 @@ FRESH_RHEL9 = [
     "dnf install -y cuda-toolkit-13-0",
     "upload /etc/profile.d/cuda.sh",
     "chmod 644 /etc/profile.d/cuda.sh",
-    *TORCH_SETUP,
+    "dnf install -y python3.11",  # EL9's python3 is 3.9; torch 2.9 needs >= 3.10
+    *EL_TORCH_SETUP,
     pip("cu130"),
 ]
 
@@ -146,11 +162,14 @@ def fresh(
             ("proprietary", True): "nvidia-dkms",
         }[flavour, ubuntu]
         fm = "nvidia-fabricmanager"
-        held = sorted([meta, kmod, "nvidia-driver", *([fm] if fabricmanager else [])])
+        libs = [lib.format(branch="580") for lib in library_family(distro)["libraries"]]
+        held = sorted([meta, kmod, "nvidia-driver", *libs, *([fm] if fabricmanager else [])])
         out = ["apt-get update", f"{APT_INSTALL} gpg", apt_key(distro)]
         out += [
             "upload /etc/apt/sources.list.d/nvidia-cuda.sources",
             "chmod 644 /etc/apt/sources.list.d/nvidia-cuda.sources",
+            "upload /etc/apt/preferences.d/nvidia-cuda.pref",
+            "chmod 644 /etc/apt/preferences.d/nvidia-cuda.pref",
         ]
         if not ubuntu:
             out += [
@@ -161,12 +180,13 @@ def fresh(
         out += ["apt-get update", f"{APT_INSTALL} nvidia-driver-pinning-580"]
         out += ["apt-get update", f"{APT_INSTALL} {meta}"]
         if fabricmanager:
-            out += ["apt-get update", f"{APT_INSTALL} {fm}=580.126.09-1"]
+            # NVIDIA's driver container matches Fabric Manager's version by prefix
+            out += ["apt-get update", f"{APT_INSTALL} '{fm}=580.126.09*'"]
         out += [f"apt-mark hold {' '.join(held)}"]
         initramfs = "update-initramfs -u"
     else:
         kmod = {"open": "kmod-nvidia-open-dkms", "proprietary": "kmod-nvidia-latest-dkms"}[flavour]
-        fm = "nvidia-fabric-manager"
+        fm = "nvidia-fabricmanager"  # from branch 580 on EL (nvidia-fabric-manager before)
         held = sorted([meta, kmod, "nvidia-driver", *([fm] if fabricmanager else [])])
         prerequisites = "python3-dnf-plugin-versionlock" + (
             " epel-release" if distro == "rocky9" else ""
@@ -180,7 +200,7 @@ def fresh(
             f"dnf install -y {meta}",
         ]
         if fabricmanager:
-            out += [f"dnf install -y {fm}-580.126.09-1.el9"]
+            out += [f"dnf install -y {fm}-580.126.09"]
         out += [f"dnf versionlock add {' '.join(held)}"]
         initramfs = "dracut -f"
     out += [
@@ -188,6 +208,15 @@ def fresh(
         "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
         initramfs,
         REBOOT,
+    ]
+    if ubuntu:  # Ubuntu's unit runs --no-persistence-mode: NVIDIA's role overrides it
+        out += [
+            "mkdir -p /etc/systemd/system/nvidia-persistenced.service.d",
+            "upload /etc/systemd/system/nvidia-persistenced.service.d/provisioner.conf",
+            "chmod 644 /etc/systemd/system/nvidia-persistenced.service.d/provisioner.conf",
+            "systemctl daemon-reload",
+        ]
+    out += [
         "systemctl start nvidia-persistenced.service",
         "systemctl enable nvidia-persistenced.service",
     ]
@@ -201,7 +230,9 @@ def fresh(
         out += [] if apt else [f"dnf install -y cuda-toolkit-{toolkit}"]
         out += ["upload /etc/profile.d/cuda.sh", "chmod 644 /etc/profile.d/cuda.sh"]
     out += ["apt-get update", f"{APT_INSTALL} python3-venv"] if apt else []
-    return [*out, *TORCH_SETUP, pip(tag)]
+    # EL9's python3 is 3.9; torch 2.9 has no cp39 wheels: the venv is made with python3.11
+    out += [] if apt else ["dnf install -y python3.11"]
+    return [*out, *(TORCH_SETUP if apt else EL_TORCH_SETUP), pip(tag)]
 
 
 @pytest.fixture
@@ -361,7 +392,9 @@ def test_cpu_only_host_skips_the_gpu_parts_with_reasons(doubles, caplog, distro)
     state = apply(doubles, {"a": host}, {"a": TOOLKIT})
     assert not failed(state)
     venv = ["apt-get update", f"{APT_INSTALL} python3-venv"] if distro in APT else []
-    assert host.changes == [*venv, *TORCH_SETUP, pip("cpu")]
+    venv += [] if distro in APT else ["dnf install -y python3.11"]
+    setup = TORCH_SETUP if distro in APT else EL_TORCH_SETUP
+    assert host.changes == [*venv, *setup, pip("cpu")]
     log = caplog.text
     assert "NVIDIA driver: skipped, CPU-only host: no NVIDIA GPU on the PCI bus" in log
     assert "CUDA toolkit: skipped, no CUDA toolkit on a CPU-only host" in log
@@ -463,7 +496,9 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             "the open modules, Tesla P100-PCIE-16GB (Pascal) the proprietary ones",
         ),
         (
-            GpuHostDouble(distro="debian13", gpus=("2684",)),
+            GpuHostDouble(
+                distro="debian12", gpus=("2684",), driver_versions=("570.195.03", "580.105.08")
+            ),
             {"nvidia_driver_branch": "570", "pytorch_cuda": "cu130"},
             "pytorch_cuda cu130 with torch 2.9.1: cu130 wheels (CUDA 13.0) need driver branch 580 "
             "or newer, nvidia_driver_branch is 570",
@@ -472,7 +507,7 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             GpuHostDouble(distro="debian12", gpus=("2684",)),
             {"torch_version": "2.5.1", "pytorch_cuda": "cu130"},
             "pytorch_cuda cu130 with torch 2.5.1: torch 2.5.1 is not published on the cu130 index "
-            "(it carries 2.9, 2.10, 2.11, 2.12, 2.13)",
+            "(it carries 2.9, 2.10, 2.11, 2.12, 2.13, 2.14, 2.15)",
         ),
         (
             GpuHostDouble(distro="rhel9", gpus=("2684",)),
@@ -489,7 +524,7 @@ def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monke
             GpuHostDouble(distro="debian12", gpus=()),
             {"pytorch_cuda": "cu128"},
             "pytorch_cuda is cu128, but this is a CPU-only host: no NVIDIA GPU on the PCI bus "
-            "(lspci) and none reported by nvidia-smi",
+            "(lspci/sysfs) and none reported by nvidia-smi",
         ),
     ],
     ids=[

@@ -15,10 +15,13 @@ This module also holds the double's own tests.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,10 +30,19 @@ from pyinfra.connectors.util import CommandOutput, OutputLine
 
 from provisioner import gpu_stack, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
-from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
+from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, SecureBoot
 from provisioner.facts.system import BootId, OsInfo
 
 NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
+# The key file each repository serves, and its fingerprint. 3bf863cc: NVIDIA/cuda-repo-management
+# issue #4 and #30 (sqv output); 8793F200 (debian13 only): cuda-repo-management #39 names the file,
+# the full fingerprint as four independent third-party projects pin it (not checked against
+# the live key from here: no network to developer.download.nvidia.com).
+SERVED_FINGERPRINTS = {
+    "3bf863cc.pub": NVIDIA_FINGERPRINT,
+    "8793F200.pub": "02182e60104fcdc26eae1b8597a5d4cb8793f200",
+    "D42D0685.pub": "",
+}
 EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
 
 OS_RELEASE = {
@@ -46,6 +58,36 @@ KERNELS = {
     "apt": "6.1.0-28-amd64",
     "dnf": "5.14.0-427.13.1.el9_4.x86_64",
 }
+# The NVIDIA user-space libraries per distribution, with their sources (real package names).
+LIBRARIES = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "doubles" / "nvidia_libraries.toml").read_text()
+)["family"]
+
+
+def library_family(distro: str) -> dict[str, Any]:
+    """The nvidia_libraries.toml table of ``distro``: debian*, ubuntu* or dnf (the EL ones)."""
+    for prefix in ("debian", "ubuntu"):
+        if distro.startswith(prefix):
+            return LIBRARIES[prefix]
+    return LIBRARIES["dnf"]
+
+
+# The interpreters each release ships (python3) or offers as packages: Debian 12 3.11, Debian 13
+# 3.13, Ubuntu 22.04 3.10 (3.11 in universe), Ubuntu 24.04 3.12, EL9 3.9 with python3.11 and
+# python3.12 in AppStream (distribution package indexes; EL9 from the RHEL 9 application
+# streams lifecycle, not checked from here).
+PYTHONS = {
+    "debian11": {"python3": "3.9"},
+    "debian12": {"python3": "3.11"},
+    "debian13": {"python3": "3.13"},
+    "ubuntu2204": {"python3": "3.10", "python3.11": "3.11"},
+    "ubuntu2404": {"python3": "3.12"},
+    "rhel9": {"python3": "3.9", "python3.11": "3.11", "python3.12": "3.12"},
+    "rocky9": {"python3": "3.9", "python3.11": "3.11", "python3.12": "3.12"},
+}
+# The oldest Python each torch minor has wheels for, on PyPI (pip index versions torch
+# --python-version X, 2026-12-06: 3.9 -> 2.8.0 newest, 3.10 -> 2.14.1, 3.11 -> 2.15.0).
+TORCH_PYTHON_FLOOR = (("2.15", (3, 11)), ("2.9", (3, 10)))
 GPU_CATALOGUE = {  # device id -> (nvidia-smi name, memory MiB, compute capability)
     "2684": ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
     "20b2": ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
@@ -62,6 +104,9 @@ DEFAULT_DIRS = {
     "/etc/profile.d",
     "/etc/yum.repos.d",
     "/etc/pki/rpm-gpg",
+    "/etc/apt/preferences.d",
+    "/etc/systemd/system",
+    "/etc/dkms",
     "/opt",
     "/var/lib",
 }
@@ -69,6 +114,45 @@ DEFAULT_DIRS = {
 
 class DoubleError(AssertionError):
     pass
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "packages"
+RELEASES = {"debian12": "bookworm", "debian13": "trixie"}
+
+
+def recorded_packages(release: str) -> dict[str, dict[str, str]]:
+    """tests/fixtures/packages/debian-<release>.txt: the recorded Debian archive stanzas."""
+    text = (FIXTURES / f"debian-{release}.txt").read_text()
+    out: dict[str, dict[str, str]] = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != "#"
+        )
+        if "Package" in fields:
+            out.setdefault(fields["Package"], fields)
+    return out
+
+
+def debian_archive(distro: str) -> dict[str, dict[str, Any]]:
+    """The double's Debian archive, from the recorded metadata: versions, the dependencies it
+    has records of (first alternative), and the component each package comes from."""
+    recorded = recorded_packages(RELEASES[distro])
+    cat: dict[str, dict[str, Any]] = {}
+    for name, fields in recorded.items():
+        deps = []
+        for dep in (fields.get("Depends") or "").split(", "):
+            first = dep.split(" | ")[0].split(" ")[0]
+            if first in recorded and first != name:
+                deps.append(first)
+        component = fields["Filename"].split("/")[1]
+        cat[name] = {
+            "versions": [fields["Version"]],
+            "deps": deps,
+            "nvidia": False,
+            "component": component,
+            "exact": True,
+        }
+    return cat
 
 
 @dataclass
@@ -90,9 +174,16 @@ class GpuHostDouble:
     driver_versions: tuple[str, ...] = ("580.105.08", "580.126.09", "590.44.01")
     toolkits: tuple[str, ...] = ("13.0", "12.8")
     arch: str = "x86_64"
+    # "nvidia": NVIDIA's CUDA repository (the stand-in catalogue below); "debian": the Debian
+    # archive's own NVIDIA packages as RECORDED in tests/fixtures/packages/debian-<release>.txt
+    archive: str = "nvidia"
     os_release: str | None = None  # another /etc/os-release than the distro's (OS_RELEASE key)
     sysfs: bool = True  # False: like a container/the lab, no /sys/module/nvidia
     module_loads: bool = True  # False: the module never loads (e.g. rejected by Secure Boot)
+    secure_boot: bool = False  # UEFI Secure Boot enforcing: an unsigned DKMS module is rejected
+    mok_enrolled: dict[str, bool] = field(default_factory=dict)  # cert path -> enrolled
+    repo_readable: bool = True  # False: the repository index cannot be fetched
+    headers_offered: bool = True  # False: an older minor's kernel-devel left the repositories
     initramfs_tool: bool = True
     nouveau_loaded: bool = False
     served_keys: dict[str, ServedKey] = field(default_factory=dict)
@@ -120,7 +211,7 @@ class GpuHostDouble:
         self.family = self.target.family.name
         self.kernel = KERNELS[self.family]
         key_url_file = self.target.key_file
-        default_key = ServedKey(NVIDIA_FINGERPRINT, "0" * 64, EL_KEY_SHA256_STRIPPED)
+        default_key = ServedKey(SERVED_FINGERPRINTS[key_url_file], "0" * 64, EL_KEY_SHA256_STRIPPED)
         for arch in ("x86_64", "sbsa"):
             url = (
                 "https://developer.download.nvidia.com/compute/cuda/repos/"
@@ -147,33 +238,18 @@ class GpuHostDouble:
         return f"3:{upstream}-1.el9" if self.family == "dnf" else f"{upstream}-1"
 
     def catalogue(self) -> dict[str, dict[str, Any]]:
-        """Every package the double's repositories carry: versions, dependencies, and
-        whether it comes from NVIDIA's repository."""
-        t = self.target
-        driver = [self.pkg_version(v) for v in self.driver_versions]
-        cat: dict[str, dict[str, Any]] = {}
-        for flavour in gpu_stack.FLAVOURS:
-            kmod = t.kernel_module[flavour][0]
-            cat[t.driver_meta[flavour]] = {"versions": driver, "deps": [kmod, "nvidia-driver"]}
-            cat[kmod] = {"versions": driver, "deps": [], "flavour": flavour}
-        cat["nvidia-driver"] = {"versions": driver, "deps": []}
-        cat[t.fabricmanager] = {"versions": driver, "deps": [], "fabricmanager": True}
-        for branch in {v.split(".")[0] for v in self.driver_versions}:
-            if t.pinning_package:
-                cat[t.pinning(branch)] = {"versions": [self.pkg_version(f"{branch}.0")], "deps": []}
-        for series in self.toolkits:
-            name = t.toolkit_package.format(major=series.split(".")[0], minor=series.split(".")[1])
-            cat[name] = {"versions": [self.pkg_version(f"{series}.1")], "deps": []}
-        for entry in cat.values():
-            entry["nvidia"] = True
-        for name in (
-            "gpg",
-            "gnupg2",
-            "python3-venv",
-            "python3-dnf-plugin-versionlock",
-            "epel-release",
-        ):
-            cat[name] = {"versions": ["1.0-1"], "deps": [], "nvidia": False}
+        if self.archive == "debian":
+            return {**debian_archive(self.os_release or self.distro), **self._base_catalogue()}
+        return self._nvidia_catalogue()
+
+    def _base_catalogue(self) -> dict[str, dict[str, Any]]:
+        """What the distribution's archive carries besides the driver: helpers, headers."""
+        cat = {
+            name: {"versions": ["1.0-1"], "deps": [], "nvidia": False}
+            for name in ("gpg", "gnupg2", "python3-venv", "python3-dnf-plugin-versionlock",
+                         "epel-release", *(p for p in PYTHONS[self.distro] if p != "python3"),
+                         "python3.11-venv")
+        }  # fmt: skip
         if self.family == "apt":
             cat[f"linux-headers-{self.kernel}"] = {
                 "versions": ["6.1.0-1"],
@@ -188,11 +264,109 @@ class GpuHostDouble:
             }
         return cat
 
+    def _add_libraries(self, cat: dict[str, dict[str, Any]]) -> None:
+        """The NVIDIA libraries (nvidia_libraries.toml), one set per driver branch; each is
+        pulled in, at its own version, by the package named in ``depends_of``."""
+        libs = library_family(self.distro)
+        for lib in libs["libraries"]:
+            per_branch = "{branch}" in lib
+            for branch in self.branches() if per_branch else [None]:
+                name = lib.format(branch=branch)
+                cat[name] = {
+                    "versions": [
+                        self.pkg_version(v)
+                        for v in self.driver_versions
+                        if branch is None or v.split(".")[0] == branch
+                    ],
+                    "deps": [],
+                    "replaces": sorted({lib.format(branch=b) for b in self.branches()} - {name}),
+                }
+        for lib, parent in libs["depends_of"].items():
+            if "{branch}" not in parent:  # resolved to the installed version's branch
+                cat[parent]["deps"].append(lib)
+                continue
+            for branch in self.branches():
+                cat[parent.format(branch=branch)]["deps"].append(lib.format(branch=branch))
+
+    def branches(self) -> list[str]:
+        return sorted({v.split(".")[0] for v in self.driver_versions})
+
+    def nvml_version(self) -> str | None:
+        """The NVML library's version: the ``nvml`` package when the world has one, else the
+        user-space driver package's."""
+        pattern = library_family(self.distro)["nvml"].format(branch="*")
+        for name, p in self.packages.items():
+            if pattern and fnmatch.fnmatchcase(name, pattern):
+                return gpu_stack.package_version(p["version"])
+        userspace = self.packages.get("nvidia-driver")
+        return gpu_stack.package_version(userspace["version"]) if userspace else None
+
+    def unattended_upgrade(self, upstream: str) -> list[str]:
+        """A newer driver ``upstream`` is published and unattended-upgrades runs: every installed
+        NVIDIA package that is not held (apt-mark hold / versionlock) and that the branch lock
+        allows moves to it, unless (exact dependencies) something that needs it stays behind.
+        Returns the packages that moved."""
+        self.driver_versions = (*self.driver_versions, upstream)
+        cat = self.catalogue()
+        new = self.pkg_version(upstream)
+        moving = {
+            name
+            for name, p in self.packages.items()
+            if cat.get(name, {}).get("nvidia")
+            and new in cat[name]["versions"]
+            and p["version"] != new
+            and not p["held"]
+            and name not in self.locks
+            and self.branch_allowed(name, new)
+        }
+        if library_family(self.distro)["exact_depends"]:
+            stuck = True
+            while stuck:
+                stuck = {
+                    dep.format(branch=gpu_stack.branch_of(self.packages[name]["version"]))
+                    for name, meta in cat.items()
+                    if name in self.packages and name not in moving
+                    for dep in meta["deps"]
+                } & moving
+                moving -= stuck
+        for name in moving:
+            self.packages[name]["version"] = new
+        return sorted(moving)
+
+    def _nvidia_catalogue(self) -> dict[str, dict[str, Any]]:
+        """Every package the double's repositories carry: versions, dependencies, and
+        whether it comes from NVIDIA's repository."""
+        t = self.target
+        driver = [self.pkg_version(v) for v in self.driver_versions]
+        cat: dict[str, dict[str, Any]] = {}
+        for flavour in gpu_stack.FLAVOURS:
+            kmod = t.kernel_module[flavour][0]
+            cat[t.driver_meta[flavour]] = {"versions": driver, "deps": [kmod, "nvidia-driver"]}
+            cat[kmod] = {"versions": driver, "deps": [], "flavour": flavour}
+        cat["nvidia-driver"] = {"versions": driver, "deps": []}
+        for branch in sorted({v.split(".")[0] for v in self.driver_versions}):
+            # Fabric Manager: named by branch, released without the kmod's .el9 tag
+            # (gpu-driver-container rhel9/precompiled/Dockerfile, ubuntu22.04/install.sh)
+            fm = cat.setdefault(
+                t.fabricmanager_package(branch), {"versions": [], "deps": [], "fabricmanager": True}
+            )
+            fm["versions"] += [f"{v}-1" for v in self.driver_versions if v.split(".")[0] == branch]
+        for branch in {v.split(".")[0] for v in self.driver_versions}:
+            if t.pinning_package:
+                cat[t.pinning(branch)] = {"versions": [self.pkg_version(f"{branch}.0")], "deps": []}
+        for series in self.toolkits:
+            name = t.toolkit_package.format(major=series.split(".")[0], minor=series.split(".")[1])
+            cat[name] = {"versions": [self.pkg_version(f"{series}.1")], "deps": []}
+        self._add_libraries(cat)
+        for entry in cat.values():
+            entry["nvidia"] = True
+        return {**cat, **self._base_catalogue()}
+
     def branch_allowed(self, name: str, version: str) -> bool:
         """The branch lock: pinning package (apt) or module stream (dnf)."""
         meta = self.catalogue()[name]
         if "flavour" not in meta and name not in self.target.driver_meta.values():
-            if name not in ("nvidia-driver", self.target.fabricmanager):
+            if name != "nvidia-driver" and not meta.get("fabricmanager"):
                 return True
         branch = gpu_stack.branch_of(version)
         if self.family == "dnf":
@@ -215,6 +389,12 @@ class GpuHostDouble:
     def _resolve(self, spec: str) -> tuple[str, str | None]:
         if self.family == "apt":
             name, _, version = spec.partition("=")
+            if version.endswith("*"):  # apt's version glob: the newest match
+                versions = self.catalogue().get(name, {}).get("versions", [])
+                matching = [v for v in versions if fnmatch.fnmatchcase(v, version)]
+                if not matching:
+                    raise DoubleError(f"E: Version '{version}' for '{name}' was not found")
+                return name, matching[-1]
             return name, version or None
         if spec in self.catalogue():
             return spec, None
@@ -228,6 +408,29 @@ class GpuHostDouble:
         raise DoubleError(f"no package matches {spec!r}")
 
     def install(self, specs: list[str], replace_held: bool) -> None:
+        todo = self._resolve_all(specs)
+        for name, version in todo:
+            self._check_fabricmanager(name, version, todo)
+            self._remove_other_flavour(name, todo, replace_held)
+        for name, version in todo:
+            self._install_one(name, version, replace_held)
+
+    def _pick_version(self, name: str, version: str | None) -> str:
+        meta = self.catalogue()[name]
+        if version is None:
+            candidates = [v for v in meta["versions"] if self.branch_allowed(name, v)]
+            if not candidates:
+                raise DoubleError(f"{name}: no version allowed by the branch lock")
+            current = self.packages.get(name, {}).get("version")
+            return current if current in candidates else candidates[-1]
+        if version not in meta["versions"]:
+            raise DoubleError(f"{name}: version {version} not in the repository")
+        if not self.branch_allowed(name, version):
+            raise DoubleError(f"{name}={version} is outside the branch lock")
+        return version
+
+    def _resolve_all(self, specs: list[str]) -> list[tuple[str, str]]:
+        """The packages an install brings, with their versions and dependencies."""
         cat = self.catalogue()
         todo: list[tuple[str, str]] = []
         pending = [self._resolve(spec) for spec in specs]
@@ -239,59 +442,56 @@ class GpuHostDouble:
             seen.add(name)
             if name not in cat:
                 raise DoubleError(f"E: Unable to locate package {name}")
-            meta = cat[name]
-            if meta["nvidia"]:
+            if cat[name]["nvidia"]:
                 self._need_repository()
-            if version is None:
-                candidates = [v for v in meta["versions"] if self.branch_allowed(name, v)]
-                if not candidates:
-                    raise DoubleError(f"{name}: no version allowed by the branch lock")
-                current = self.packages.get(name, {}).get("version")
-                version = current if current in candidates else candidates[-1]
-            elif version not in meta["versions"]:
-                raise DoubleError(f"{name}: version {version} not in the repository")
-            elif not self.branch_allowed(name, version):
-                raise DoubleError(f"{name}={version} is outside the branch lock")
+            if cat[name].get("component"):
+                self._need_component(cat[name]["component"])
+            version = self._pick_version(name, version)
             todo.append((name, version))
-            for dep in meta["deps"]:
-                pending.append((dep, version))
-        for name, version in todo:
-            meta = cat[name]
-            if meta.get("fabricmanager"):
-                driver = self.packages.get("nvidia-driver", {}).get("version")
-                if (
-                    not any(v == version for n, v in todo if n == "nvidia-driver")
-                    and driver != version
-                ):
-                    raise DoubleError(f"{name} {version} depends on nvidia-driver (= {version})")
-            flavour = meta.get("flavour")
-            if flavour:  # the other flavour's kernel module conflicts
-                other = self.target.kernel_module["proprietary" if flavour == "open" else "open"][0]
-                if other in self.packages:
-                    self._remove_for_conflict(other, replace_held)
-                    for meta_name in self.target.driver_meta.values():
-                        if meta_name in self.packages and meta_name not in dict(todo):
-                            self._remove_for_conflict(meta_name, replace_held)
-        for name, version in todo:
-            current = self.packages.get(name)
-            if current and current["version"] == version:
-                continue
-            if current and (current["held"] and not replace_held or name in self.locks):
-                raise DoubleError(f"E: Held packages were changed: {name}")
-            if (
-                self.target.pinning_package
-                and cat[name].get("nvidia")
-                and name
-                in (
-                    "nvidia-driver",
-                    *self.target.driver_meta.values(),
-                )
-            ):
-                if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
-                    raise DoubleError(f"{name} installed before nvidia-driver-pinning")
-            self.packages[name] = {"version": version, "held": bool(current and current["held"])}
-            if name == "nvidia-driver":
-                self.dirs.add("/usr/lib/systemd")
+            deps = [d.format(branch=gpu_stack.branch_of(version)) for d in cat[name]["deps"]]
+            pending += [(dep, None if cat[dep].get("exact") else version) for dep in deps]
+        return todo
+
+    def _check_fabricmanager(self, name: str, version: str, todo: list[tuple[str, str]]) -> None:
+        """Fabric Manager depends on the driver at its own upstream version."""
+        if not self.catalogue()[name].get("fabricmanager"):
+            return
+        upstream = gpu_stack.package_version(version)
+        driver = self.packages.get("nvidia-driver", {}).get("version")
+        versions = [v for n, v in todo if n == "nvidia-driver"] + ([driver] if driver else [])
+        if not any(gpu_stack.package_version(v) == upstream for v in versions):
+            raise DoubleError(f"{name} {version} depends on nvidia-driver (= {upstream})")
+
+    def _remove_other_flavour(
+        self, name: str, todo: list[tuple[str, str]], replace_held: bool
+    ) -> None:
+        for old in self.catalogue()[name].get("replaces", ()):  # a library of another branch
+            if old in self.packages:
+                self._remove_for_conflict(old, replace_held)
+        flavour = self.catalogue()[name].get("flavour")
+        if not flavour:
+            return
+        other = self.table.kernel_module["proprietary" if flavour == "open" else "open"][0]
+        if other not in self.packages:
+            return
+        self._remove_for_conflict(other, replace_held)
+        for meta_name in self.target.driver_meta.values():
+            if meta_name in self.packages and meta_name not in dict(todo):
+                self._remove_for_conflict(meta_name, replace_held)
+
+    def _install_one(self, name: str, version: str, replace_held: bool) -> None:
+        current = self.packages.get(name)
+        if current and current["version"] == version:
+            return
+        if current and (current["held"] and not replace_held or name in self.locks):
+            raise DoubleError(f"E: Held packages were changed: {name}")
+        driver_names = ("nvidia-driver", *self.target.driver_meta.values())
+        if self.archive == "nvidia" and self.target.pinning_package and name in driver_names:
+            if not any(n.startswith("nvidia-driver-pinning-") for n in self.packages):
+                raise DoubleError(f"{name} installed before nvidia-driver-pinning")
+        self.packages[name] = {"version": version, "held": bool(current and current["held"])}
+        if name == "nvidia-driver":
+            self.dirs.add("/usr/lib/systemd")
 
     def _remove_for_conflict(self, name: str, replace_held: bool) -> None:
         if (self.packages[name]["held"] and not replace_held) or name in self.locks:
@@ -300,7 +500,14 @@ class GpuHostDouble:
 
     def _need_repository(self) -> None:
         if self.family == "apt":
-            if not any(p.startswith("/etc/apt/sources.list.d/nvidia-cuda") for p in self.files):
+            if not any(
+                p.startswith("/etc/apt/sources.list.d/nvidia-cuda")
+                or (
+                    p.startswith("/etc/apt/sources.list")
+                    and f"/{self.target.repo_path}/" in f["content"]
+                )
+                for p, f in self.files.items()
+            ):
                 raise DoubleError("E: Unable to locate package: no NVIDIA source configured")
             if not self.lists_fresh:
                 raise DoubleError(
@@ -313,11 +520,54 @@ class GpuHostDouble:
         elif "/etc/yum.repos.d/nvidia-cuda.repo" not in self.files:
             raise DoubleError("Error: Unable to find a match (no NVIDIA repository)")
 
+    def _check_signed_by(self) -> None:
+        """apt refuses two sources for one URI with different Signed-By (the error a host
+        with cuda-keyring gets from a second NVIDIA source)."""
+        seen: dict[str, str] = {}
+        for path, f in sorted(self.files.items()):
+            if not path.startswith("/etc/apt/sources.list"):
+                continue
+            text = f["content"]
+            pairs = re.findall(r"^deb \[signed-by=(\S+)\] (\S+)", text, re.M)
+            uris = re.findall(r"^URIs: (.+)$", text, re.M)
+            signed = re.findall(r"^Signed-By: (.+)$", text, re.M)
+            pairs += [
+                (by, uri)
+                for uri_line, by in zip(uris, signed, strict=False)
+                for uri in uri_line.split()
+            ]
+            for by, uri in pairs:
+                uri = uri.rstrip("/") + "/"
+                if seen.setdefault(uri, by) != by:
+                    raise DoubleError(
+                        f"E: Conflicting values set for option Signed-By regarding source {uri} "
+                        f"/: {seen[uri]} != {by}"
+                    )
+
+    def _need_component(self, component: str) -> None:
+        """A Debian package from contrib/non-free needs that component enabled, and fresh lists."""
+        if component == "main":
+            return
+        enabled = any(
+            component in f["content"].split()
+            for p, f in self.files.items()
+            if p.startswith("/etc/apt/sources.list")
+        )
+        if not enabled or not self.lists_fresh:
+            raise DoubleError(f"E: Unable to locate package (component {component} not enabled)")
+
     # --- facts -----------------------------------------------------------------------------
+
+    @property
+    def table(self) -> gpu_stack.Distro:
+        """The distro table of the driver packages this double's archive carries."""
+        if self.archive == "debian":
+            return gpu_stack.distro(f"{self.distro}{gpu_stack.DISTRO_SOURCE_SUFFIX}")
+        return self.target
 
     def installed_driver(self) -> tuple[str | None, str | None]:
         for flavour in gpu_stack.FLAVOURS:
-            kmod = self.target.kernel_module[flavour][0]
+            kmod = self.table.kernel_module[flavour][0]
             if kmod in self.packages:
                 return gpu_stack.package_version(self.packages[kmod]["version"]), flavour
         return None, None
@@ -339,10 +589,9 @@ class GpuHostDouble:
         return out
 
     def fact_smi(self) -> list[str]:
-        userspace = self.packages.get("nvidia-driver")
-        if not userspace:
+        if "nvidia-driver" not in self.packages:
             return [nvidia_smi.MARK_ABSENT]
-        version = gpu_stack.package_version(userspace["version"])
+        version = self.nvml_version()
         if self.module is None:
             return [
                 f"{nvidia_smi.MARK_QUERY}9",
@@ -424,6 +673,9 @@ class GpuHostDouble:
             return False, [f"DOUBLE: {error}"]
 
     def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
+        stack = self._stack_fact(command)
+        if stack is not None:
+            return stack
         if command == OsInfo().command():
             return [*OS_RELEASE[self.os_release or self.distro], f"##arch {self.arch}"]
         if command == "uname -r":
@@ -434,6 +686,8 @@ class GpuHostDouble:
             return ["/tmp"]
         if command == "cut -d. -f1 /proc/uptime":
             return [str(self.uptime)]
+        if command.startswith("lock=") and "provisioner.lock" in command:  # host_lock: free
+            return ["held"]
         if command == BootId().command():
             return [f"00000000-0000-0000-0000-{self.boots:012d}"]
         if command == NvidiaPciDevices().command():
@@ -517,6 +771,40 @@ class GpuHostDouble:
             return [self.torch[venv]] if venv in self.torch else []
         return None
 
+    def _stack_fact(self, command: str) -> list[str] | None:
+        """Secure Boot, MOK, the repository's index, the apt sources naming a URI."""
+        if command == SecureBoot().command():
+            # mokutil --sb-state's two answers (mokutil src/mokutil.c)
+            return [f"mokutil|SecureBoot {'enabled' if self.secure_boot else 'disabled'}"]
+        match = re.search(r"mokutil --test-key (\S+) 2>&1", command)
+        if match:
+            cert = shlex.split(match.group(1))[0]
+            if cert not in self.mok_enrolled:
+                return []
+            state = "is already enrolled" if self.mok_enrolled[cert] else "is not enrolled"
+            return ["exists|yes", f"mok|{cert} {state}"]
+        match = re.match(
+            r"if command -v dnf >/dev/null 2>&1; then if dnf -q list --available (\S+)", command
+        )
+        if match:
+            name = shlex.split(match.group(1))[0]
+            return ["yes" if self.headers_offered or name in self.packages else "no"]
+        if command.startswith("d=$(mktemp -d); if ") and "Packages.gz" in command:
+            if not self.repo_readable:
+                return ["error|E: Failed to fetch Packages.gz  404  Not Found"]
+            package = re.search(r"awk -v p=(\S+)", command).group(1)  # type: ignore[union-attr]
+            versions = self.catalogue().get(package, {}).get("versions", [])
+            return [f"version|{v}" for v in versions]
+        match = re.match(r'grep -lsE -- "\(\^\|\[\[:space:\]\]\)(\S+?)/\?', command)
+        if match:
+            url = match.group(1).replace("\\", "")
+            return [
+                p
+                for p, f in sorted(self.files.items())
+                if p.startswith("/etc/apt/sources.list") and url in f.get("content", "")
+            ]
+        return None
+
     def _change(self, command: str) -> None:  # noqa: C901 - one branch per command
         t = self.target
         argv = shlex.split(command) if not command.startswith("set -e;") else []
@@ -526,6 +814,7 @@ class GpuHostDouble:
             replace = any(a in t.family.replace_held for a in rest)
             self.install([a for a in rest if not a.startswith("-")], replace)
         elif argv == ["apt-get", "update"]:
+            self._check_signed_by()
             self.lists_fresh = True
         elif argv[: len(t.family.remove)] == list(t.family.remove):
             for name in argv[len(t.family.remove) :]:
@@ -556,6 +845,8 @@ class GpuHostDouble:
             self.files.pop(argv[2], None)
         elif command == "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &":
             self.reboot()
+        elif argv == ["systemctl", "daemon-reload"]:
+            pass
         elif argv[:1] == ["systemctl"] and len(argv) == 3:
             self._systemctl(argv[1], argv[2])
         elif argv in (["update-initramfs", "-u"], ["dracut", "-f"]):
@@ -610,7 +901,7 @@ class GpuHostDouble:
     def _systemctl(self, verb: str, unit: str) -> None:
         owner = {
             "nvidia-persistenced.service": "nvidia-driver",
-            "nvidia-fabricmanager.service": self.target.fabricmanager,
+            "nvidia-fabricmanager.service": self._fabricmanager_installed(),
         }
         if owner.get(unit) not in self.packages:
             raise DoubleError(f"Failed to {verb} {unit}: Unit {unit} not found.")
@@ -623,20 +914,38 @@ class GpuHostDouble:
         else:
             raise DoubleError(f"unexpected systemctl {verb}")
 
+    def _fabricmanager_installed(self) -> str:
+        names = [n for n in self.packages if self.catalogue().get(n, {}).get("fabricmanager")]
+        return names[0] if names else "(no Fabric Manager)"
+
     def _can_run(self, unit: str) -> bool:
         if self.module is None:
             return False
         if unit == "nvidia-fabricmanager.service":
-            fm = self.packages[self.target.fabricmanager]["version"]
+            fm = self.packages[self._fabricmanager_installed()]["version"]
             return bool(self.nvswitch) and gpu_stack.package_version(fm) == self.module
         return True
+
+    def _check_python(self, venv: str, version: str) -> None:
+        """pip finds no torch wheel for a venv's Python below the release's floor."""
+        config = self.files[f"{venv}/pyvenv.cfg"]["content"]
+        python = tuple(int(p) for p in config.split("version = ")[1].split()[0].split("."))
+        torch = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+        for first, floor in TORCH_PYTHON_FLOOR:
+            if torch >= tuple(int(p) for p in first.split(".")) and python < floor:
+                raise DoubleError(
+                    f"ERROR: No matching distribution found for torch=={version} (Python {python})"
+                )
 
     def _runuser(self, user: str, argv: list[str]) -> None:
         if user not in self.users:
             raise DoubleError(f"runuser: user {user} does not exist")
         if argv[1:3] == ["-m", "venv"]:
+            pythons = PYTHONS[self.distro]
+            if argv[0] not in pythons or (argv[0] != "python3" and argv[0] not in self.packages):
+                raise DoubleError(f"runuser: failed to execute {argv[0]}: No such file")
             self.files[f"{argv[3]}/pyvenv.cfg"] = {
-                "content": "home = /usr/bin\n",
+                "content": f"home = /usr/bin\nversion = {pythons[argv[0]]}\n",
                 "sha256": None,
                 "mode": 0o644,
             }
@@ -650,9 +959,17 @@ class GpuHostDouble:
             version = spec.split("==", 1)[1]
             if not version.endswith("+" + index.rsplit("/", 1)[1]):
                 raise DoubleError(f"{spec} is not on {index}")
+            self._check_python(venv, version)
             self.torch[venv] = version
             return
         raise DoubleError(f"unexpected runuser command {argv}")
+
+    def _module_signed(self) -> bool:
+        conf = self.files.get("/etc/dkms/framework.conf.d/provisioner-mok.conf")
+        if conf is None:
+            return False
+        cert = re.search(r'mok_certificate="([^"]+)"', conf["content"])
+        return bool(cert and self.mok_enrolled.get(cert.group(1)))
 
     def reboot(self) -> None:
         """What a reboot changes: the installed module loads when DKMS could build it (headers
@@ -662,6 +979,8 @@ class GpuHostDouble:
         version, flavour = self.installed_driver()
         headers = f"linux-headers-{self.kernel}" if self.family == "apt" else "kernel-devel"
         loads = self.module_loads and headers in self.packages
+        if self.secure_boot:  # the kernel rejects a module not signed by an enrolled key
+            loads = loads and self._module_signed()
         self.module = version if version and loads else None
         self.module_flavour = flavour if self.module else None
         if "/etc/modprobe.d/blacklist-nouveau.conf" in self.files:

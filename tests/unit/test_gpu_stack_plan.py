@@ -68,10 +68,13 @@ def test_distro_tables_are_complete():
         assert "x86_64" in target.arches
         assert target.key_fingerprint or target.key_sha256, target.key
         assert target.headers.count("{kernel}") == 1
-        assert target.branch_lock in ("pinning-package", "module-stream")
+        assert target.branch_lock in ("pinning-package", "module-stream", "none")
+        # "none" only for a release's own driver, which ships one branch (or names them)
+        assert (target.branch_lock == "none") == target.distribution_driver
+        assert bool(target.offered) == target.distribution_driver
         if target.branch_lock == "pinning-package":
             assert target.pinning("580") == "nvidia-driver-pinning-580"
-        else:
+        elif target.branch_lock == "module-stream":
             assert target.stream("580", "open") == "nvidia-driver:580-open"
             assert target.stream("580", "proprietary") == "nvidia-driver:580-dkms"
     assert gpu_stack.distro("debian12").extra_components == ("contrib",)
@@ -212,7 +215,7 @@ def test_gpu_from_nvidia_smi_when_lspci_sees_none():
 
 def test_cpu_only_reasons():
     assert gpu_stack.plan_driver(data(), facts(devices=())).skip == (
-        "CPU-only host: no NVIDIA GPU on the PCI bus (lspci) and none reported by nvidia-smi"
+        "CPU-only host: no NVIDIA GPU on the PCI bus (lspci/sysfs) and none reported by nvidia-smi"
     )
     assert (
         gpu_stack.plan_driver(data(gpu=False), facts()).skip == "CPU-only host: data `gpu` is false"

@@ -255,9 +255,11 @@ def _sh(script: str, **env: str) -> subprocess.CompletedProcess:
 def test_the_release_is_unpacked_only_after_its_checksum_matched(tmp_path, archive):
     path, sha = archive
     install = tmp_path / "opt"
-    run = _sh(ops._release_script("0.32.15", f"file://{path}", sha, str(install), "tgz"))
+    run = _sh(ops._release_script("0.32.15", f"file://{path}", sha, str(install), "zst"))
     assert run.returncode == 0, run.stderr
+    assert f"sha256 {sha} verified against ollama_sha256" in run.stdout
     assert (install / "0.32.15" / "bin" / "ollama").is_file()
+    assert (install / "0.32.15" / "lib" / "ollama" / "cuda_v13" / "libggml-cuda.so").is_file()
     assert os.access(install / "0.32.15" / "bin" / "ollama", os.X_OK)
     assert (install / "0.32.15" / ".provisioner-sha256").read_text().strip() == sha
     assert sorted(p.name for p in install.iterdir()) == ["0.32.15"]  # no staging, no download
@@ -270,12 +272,69 @@ def test_a_checksum_mismatch_unpacks_nothing_and_leaves_the_serving_version(tmp_
     (install / "0.32.14" / "bin" / "ollama").write_text("serving")
     (install / "current").symlink_to("0.32.14")
     wrong = "0" * 64
-    run = _sh(ops._release_script("0.32.15", f"file://{path}", wrong, str(install), "tgz"))
+    run = _sh(ops._release_script("0.32.15", f"file://{path}", wrong, str(install), "zst"))
     assert run.returncode == 1
     assert f"checksum mismatch for file://{path}: expected {wrong}" in run.stderr
     assert "nothing was unpacked" in run.stderr
     assert sorted(p.name for p in install.iterdir()) == ["0.32.14", "current"]
     assert os.readlink(install / "current") == "0.32.14"
+
+
+def _unpinned(path: Path, install: Path, fmt: str = "zst") -> subprocess.CompletedProcess:
+    sums = f"file://{path.parent}/sha256sum.txt"
+    return _sh(ops._release_script("0.32.15", f"file://{path}", None, str(install), fmt, sums))
+
+
+def test_without_a_pin_the_release_is_checked_against_its_own_sha256sum_txt(tmp_path, archive):
+    path, sha = archive
+    install = tmp_path / "opt"
+    run = _unpinned(path, install)
+    assert run.returncode == 0, run.stderr
+    assert f"sha256 {sha} verified against file://{path.parent}/sha256sum.txt" in run.stdout
+    assert (install / "0.32.15" / ".provisioner-sha256").read_text().strip() == sha
+    assert sorted(p.name for p in install.iterdir()) == ["0.32.15"]
+
+
+def test_a_tampered_archive_fails_against_the_release_sums_and_unpacks_nothing(tmp_path, archive):
+    path, sha = archive
+    path.write_bytes(path.read_bytes() + b"\0")
+    install = tmp_path / "opt"
+    (install / "0.32.14").mkdir(parents=True)
+    (install / "current").symlink_to("0.32.14")
+    run = _unpinned(path, install)
+    assert run.returncode == 1
+    assert f"expected {sha} (from file://{path.parent}/sha256sum.txt)" in run.stderr
+    assert sorted(p.name for p in install.iterdir()) == ["0.32.14", "current"]
+
+
+@pytest.mark.parametrize(
+    ("sums", "message"),
+    [
+        (None, "cannot fetch"),
+        (f"{'ab' * 32}  ./ollama-linux-arm64.tar.zst\n", "has no line for ./ollama-linux-amd64"),
+    ],
+)
+def test_missing_release_sums_unpack_nothing(tmp_path, archive, sums, message):
+    path, _ = archive
+    listing = path.parent / "sha256sum.txt"
+    if sums is None:
+        listing.unlink()
+    else:
+        listing.write_text(sums)
+    install = tmp_path / "opt"
+    run = _unpinned(path, install)
+    assert run.returncode == 1
+    assert message in run.stderr
+    assert not (install / "0.32.15").exists()
+
+
+def test_an_old_tgz_release_unpacks_with_its_members_as_published(tmp_path):
+    path = _release_double().build_release(tmp_path / "mirror", "0.13.5")
+    assert path.name == "ollama-linux-amd64.tgz"
+    install = tmp_path / "opt"
+    run = _unpinned(path, install, "tgz")
+    assert run.returncode == 0, run.stderr
+    assert (install / "0.32.15" / "bin" / "ollama").is_file()
 
 
 def test_an_archive_without_the_binary_is_refused(tmp_path):
@@ -363,6 +422,7 @@ def _fake(name: str, **data):
         "command -v useradd": "/usr/sbin/useradd",
         "uname -s": "Linux",
         "stat -c '%a %U %G %n'": ["755 root root /"],
+        "provisioner.lock.owner": "held",  # provisioner.host_lock: the lock is free
     }
     return (
         f"@fake/{name}",
@@ -381,8 +441,9 @@ def test_a_refused_release_fails_its_host_only_and_downloads_nothing():
         (
             [
                 _fake("old", ollama_version="0.16.0", ollama_sha256="a" * 64),
-                _fake("unpinned"),
+                _fake("badurl", ollama_release_url="https://m/{version}/{os}.tar.zst"),
                 _fake("good", ollama_sha256="a" * 64),
+                _fake("unpinned"),
             ],
             {},
         )
@@ -396,13 +457,56 @@ def test_a_refused_release_fails_its_host_only_and_downloads_nothing():
         pass
     hosts = {host.name: host for host in inventory}
     commands = {name: "\n".join(host.connector.executed_commands) for name, host in hosts.items()}
-    for name in ("old", "unpinned"):
+    for name in ("old", "badurl"):
         assert hosts[f"@fake/{name}"] in state.failed_hosts
         assert "apt-get" not in commands[f"@fake/{name}"]
-        assert "ollama-linux-amd64.tgz" not in commands[f"@fake/{name}"]
+        assert "ollama-linux-amd64" not in commands[f"@fake/{name}"]
     good = commands["@fake/good"]
     assert hosts["@fake/good"] not in state.failed_hosts
-    assert "install curl ca-certificates tar gzip" in good
+    assert "install curl ca-certificates tar gzip zstd" in good
     download = good.index("curl -fsSL --retry 3")
-    assert good.index("sha256sum", download) < good.index("tar -xzf", download)
+    assert "v0.32.15/ollama-linux-amd64.tar.zst" in good
+    assert good.index("sha256sum", download) < good.index("zstd -dcq", download)
+    assert "sha256sum.txt" not in good  # the pin wins: the release's list is not consulted
     assert "systemctl restart ollama" in good
+    unpinned = commands["@fake/unpinned"]
+    assert hosts["@fake/unpinned"] not in state.failed_hosts
+    assert "releases/download/v0.32.15/sha256sum.txt" in unpinned
+
+
+def test_a_data_override_of_the_version_never_checks_against_the_inventorys_sum(caplog):
+    """`--data ollama_version=X` without a sum: the group's ollama_sha256 (for its own version)
+    is ignored and the sum comes from X's sha256sum.txt; with --data ollama_sha256 too, it wins."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.operations import run_ops
+
+    pinned = "c" * 64
+
+    def run(override):
+        inventory = Inventory(([_fake("host", ollama_sha256=pinned)], {}), override_data=override)
+        state = State(inventory=inventory, config=Config())
+        connect_all(state)
+        add_deploy(state, deploy.install_ollama)
+        run_ops(state)
+        (host,) = inventory
+        return "\n".join(host.connector.executed_commands)
+
+    caplog.set_level("INFO")
+    overridden = run({"ollama_version": "0.20.3"})
+    logged = caplog.text
+    assert "ollama_sha256 is ignored: --data ollama_version=0.20.3 came without a sum" in logged
+    assert "sha256 from the release's own sha256sum.txt (https://github.com/ollama/" in logged
+    assert "v0.20.3/ollama-linux-amd64.tar.zst" in overridden
+    assert "v0.20.3/sha256sum.txt" in overridden
+    assert pinned not in overridden
+    assert "newer than the newest version" not in caplog.text
+    caplog.clear()
+    run({"ollama_version": "0.40.0"})
+    assert "Ollama 0.40.0 is newer than the newest version this toolkit was checked" in caplog.text
+    caplog.clear()
+    both = run({"ollama_version": "0.20.3", "ollama_sha256": "d" * 64})
+    assert "d" * 64 in both and "sha256sum.txt" not in both
+    assert "sha256 from ollama_sha256" in caplog.text
+    assert pinned in run({})

@@ -8,9 +8,11 @@ CNCF Distribution registry.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import importlib.util
+import io
 import json
 import os
 import re
@@ -285,8 +287,19 @@ StartDouble = Callable[..., Double]
 def start_double(program: Path, tmp_path: Path) -> Iterator[StartDouble]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(models: Path | None = None, gpu_path: Path | None = None, **env: str) -> Double:
+    def start(
+        models: Path | None = None,
+        gpu_path: Path | None = None,
+        version: str | None = None,
+        **env: str,
+    ) -> Double:
+        """Serve ``models``; ``version``: play that release instead of VERSION."""
         models = models or tmp_path / f"models{len(started)}"
+        binary = program
+        if version is not None:
+            binary = release.install_program(
+                tmp_path / f"dist-{version}" / "bin" / "ollama", version
+            )
         port = free_port()
         path_dirs = [str(gpu_path)] if gpu_path else []
         path_dirs += [str(Path(PYTHON).parent), "/usr/bin", "/bin"]
@@ -301,7 +314,7 @@ def start_double(program: Path, tmp_path: Path) -> Iterator[StartDouble]:
         log = tmp_path / f"serve{len(started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [PYTHON, str(program), "serve"], env=full_env, stdout=out, stderr=out
+                [PYTHON, str(binary), "serve"], env=full_env, stdout=out, stderr=out
             )
         started.append(proc)
         wait_port(port, proc)
@@ -678,20 +691,91 @@ def test_start_prunes_unreferenced_blobs_and_partials(
     assert entry["name"] == "kept:1"
 
 
-def test_manifests_v2_are_read_and_named_like_library_models(
-    start_double: StartDouble, tmp_path: Path
-) -> None:
+def test_no_release_reads_a_manifests_v2_tree(start_double: StartDouble, tmp_path: Path) -> None:
+    """manifest/paths.go (v0.20.3 .. v0.32.15): manifests/ is the only manifest tree."""
     models = tmp_path / "store"
     model = registry.build_model("v2")
     place_model(models, ("registry.ollama.ai", "library", "m", "1"), model)
     (models / "manifests").rename(models / "manifests-v2")
-    (models / "manifests-v2" / "registry.ollama.ai").rename(models / "manifests-v2" / "ollama.com")
-    d = start_double(models)
+    d = start_double(models, OLLAMA_NOPRUNE="1")
+    assert d.call("GET", "/api/tags").json() == {"models": []}
+
+
+@pytest.mark.parametrize(("version", "grace"), [("0.20.3", False), ("0.21.0", True)])
+def test_prune_at_start_has_a_grace_period_only_from_0_21(
+    start_double: StartDouble, tmp_path: Path, version: str, grace: bool
+) -> None:
+    """images.go PruneLayers: before v0.21.0 a restart deletes every partial download and every
+    unreferenced blob, however fresh; from v0.21.0 only those older than an hour."""
+    models = tmp_path / "store"
+    place_model(models, ("registry.ollama.ai", "library", "kept", "1"), registry.build_model("k"))
+    blobs = models / "blobs"
+    fresh = {
+        "orphan": blobs / ("sha256-" + "b" * 64),
+        "partial": blobs / ("sha256-" + "d" * 64 + "-partial"),
+        "part": blobs / ("sha256-" + "d" * 64 + "-partial-0"),
+    }
+    for path in fresh.values():
+        path.write_bytes(b"x")
+    start_double(models, version=version)
+    left = {key for key, path in fresh.items() if path.exists()}
+    assert left == (set(fresh) if grace else set())
+
+
+@pytest.mark.parametrize(("version", "raw"), [("0.17.1", False), ("0.19.0", True), (VERSION, True)])
+def test_the_stored_manifest_is_the_registrys_bytes_only_from_0_19(
+    start_double: StartDouble, fake_registry: FakeRegistry, version: str, raw: bool
+) -> None:
+    """images.go PullModel: json.Marshal(mf) before v0.19.0, os.WriteFile(manifestData) from
+    it; /api/tags shows the sha256 of the stored file."""
+    built = registry.build_model("bytes")
+    # bytes as another pushing tool writes them (indented): Go's Marshal would not
+    pretty = json.dumps(json.loads(built.manifest), indent=3).encode()
+    model = registry.Model(pretty, built.blobs)
+    fake_registry.add("library/tiny", "1", model)
+    d = start_double(version=version)
+    name = f"{fake_registry.host}/library/tiny:1"
+    assert d.pull(name, insecure=True).lines()[-1] == {"status": "success"}
     (entry,) = d.call("GET", "/api/tags").json()["models"]
-    assert (entry["name"], entry["digest"]) == ("m:1", model.digest[7:])
-    assert d.call("DELETE", "/api/delete", {"model": "m:1"}).status == 200
-    assert not (models / "manifests-v2" / "ollama.com").exists()
-    assert list((models / "blobs").iterdir()) == []
+    assert (entry["digest"] == model.digest.removeprefix("sha256:")) is raw
+    stored = d.models.joinpath("manifests", fake_registry.host, "library", "tiny", "1").read_bytes()
+    assert json.loads(stored) == json.loads(model.manifest)
+    if not raw:
+        assert stored.startswith(b'{"schemaVersion":2,"mediaType":')
+
+
+@pytest.mark.parametrize(
+    ("env", "params", "request_ctx", "want"),
+    [
+        ({}, None, None, 4096),  # no GPU: the VRAM tier's 4096
+        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, None, None, 8192),
+        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, 16384, None, 16384),  # the model's params win
+        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, 16384, 2048, 2048),  # the request wins over both
+        # above the trained context (32768 here): capped (llm/server.go, "requested context size
+        # too large for model"; not re-checked against a tagged commit this round)
+        ({"OLLAMA_CONTEXT_LENGTH": "8192"}, None, 65536, 32768),
+    ],
+)
+def test_context_precedence_is_request_then_model_then_server(
+    start_double: StartDouble,
+    tmp_path: Path,
+    env: dict[str, str],
+    params: int | None,
+    request_ctx: int | None,
+    want: int,
+) -> None:
+    """routes.go modelOptions: DefaultOptions (OLLAMA_CONTEXT_LENGTH or the VRAM default),
+    then the params layer, then the request's options; /api/ps reports the result."""
+    models = tmp_path / "store"
+    model = registry.build_model("ctx", num_ctx=params)
+    place_model(models, ("registry.ollama.ai", "library", "m", "1"), model)
+    d = start_double(models, **env)
+    body: dict[str, Any] = {"model": "m:1", "prompt": "hi", "stream": False}
+    if request_ctx is not None:
+        body["options"] = {"num_ctx": request_ctx}
+    assert d.call("POST", "/api/generate", body).status == 200
+    (ps,) = d.call("GET", "/api/ps").json()["models"]
+    assert ps["context_length"] == want
 
 
 def test_delete_removes_the_manifest_and_blobs_nothing_else_uses(
@@ -862,37 +946,56 @@ def test_client_commands(
 # --------------------------------------------------------------------------------------------
 
 
-def test_release_tarball_has_the_real_layout_and_a_stable_checksum(tmp_path: Path) -> None:
-    tgz = release.build_release(tmp_path / "a", VERSION)
-    assert tgz.name == "ollama-linux-amd64.tgz"
-    digest = hashlib.sha256(tgz.read_bytes()).hexdigest()
-    assert (tmp_path / "a" / "sha256sum.txt").read_text() == f"{digest}  ./{tgz.name}\n"
-    again = release.build_release(tmp_path / "b", VERSION)
-    assert again.read_bytes() == tgz.read_bytes()
-    other = release.build_release(tmp_path / "c", "0.33.0")
+def _tar_members(archive: Path) -> tuple[list[tarfile.TarInfo], bytes]:
+    data = archive.read_bytes()
+    if archive.name.endswith(".tar.zst"):
+        data = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=True).stdout
+    else:
+        data = gzip.decompress(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getmembers(), data
+
+
+@pytest.mark.parametrize(
+    ("version", "asset"),
+    [("0.13.5", "ollama-linux-amd64.tgz"), (VERSION, "ollama-linux-amd64.tar.zst")],
+)
+def test_release_archive_has_the_workflows_layout_and_a_stable_checksum(
+    tmp_path: Path, version: str, asset: str
+) -> None:
+    """release.yaml: .tgz before v0.14.0, .tar.zst from it; `tar c -T list` members without
+    ./ and without bin/ or lib/ entries; sha256sum.txt lines `<sha>  ./<file>`."""
+    archive = release.build_release(tmp_path / "a", version)
+    assert archive.name == asset
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    sums = (tmp_path / "a" / "sha256sum.txt").read_text().splitlines()
+    assert f"{digest}  ./{asset}" in sums
+    assert any(line.endswith(f"  ./{asset.replace('amd64', 'arm64')}") for line in sums)
+    again = release.build_release(tmp_path / "b", version)
+    assert again.read_bytes() == archive.read_bytes()
+    other = release.build_release(tmp_path / "c", "0.21.0")
     assert hashlib.sha256(other.read_bytes()).hexdigest() != digest
 
-    with tarfile.open(tgz) as tar:
-        members = {m.name: m for m in tar.getmembers()}
-        assert {
-            "./bin/ollama",
-            "./lib/ollama/libggml-base.so",
-            "./lib/ollama/TEST-DOUBLE.txt",
-        } <= set(members)
-        assert all(name == "." or name.startswith("./") for name in members)  # tar -C dir .
-        assert members["./bin/ollama"].mode == 0o755
-        program = tar.extractfile("./bin/ollama").read().decode()  # type: ignore[union-attr]
+    members, raw = _tar_members(archive)
+    names = [m.name for m in members]
+    assert names[0] == "bin/ollama"
+    assert {"lib/ollama/libggml-base.so", "lib/ollama/cuda_v13/libggml-cuda.so"} <= set(names)
+    assert not any(n.startswith(("./", "/")) or n in ("bin", "lib", "lib/ollama") for n in names)
+    assert all(m.uid == 0 and m.gid == 0 for m in members)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        assert tar.getmember("bin/ollama").mode == 0o755
+        program = tar.extractfile("bin/ollama").read().decode()  # type: ignore[union-attr]
         tar.extractall(tmp_path / "x", filter="data")
     first, second = program.splitlines()[:2]
     assert first == "#!/usr/bin/env python3"
     assert second.startswith("# TEST DOUBLE")
-    assert f'VERSION = "{VERSION}"' in program
+    assert f'VERSION = "{version}"' in program
     env = {"PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin"}
     env["OLLAMA_HOST"] = f"127.0.0.1:{free_port()}"
     run = subprocess.run(
         [str(tmp_path / "x" / "bin" / "ollama"), "-v"], env=env, capture_output=True, text=True
     )
-    assert run.stdout.endswith(f"Warning: client version is {VERSION}\n")
+    assert run.stdout.endswith(f"Warning: client version is {version}\n")
 
 
 def test_models_differ_by_seed_and_carry_ollama_media_types() -> None:

@@ -308,6 +308,39 @@ def test_pull_through_a_redirecting_registry_works(registry, server):
     assert server.tags()["tiny:1b"] == digest.removeprefix("sha256:")
 
 
+def test_insecure_goes_only_to_the_site_registrys_own_host(registry, server):
+    """`insecure: true` lets Ollama use plain HTTP; it is sent for the site registry's pulls
+    only, so a model named with another (plain-HTTP) registry is pulled over https and fails
+    there instead of silently downgrading."""
+    registry.push("site/tiny", "1b", seed="insecure-site")
+    registry.push("other/tiny", "1b", seed="insecure-other")
+    front = RedirectingRegistry(registry.port)
+    elsewhere = f"127.0.0.1:{registry.port}/other/tiny:1b"
+    try:
+        data = _host_data(
+            server, front.url, ["tiny:1b", elsewhere], ollama_registry_transport="pull"
+        )
+        result = _sync(("@local", data), refresh=False)  # straight to Ollama's /api/pull
+    finally:
+        front.stop()
+    assert result.exit_code == 1
+    errors = " ".join(result.hosts["@local"].errors)
+    assert "server gave HTTP response to HTTPS client" in errors, errors
+    assert "tiny:1b" in server.tags() and elsewhere not in server.tags()
+
+
+def test_api_commands_show_ollamas_error_body(server):
+    """Not `curl -f`: a 4xx answer fails the command with Ollama's own {"error": ...}."""
+    command = ollama_ops._api_command(
+        f"http://127.0.0.1:{server.port}", "DELETE", "/api/delete", {"model": "nope:1"}
+    )
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        'DELETE /api/delete: HTTP 404: {"error":"model \'nope:1\' not found"}'
+    )
+
+
 def test_prune_removes_unplanned_models_but_keeps_pinned_ones(registry, server):
     for name in ("tiny", "small", "embed"):
         registry.push(f"site/{name}", "1b", seed=f"prune-{name}")
@@ -366,17 +399,26 @@ def test_a_sync_while_the_registry_is_down_fails_and_completes_on_the_next_run(r
 # --- the fetch helper on its own --------------------------------------------------------------
 
 
-def _helper_args(registry: DistributionRegistry, store: Path, repository: str, tag: str):
+def _helper_args(
+    registry: DistributionRegistry, store: Path, repository: str, tag: str, inline: bool = False
+):
+    """The helper's arguments as ``ollama.models`` builds them: the manifest by URL (never on
+    the command line), or ``inline`` as base64 (the form kept for small manifests)."""
     manifest = Registry(registry.url).manifest(repository, tag)
     import base64
 
+    source = (
+        base64.b64encode(manifest.raw).decode()
+        if inline
+        else f"{registry.url}/v2/{repository}/manifests/{tag}"
+    )
     return manifest, [
         ollama_ops.FETCH_HELPER,
         str(store),
         _user(),
         f"{registry.url}/v2/{repository}/blobs/",
         manifest.digest,
-        base64.b64encode(manifest.raw).decode(),
+        source,
         f"127.0.0.1:{registry.port}/{repository}/{tag}",
         *[f"{b.digest}:{b.size}" for b in manifest.blobs],
     ]
@@ -423,14 +465,29 @@ def test_fetch_helper_refuses_a_corrupt_partial_blob_and_keeps_the_store_clean(r
     assert subprocess.run(args, capture_output=True, text=True).returncode == 0
 
 
-def test_fetch_helper_refuses_a_manifest_that_does_not_match_its_digest(registry, tmp_path):
+@pytest.mark.parametrize("inline", [False, True])
+def test_fetch_helper_refuses_a_manifest_that_does_not_match_its_digest(registry, tmp_path, inline):
     registry.push("site/tampered", "1b", seed="tampered")
-    _, args = _helper_args(registry, tmp_path / "store", "site/tampered", "1b")
+    _, args = _helper_args(registry, tmp_path / "store", "site/tampered", "1b", inline)
     args[4] = "sha256:" + "0" * 64
     run = subprocess.run(args, capture_output=True, text=True)
     assert run.returncode == 1
     assert "expected sha256:" + "0" * 64 in json.loads(run.stdout.splitlines()[-1])["error"]
     assert not any((tmp_path / "store" / "manifests").rglob("1b"))
+    assert not list((tmp_path / "store" / ".provisioner-tmp").glob("manifest*"))
+
+
+def test_fetch_helper_takes_the_manifest_by_url_not_on_the_command_line(registry, tmp_path):
+    """A manifest of many layers (safetensors models) is larger than one argument may be
+    (MAX_ARG_STRLEN, 128 KiB): the helper gets its URL and fetches it itself."""
+    registry.push("site/argv", "1b", seed="argv")
+    manifest, args = _helper_args(registry, tmp_path / "store", "site/argv", "1b")
+    assert args[5].startswith("http://") and args[5].endswith("/site/argv/manifests/1b")
+    assert all(len(a) < 1024 for a in args)
+    run = subprocess.run(args, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+    stored = tmp_path / "store" / "manifests" / f"127.0.0.1:{registry.port}" / "site" / "argv"
+    assert (stored / "1b").read_bytes() == manifest.raw
 
 
 # --- update -----------------------------------------------------------------------------------
@@ -453,6 +510,7 @@ def test_update_picks_up_a_repushed_tag_and_names_a_failing_host(registry, serve
             "fake_responses": {
                 "cat /proc/meminfo": "MemTotal:       16318480 kB",
                 "manifest.v2+json": f"error {refused}",  # the registry manifest request
+                "provisioner.lock.owner": "held",  # provisioner.host_lock: free
             },
         },
     )
@@ -540,3 +598,107 @@ def test_store_fact_reads_what_the_server_lists(registry, server):
     fact = OllamaModels().process(output.splitlines())
     assert {name: m["digest"].removeprefix("sha256:") for name, m in fact.items()} == server.tags()
     assert all(m["complete"] for m in fact.values())
+
+
+# --- interrupt ----------------------------------------------------------------------------------
+
+
+class SlowLink:
+    """A forwarding proxy in front of the registry that sends blob bodies in 16 KiB chunks,
+    ``delay`` seconds apart (a slow site link), passing Range requests on; it counts the body
+    bytes it sent."""
+
+    def __init__(self, upstream: str, delay: float = 0.02) -> None:
+        link = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                request = urllib.request.Request(upstream + self.path)
+                for name in ("Accept", "Range"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    response = urllib.request.urlopen(request, timeout=30)
+                except urllib.error.HTTPError as error:
+                    response = error
+                self.send_response(response.status)
+                for name, value in response.headers.items():
+                    if name.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.end_headers()
+                slow = "/blobs/" in self.path
+                try:
+                    while chunk := response.read(16384):
+                        self.wfile.write(chunk)
+                        link.sent += len(chunk)
+                        if slow:
+                            time.sleep(link.delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.delay, self.sent = delay, 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ctrl_c_stops_the_sync_and_its_curl_and_the_next_run_resumes(registry, server):
+    """Ctrl-C (a real SIGINT to this process) in the middle of a blob: the sync stops within
+    seconds, no curl keeps writing into the store, the bytes that arrived stay, and the next
+    sync fetches only the rest (a Range request; the proxy counts the bytes)."""
+    size = 4 * 1024 * 1024
+    digest = registry_double.push_model(
+        registry.url, "site/big", "1b", seed="interrupt", size=size, chunk_size=None
+    )
+    link = SlowLink(registry.url)
+    try:
+        manifest = Registry(link.url).manifest("site/big", "1b")
+        weights = max(manifest.layers, key=lambda b: b.size)
+        part = server.models / ".provisioner-tmp" / weights.file_name
+        data = _host_data(server, link.url, ["big:1b"])
+        quarter = weights.size // 4
+        # the "operator" presses Ctrl-C once a quarter of the blob has arrived
+        operator = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                f'while [ "$(stat -c %s {part} 2>/dev/null || echo 0)" -lt {quarter} ]; do '
+                f"sleep 0.1; done; kill -INT {os.getpid()}",
+            ]
+        )
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _sync(("@local", data))
+        finally:
+            operator.kill()
+            operator.wait()
+
+        def writers() -> list[str]:
+            ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True)
+            return [line for line in ps.stdout.splitlines() if str(part) in line]
+
+        deadline = time.monotonic() + 5
+        while writers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not writers()  # no orphaned helper or curl
+        kept = part.stat().st_size
+        time.sleep(1)
+        assert part.stat().st_size == kept and quarter <= kept < weights.size
+        assert "big:1b" not in server.tags()
+
+        link.delay, link.sent = 0.0, 0
+        again = _sync(("@local", data))
+        assert again.exit_code == 0, again.to_json()
+        assert server.tags()["big:1b"] == digest.removeprefix("sha256:")
+        # resumed: the rest of the blob (plus the small manifests) came, not the whole blob
+        assert weights.size - kept <= link.sent < weights.size - kept + 64 * 1024
+    finally:
+        link.stop()

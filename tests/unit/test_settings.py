@@ -85,3 +85,25 @@ def test_host_settings_refuse_undeclared_keys_and_wrong_types():
     returned = h.list_of("models_always")
     returned.append("x:1")
     assert h.list_of("models_always") == []  # a copy: the settings stay as resolved
+
+
+def test_every_declared_format_is_known():
+    formats = {s.extra["format"] for s in settings.all_keys().values() if "format" in s.extra}
+    assert formats <= set(settings.FORMATS)
+    assert {"absolute_path", "ollama_namespace"} <= formats
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("ollama_models_dir", "/srv/ollama/models", True),
+        ("ollama_models_dir", "/srv/..", False),
+        ("pytorch_venv", "/opt/torch..venv", True),  # '..' inside a name is a name
+        ("pytorch_venv", "./venv", False),
+        ("ollama_registry_namespace", "team_1.x", True),
+        ("ollama_registry_namespace", "..", False),
+        ("ollama_registry_namespace", "", False),
+    ],
+)
+def test_path_and_namespace_formats(key, value, ok):
+    assert (settings.validate({key: value}) == []) is ok

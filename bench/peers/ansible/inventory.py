@@ -105,6 +105,19 @@ def exclude_regex(globs: Sequence[str]) -> str:
     return "^(" + "|".join(one(g) for g in globs) + ")$"
 
 
+def _release_sum(release: ollama_release.Release) -> str:
+    """No pinned sum: the release's own sha256sum.txt, read here (the lab mirror), as the
+    provisioner's deploy reads it on the host."""
+    import urllib.request
+
+    with urllib.request.urlopen(release.sums_url, timeout=30) as answer:
+        text = answer.read().decode()
+    found = ollama_release.sums_line(text, release.asset)
+    if found is None:
+        raise ValueError(f"{release.sums_url} has no line for ./{release.asset}")
+    return found
+
+
 def host_vars(
     name: str,
     host: Mapping[str, Any],
@@ -187,16 +200,18 @@ def host_vars(
     release = ollama_release.resolve(
         cfg.version, "x86_64", cfg.release_url, cfg.sha256, cfg.allow_vulnerable
     )
+    release_sha256 = release.sha256 or _release_sum(release)
     plan = planner.plan_host(name, planner_facts(host, facts["os"]), resolved)
     models = [m["tag"] for m in plan["models"]]
     models += [m for m in resolved.get("models_pinned") or [] if m not in models]
     registry = resolved.get("ollama_registry")
     namespace = resolved.get("ollama_registry_namespace") or "library"
     values.update(
-        ollama_packages=["curl", "ca-certificates", "tar", "gzip"],
+        ollama_packages=["curl", "ca-certificates", "tar", "gzip"]
+        + (["zstd"] if release.format == "zst" else []),
         ollama_version=release.version,
         ollama_url=release.url,
-        ollama_sha256=release.sha256,
+        ollama_sha256=release_sha256,
         ollama_install_dir=INSTALL_DIR,
         ollama_home=HOME,
         ollama_models_dir=cfg.models_dir,

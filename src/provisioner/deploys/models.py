@@ -15,7 +15,7 @@ from pyinfra.api import deploy
 
 from provisioner import settings
 from provisioner.deploys.ollama import settings_from
-from provisioner.operations import ollama
+from provisioner.operations import ollama, system
 
 __all__ = ["DEFAULTS", "ollama_models", "planned_models", "source_settings"]
 
@@ -61,6 +61,8 @@ def ollama_models(
     h = settings.host_settings(host.data)
     wanted: list[str] | Callable[[], list[str]]
     wanted = list(models) if models is not None else (lambda: planned_models(host))
+    # one run per host at a time (`models sync` on its own; within `apply`, already held)
+    system.run_lock(name="Hold the host lock")
     ollama.models(
         name="Sync the planned models",
         models=wanted,

@@ -30,7 +30,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.facts.files import Sha1File
 from pyinfra.operations import apt, dnf, files, server, systemd
 
-from provisioner import gpu_stack, settings
+from provisioner import addresses, gpu_stack, rendering, settings
 from provisioner.facts.system import OsInfo
 
 __all__ = [
@@ -89,20 +89,15 @@ class MonitoringSettings:
 
     @property
     def listen(self) -> str:
-        host_part = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host_part}:{self.port}"
+        return f"{addresses.url_host(self.address)}:{self.port}"
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.address).is_loopback
+        return addresses.is_loopback(self.address)
 
     def networks(self) -> tuple[list[str], list[str]]:
         """The allowlist as (IPv4, IPv6) networks, normalised."""
-        v4, v6 = [], []
-        for entry in self.allow_networks:
-            network = ipaddress.ip_network(entry, strict=False)
-            (v4 if network.version == 4 else v6).append(str(network))
-        return v4, v6
+        return addresses.networks_by_family(self.allow_networks)
 
 
 def _split_address(text: str) -> tuple[str, int]:
@@ -163,9 +158,7 @@ def check_settings(data: Mapping[str, Any] | Any) -> list[tuple[str, str]]:
 
 
 def _render(template: str, **context: Any) -> str:
-    from provisioner.deploys.ollama import render
-
-    return render(template, **context)
+    return rendering.render(template, **context)
 
 
 def render_dropin(cfg: MonitoringSettings, exporter: Exporter) -> str:

@@ -42,6 +42,8 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
     distro = plan.distro_key
     key = plan.key or gpu_stack.KeySource("", "", None, None, False)
     target = plan.distro
+    own = target is not None and target.distribution_driver
+    repo_skip = skip or ("the distribution's own driver packages are used" if own else None)
     nvidia.repo_key(
         name="Install the NVIDIA repository signing key",
         distro=distro,
@@ -50,14 +52,17 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
         sha256=key.sha256,
         fingerprint=key.fingerprint,
         strip_version=key.strip_version,
-        skip=skip,
+        skip=repo_skip,
     )
     nvidia.repository(
         name="Configure the NVIDIA CUDA repository",
         distro=distro,
         url=plan.repo_url,
         key_path=key.path,
-        skip=skip,
+        skip=repo_skip,
+    )
+    nvidia.repo_preference(
+        name="Prefer NVIDIA's repository over the distribution's", distro=distro, skip=repo_skip
     )
     nvidia.distro_components(
         name="Enable the archive components the driver needs",
@@ -74,7 +79,7 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
     )
     prerequisites = []
     if target:
-        prerequisites = [target.headers.format(kernel=plan.kernel), *target.prerequisites]
+        prerequisites = [plan.headers, *target.prerequisites]
     nvidia.packages(
         name="Install the running kernel's headers and the driver prerequisites",
         distro=distro,
@@ -88,18 +93,26 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
         flavour=plan.flavour,
         skip=skip,
     )
+    nvidia.dkms_signing(
+        name="Sign DKMS modules with the Machine Owner Key",
+        key=plan.mok_key,
+        cert=plan.mok_cert,
+        skip=skip,
+    )
     installed = nvidia.driver(
         name="Install the NVIDIA driver",
         distro=distro,
         branch=plan.branch,
         flavour=plan.flavour,
         version=plan.version,
+        kernel=plan.kernel,
         skip=skip,
     )
     nvidia.fabricmanager(
         name="Install Fabric Manager at the driver's version",
         distro=distro,
         nvswitch=plan.nvswitch,
+        branch=plan.branch,
         version=plan.version,
         skip=skip,
     )
@@ -113,6 +126,9 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
         reboot_timeout=plan.reboot_timeout,
         skip=skip,
         _parallel=host.data.get("nvidia_reboot_batch") or 1,
+    )
+    nvidia.persistenced_override(
+        name="Turn persistence mode on in nvidia-persistenced", distro=distro, skip=skip
     )
     nvidia.driver_service(
         name="Enable and start nvidia-persistenced",

@@ -3,9 +3,13 @@
 ``install_ollama`` installs the pinned release (sha256-checked before unpacking, refused below
 the CVE floor), the ``ollama`` system user, the model store, the systemd unit and the drop-in
 with every server setting from host data, and then, by ``ollama_expose``: nothing more
-(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The
-service restarts only when the release or its rendered configuration changed, and the run
-goes on only once the API answers (an upgrade that does not is rolled back).
+(loopback), an nginx proxy with TLS and basic auth, an nftables allowlist, or both. The unit,
+drop-in and firewall change as a whole (:func:`provisioner.operations.exposure.switch`: the
+ruleset is checked with ``nft -c`` first, and a failed step puts the previous files back), the
+allowlist is loaded before Ollama opens and removed after it is on loopback again, and removing
+an exposure removes what it installed. The service restarts only when the release or its
+rendered configuration changed, and the run goes on only once the API answers (an upgrade that
+does not is rolled back).
 
 Every key it reads is declared in ``data/keys/ollama.toml``; cross-key rules (no public
 address without an allowlist, ...) are checked by :func:`check_settings`, which ``provision``
@@ -20,23 +24,21 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from importlib import resources
 from io import StringIO
 from typing import Any
 
-import jinja2
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
-from provisioner import ollama_release, settings
+from provisioner import addresses, ollama_release, rendering, settings
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
-from provisioner.operations import ollama
+from provisioner.operations import exposure, ollama
+from provisioner.web_server import web_server
 
 __all__ = [
     "DEFAULTS",
@@ -59,8 +61,10 @@ NGINX_DIR = "/etc/nginx/ollama"
 FIREWALL_TABLE = "provisioner_ollama"
 FIREWALL_UNIT = "provisioner-ollama-firewall.service"
 FIREWALL_RULES = "/etc/provisioner/ollama.nft"
+#: Present when the proxy installed nginx (removing the proxy then stops nginx again).
+NGINX_OURS = "/etc/provisioner/ollama-proxy-installed-nginx"
 
-LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_NAMES = addresses.LOOPBACK_NAMES
 # Variables the keys set; ollama_extra_env may not change them behind the plan's back.
 MANAGED_ENV = (
     "OLLAMA_HOST",
@@ -97,6 +101,7 @@ class OllamaSettings:
     max_loaded_models: int
     cuda_visible_devices: str | None
     extra_env: dict[str, str] = field(default_factory=dict)
+    sha256sum_url: str = ""
     expose: str = "loopback"
     allow_networks: tuple[str, ...] = ()
     proxy_port: int = 443
@@ -116,22 +121,12 @@ class OllamaSettings:
 
     @property
     def ollama_host(self) -> str:
-        address = self.listen_address
-        if ":" in address:
-            address = f"[{address}]"
-        return f"{address}:{self.port}"
+        return f"{addresses.url_host(self.listen_address)}:{self.port}"
 
     @property
     def api_url(self) -> str:
         """Where the API answers from the host itself."""
-        address = self.listen_address
-        if address in ("0.0.0.0", ""):
-            address = "127.0.0.1"
-        elif address == "::":
-            address = "::1"
-        if ":" in address:
-            address = f"[{address}]"
-        return f"http://{address}:{self.port}"
+        return addresses.local_url(self.listen_address, self.port)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -151,20 +146,7 @@ class OllamaSettings:
 
     def networks(self) -> tuple[list[str], list[str]]:
         """The allowlist split into IPv4 and IPv6 networks (normalised)."""
-        v4, v6 = [], []
-        for entry in self.allow_networks:
-            network = ipaddress.ip_network(entry, strict=False)
-            (v4 if network.version == 4 else v6).append(str(network))
-        return v4, v6
-
-
-def _is_loopback(address: str) -> bool:
-    if address in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+        return addresses.networks_by_family(self.allow_networks)
 
 
 Problems = list[tuple[str, str]]
@@ -178,7 +160,7 @@ def _listen_problems(h: settings.HostSettings) -> Problems:
     except ValueError:
         if listen not in LOOPBACK_NAMES:
             problems.append(("ollama_listen_address", f"{listen!r} is not an IP address"))
-    if expose in ("loopback", "proxy") and not _is_loopback(listen):
+    if expose in ("loopback", "proxy") and not addresses.is_loopback(listen):
         problems.append(
             (
                 "ollama_listen_address",
@@ -357,32 +339,16 @@ def _build(h: settings.HostSettings) -> OllamaSettings:
         tls_key=h.optional_text("ollama_tls_key"),
         htpasswd_file=h.optional_text("ollama_htpasswd_file"),
         htpasswd_env=h.optional_text("ollama_htpasswd_env"),
+        sha256sum_url=h.optional_text("ollama_sha256sum_url") or "",
     )
 
 
 # --- templates --------------------------------------------------------------------------------
 
 
-def _systemd_quote(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.files("provisioner") / "templates")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["systemd_quote"] = _systemd_quote
-    return env
-
-
 def render(template: str, **context: Any) -> str:
-    """Render ``templates/<template>`` (jinja2, undefined names are errors)."""
-    return _environment().get_template(template).render(**context)
+    """Render ``templates/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(template, **context)
 
 
 def render_unit(cfg: OllamaSettings) -> str:
@@ -441,14 +407,13 @@ def fetch_helper_path() -> str:
 
 def _htpasswd(cfg: OllamaSettings) -> str:
     if cfg.htpasswd_file:
-        with open(os.path.expanduser(cfg.htpasswd_file), encoding="utf-8") as handle:
-            return handle.read()
+        return _read_local(cfg.htpasswd_file)
     return os.environ.get(cfg.htpasswd_env or "", "")
 
 
-def _debian_like(os_info: Mapping[str, Any]) -> bool:
-    names = f"{os_info.get('id') or ''} {os_info.get('id_like') or ''}"
-    return any(word in names.split() for word in ("debian", "ubuntu"))
+def _read_local(path: str) -> str:
+    with open(os.path.expanduser(path), encoding="utf-8") as handle:
+        return handle.read()
 
 
 # --- the deploy -------------------------------------------------------------------------------
@@ -467,28 +432,33 @@ def install_ollama() -> None:
     os_info = host.get_fact(OsInfo)
     try:
         release = ollama_release.resolve(
-            cfg.version, os_info.get("arch"), cfg.release_url, cfg.sha256, cfg.allow_vulnerable
+            cfg.version,
+            os_info.get("arch"),
+            cfg.release_url,
+            _pinned_sum(cfg),
+            cfg.allow_vulnerable,
+            sums_url_template=cfg.sha256sum_url,
         )
     except ollama_release.ReleaseError as exc:
         ollama.refuse(name="Check the Ollama release", reason=str(exc))
         return
-    exposed = ollama_release.cves_affecting(cfg.version)
-    if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
-        host.log_styled(
-            f"Ollama {cfg.version} is exposed to "
-            + ", ".join(cve.id for cve in exposed)
-            + " (accepted by ollama_allow_vulnerable_version)",
-            fg="yellow",
-            log_func=logger.warning,
-        )
+    _log_release(cfg, release)
 
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
         packages.append("zstd")
-    if cfg.proxy:
-        packages += ["nginx", "openssl"]
-    if cfg.allowlist:
-        packages.append("nftables")
+    packages += _exposure_packages(cfg)
+    # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
+    nginx_is_new = cfg.proxy and not web_server.installed()
+    exposure.only(
+        name="Record that the Ollama proxy installs nginx",
+        wanted=bool(nginx_is_new),
+        what="the record of an nginx installed for the proxy",
+        then=files.put,
+        src=StringIO("nginx was installed for the Ollama proxy by provisioner\n"),
+        dest=NGINX_OURS,
+        mode="644",
+    )
     server.packages(name="Install Ollama's tools", packages=packages)
 
     server.group(name="Create the ollama group", group=USER, system=True)
@@ -513,6 +483,8 @@ def install_ollama() -> None:
         sha256=release.sha256,
         install_dir=INSTALL_DIR,
         archive=release.format,
+        sums_url=release.sums_url,
+        sha256_source=release.sha256_source,
     )
     files.put(
         name="Install the model fetch helper",
@@ -522,10 +494,20 @@ def install_ollama() -> None:
     )
 
     unit, dropin = render_unit(cfg), render_dropin(cfg)
-    files.put(name="Install the Ollama unit", src=StringIO(unit), dest=UNIT, mode="644")
-    files.put(name="Install the Ollama settings", src=StringIO(dropin), dest=DROPIN, mode="644")
-
-    _firewall(cfg)
+    exposure.switch(
+        name="Install the Ollama unit, settings and allowlist",
+        what="the Ollama allowlist" if cfg.allowlist else "the Ollama unit and settings",
+        **_serving_change(cfg, unit, dropin),
+    )
+    exposure.only(
+        name="Keep the Ollama allowlist loaded",
+        wanted=cfg.allowlist,
+        what="the Ollama allowlist",
+        then=systemd.service,
+        service=FIREWALL_UNIT,
+        running=True,
+        enabled=True,
+    )
     ollama.service(
         name=f"Serve Ollama {release.version}",
         version=release.version,
@@ -535,120 +517,176 @@ def install_ollama() -> None:
         start_timeout=cfg.start_timeout,
         install_dir=INSTALL_DIR,
     )
+    # tighten before, loosen after: a removed allowlist goes once Ollama listens on loopback
+    exposure.removed(
+        name="Remove the Ollama allowlist",
+        what="the Ollama allowlist",
+        paths=[f"/etc/systemd/system/{FIREWALL_UNIT}", FIREWALL_RULES],
+        before=[f"systemctl disable --now {FIREWALL_UNIT}"],
+        after=["systemctl daemon-reload"],
+        wanted=cfg.allowlist,
+    )
     _proxy(cfg, os_info)
+    exposure.removed(
+        name="Remove the Ollama proxy",
+        what="the Ollama proxy",
+        paths=[NGINX_SITE, NGINX_DIR, NGINX_OURS],
+        # nginx goes when the proxy installed it; one that was there before is only reloaded
+        before=[f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; fi"],
+        after=["systemctl reload nginx 2>/dev/null || true"],
+        wanted=cfg.proxy,
+    )
 
 
-def _firewall(cfg: OllamaSettings) -> None:
+def _pinned_sum(cfg: OllamaSettings) -> str | None:
+    """``ollama_sha256``, unless ``--data`` changed the version without giving a sum too: a sum
+    written for the inventory's version never checks another version's archive."""
+    if not cfg.sha256:
+        return None
+    overrides = _override_keys()
+    if "ollama_version" in overrides and "ollama_sha256" not in overrides:
+        host.log_styled(
+            f"ollama_sha256 is ignored: --data ollama_version={cfg.version} came without a sum, "
+            "and the inventory's sum is for its own version",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+        return None
+    return cfg.sha256
+
+
+def _override_keys() -> set[str]:
+    inventory = getattr(host, "inventory", None)
+    getter = getattr(inventory, "get_override_data", None)
+    return set(getter() or {}) if callable(getter) else set()
+
+
+def _log_release(cfg: OllamaSettings, release: ollama_release.Release) -> None:
+    source = (
+        f"the release's own sha256sum.txt ({release.sums_url}), fetched on the host"
+        if release.sha256 is None
+        else release.sha256_source
+    )
+    host.log_styled(
+        f"Ollama {release.version}: {release.url}, sha256 from {source}",
+        log_func=logger.info,
+    )
+    newest = ollama_release.newest_verified()
+    if ollama_release.parse_version(cfg.version) > ollama_release.parse_version(newest):
+        host.log_styled(
+            f"Ollama {cfg.version} is newer than the newest version this toolkit was checked "
+            f"against ({newest}): see docs/ollama.md, supported versions",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+    exposed = ollama_release.cves_affecting(cfg.version)
+    if exposed:  # only reachable with ollama_allow_vulnerable_version: say what was accepted
+        host.log_styled(
+            f"Ollama {cfg.version} is exposed to "
+            + ", ".join(cve.id for cve in exposed)
+            + " (accepted by ollama_allow_vulnerable_version)",
+            fg="yellow",
+            log_func=logger.warning,
+        )
+
+
+def _exposure_packages(cfg: OllamaSettings) -> list[str]:
+    """What the exposure mode needs installed (none for loopback)."""
+    proxy = [web_server.package, "openssl"] if cfg.proxy else []
+    return proxy + (["nftables"] if cfg.allowlist else [])
+
+
+def _serving_change(cfg: OllamaSettings, unit: str, dropin: str) -> dict[str, Any]:
+    """The unit, the drop-in and (allowlist modes) the firewall, as one :func:`exposure.switch`:
+    the ruleset first, so that ``nft -c`` checks it before anything changes."""
+    items = [exposure.Staged(UNIT, unit), exposure.Staged(DROPIN, dropin)]
     if not cfg.allowlist:
-        if host.get_fact(File, path=f"/etc/systemd/system/{FIREWALL_UNIT}"):
-            server.shell(
-                name="Remove the Ollama allowlist",
-                commands=[
-                    f"systemctl disable --now {FIREWALL_UNIT}",
-                    f"rm -f /etc/systemd/system/{FIREWALL_UNIT} {FIREWALL_RULES}",
-                    "systemctl daemon-reload",
-                ],
-            )
-        return
-    rules = files.put(
-        name="Install the Ollama allowlist",
-        src=StringIO(render_nft(cfg)),
-        dest=FIREWALL_RULES,
-        mode="644",
-    )
-    unit = files.put(
-        name="Install the allowlist unit",
-        src=StringIO(render_firewall_unit()),
-        dest=f"/etc/systemd/system/{FIREWALL_UNIT}",
-        mode="644",
-    )
-    systemd.service(
-        name="Load the Ollama allowlist",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-        restarted=True,
-        daemon_reload=True,
-        _if=any_changed(rules, unit),
-    )
-    systemd.service(
-        name="Keep the Ollama allowlist loaded",
-        service=FIREWALL_UNIT,
-        running=True,
-        enabled=True,
-    )
+        return {"items": items, "activate": ["systemctl daemon-reload"]}
+    firewall_unit = f"/etc/systemd/system/{FIREWALL_UNIT}"
+    return {
+        "items": [
+            exposure.Staged(FIREWALL_RULES, render_nft(cfg)),
+            exposure.Staged(firewall_unit, render_firewall_unit()),
+            *items,
+        ],
+        "check": "nft -c -f {0}",
+        "activate": [
+            "systemctl daemon-reload",
+            f"systemctl enable {FIREWALL_UNIT}",
+            f"systemctl restart {FIREWALL_UNIT}",
+        ],
+        "restore": [
+            "systemctl daemon-reload",
+            f"if [ -e {firewall_unit} ]; then systemctl restart {FIREWALL_UNIT}; "
+            f"else rm -f /etc/systemd/system/*.wants/{FIREWALL_UNIT}; systemctl daemon-reload; "
+            f"systemctl reset-failed {FIREWALL_UNIT}; fi",
+        ],
+    }
+
+
+def _proxy_items(cfg: OllamaSettings, web_group: str) -> list[exposure.Staged]:
+    """The proxy's files (none when the mode has no proxy)."""
+    if not cfg.proxy:
+        return []
+    tls = []
+    if cfg.tls_cert and cfg.tls_key:
+        tls = [
+            exposure.Staged(f"{NGINX_DIR}/tls.crt", _read_local(cfg.tls_cert)),
+            exposure.Staged(f"{NGINX_DIR}/tls.key", _read_local(cfg.tls_key), mode="600"),
+        ]
+    return [
+        *tls,
+        exposure.Staged(f"{NGINX_DIR}/htpasswd", _htpasswd(cfg), mode="640", group=web_group),
+        exposure.Staged(NGINX_SITE, render_nginx(cfg)),
+    ]
 
 
 def _proxy(cfg: OllamaSettings, os_info: Mapping[str, Any]) -> None:
-    if not cfg.proxy:
-        if host.get_fact(File, path=NGINX_SITE):
-            server.shell(
-                name="Remove the Ollama proxy",
-                commands=[f"rm -f {NGINX_SITE}", "systemctl reload nginx || true"],
-            )
-        return
-    web_group = "www-data" if _debian_like(os_info) else "nginx"
-    files.directory(
+    """nginx with TLS and basic auth in front of Ollama; every step skips without a proxy."""
+    web_group = web_server.group(os_info)
+    wanted = cfg.proxy
+    exposure.only(
         name="Create the proxy's directory",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=files.directory,
         path=NGINX_DIR,
         mode="750",
         user="root",
         group=web_group,
     )
-    changes = []
-    if cfg.tls_cert and cfg.tls_key:
-        changes.append(
-            files.put(
-                name="Install the proxy's certificate",
-                src=os.path.expanduser(cfg.tls_cert),
-                dest=f"{NGINX_DIR}/tls.crt",
-                mode="644",
-            )
-        )
-        changes.append(
-            files.put(
-                name="Install the proxy's key",
-                src=os.path.expanduser(cfg.tls_key),
-                dest=f"{NGINX_DIR}/tls.key",
-                mode="600",
-            )
-        )
-    elif not host.get_fact(File, path=f"{NGINX_DIR}/tls.key"):
-        common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
-        changes.append(
-            server.shell(
-                name="Generate a self-signed certificate for the proxy",
-                commands=[
-                    "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
-                    f"-subj /CN={_shell_word(common_name)} "
-                    f"-keyout {NGINX_DIR}/tls.key -out {NGINX_DIR}/tls.crt "
-                    f"&& chmod 600 {NGINX_DIR}/tls.key",
-                ],
-            )
-        )
-    changes.append(
-        files.put(
-            name="Install the proxy's credentials",
-            src=StringIO(_htpasswd(cfg)),
-            dest=f"{NGINX_DIR}/htpasswd",
-            user="root",
-            group=web_group,
-            mode="640",
-        )
+    own_cert = bool(cfg.tls_cert and cfg.tls_key)
+    generate = wanted and not own_cert and not host.get_fact(File, path=f"{NGINX_DIR}/tls.key")
+    common_name = cfg.proxy_server_name if cfg.proxy_server_name != "_" else host.name
+    exposure.only(
+        name="Generate a self-signed certificate for the proxy",
+        wanted=bool(generate),
+        what="a self-signed certificate",
+        then=server.shell,
+        commands=[
+            "openssl req -x509 -newkey rsa:3072 -nodes -days 825 -sha256 "
+            f"-subj /CN={_shell_word(common_name)} "
+            f"-keyout {NGINX_DIR}/tls.key.new -out {NGINX_DIR}/tls.crt.new "
+            f"&& chmod 600 {NGINX_DIR}/tls.key.new "
+            f"&& mv -f {NGINX_DIR}/tls.crt.new {NGINX_DIR}/tls.crt "
+            f"&& mv -f {NGINX_DIR}/tls.key.new {NGINX_DIR}/tls.key",
+        ],
     )
-    changes.append(
-        files.put(
-            name="Install the proxy site",
-            src=StringIO(render_nginx(cfg)),
-            dest=NGINX_SITE,
-            mode="644",
-        )
+    exposure.switch(
+        name="Install the Ollama proxy",
+        items=_proxy_items(cfg, web_group),
+        what="the Ollama proxy",
+        activate=["nginx -t -q", "systemctl enable nginx", "systemctl reload-or-restart nginx"],
+        restore=["nginx -t -q && systemctl reload-or-restart nginx"],
     )
-    systemd.service(name="Run nginx", service="nginx", running=True, enabled=True)
-    server.shell(
-        name="Reload nginx",
-        commands=["nginx -t -q && systemctl reload nginx"],
-        _if=any_changed(*changes),
+    exposure.only(
+        name="Run nginx",
+        wanted=wanted,
+        what="the Ollama proxy",
+        then=systemd.service,
+        service="nginx",
+        running=True,
+        enabled=True,
     )
 
 

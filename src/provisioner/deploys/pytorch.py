@@ -27,11 +27,14 @@ def install_pytorch(plan: gpu_stack.TorchPlan) -> None:
     nvidia.packages(
         name="Install what Python virtual environments need",
         distro=plan.distro.key,
-        packages=list(plan.distro.venv_packages),
+        packages=[*plan.distro.venv_packages, *plan.python_packages],
     )
     pytorch_ops.service_user(name=f"Create the service user {plan.user}", user=plan.user)
     pytorch_ops.venv(
-        name=f"Create the virtual environment {plan.venv}", path=plan.venv, user=plan.user
+        name=f"Create the virtual environment {plan.venv}",
+        path=plan.venv,
+        user=plan.user,
+        python=plan.python,
     )
     pytorch_ops.torch(
         name=f"Install torch {plan.local_version}",

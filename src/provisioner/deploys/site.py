@@ -12,6 +12,7 @@ from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.models import ollama_models
 from provisioner.deploys.monitoring import monitoring, record_apply
 from provisioner.deploys.ollama import install_ollama
+from provisioner.operations import system
 
 
 @deploy("provisioner")
@@ -19,7 +20,8 @@ def site() -> None:
     """
     Driver → CUDA toolkit → PyTorch → Ollama → the models planned for each host → monitoring
     (node_exporter and the health collector, with ``monitoring = true``), and last the record
-    of the successful run.
+    of the successful run; all of it under the host's provisioner lock (one run per host at a
+    time, ``provisioner.host_lock``).
 
     **Example:**
 
@@ -29,6 +31,7 @@ def site() -> None:
 
         site()
     """
+    system.run_lock(name="Hold the host lock")
     gpu_stack()
     install_ollama()
     ollama_models()

@@ -79,7 +79,8 @@ class NvidiaPciDevices(FactBase[list[dict[str, str]]]):
 
     Kept classes: 0300 (VGA), 0302 (3D controller), 0380 (other display controller) and
     0680 (bridge: NVSwitch). The audio, USB and UCSI functions of consumer cards are left
-    out. Without ``lspci`` (package ``pciutils``) the list is empty.
+    out. Without ``lspci`` (package ``pciutils``, absent from minimal images) the same lines
+    are read from ``/sys/bus/pci/devices/*/{class,vendor,device}``.
     """
 
     @staticmethod
@@ -90,7 +91,8 @@ class NvidiaPciDevices(FactBase[list[dict[str, str]]]):
         return (
             'PATH="$PATH:/usr/sbin:/sbin"; '
             "if command -v lspci >/dev/null 2>&1; then "
-            f"lspci -n -D -d {nvidia_smi.NVIDIA_VENDOR_ID}: 2>/dev/null; fi; true"
+            f"lspci -n -D -d {nvidia_smi.NVIDIA_VENDOR_ID}: 2>/dev/null; "
+            f"elif [ -d /sys/bus/pci/devices ]; then {nvidia_smi.SYSFS_PCI_SCRIPT}; fi; true"
         )
 
     def process(self, output: list[str]) -> list[dict[str, str]]:

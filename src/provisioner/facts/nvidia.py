@@ -14,7 +14,17 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
-__all__ = ["GpuStackPackages", "NvidiaKernelModule", "RepoKey", "STACK_PACKAGE_GLOBS"]
+__all__ = [
+    "AptSourcesFor",
+    "GpuStackPackages",
+    "NvidiaKernelModule",
+    "RepoDriverBranches",
+    "RepoKey",
+    "STACK_PACKAGE_GLOBS",
+    "MokEnrolled",
+    "PackageAvailable",
+    "SecureBoot",
+]
 
 # Every package the GPU stack installs or inspects: driver, toolkit, headers, helpers.
 STACK_PACKAGE_GLOBS = (
@@ -104,24 +114,8 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
             for line in output:
                 if line.startswith("##manager "):
                     result["manager"] = line.split(" ", 1)[1].strip()
-                elif line.startswith("pkg|"):
-                    fields = line.split("|")
-                    if len(fields) != 5:
-                        continue
-                    _, status, name, version, arch = fields
-                    # db:Status-Abbrev: selection (i/h/...), state (i = installed), error flag
-                    if len(status) < 2 or status[1] != "i" or not name or not version:
-                        continue
-                    packages.append(
-                        {"name": name, "version": version, "arch": arch, "held": status[0] == "h"}
-                    )
-                elif line.startswith("lock|"):
-                    entry = _lock_entry(line[5:])
-                    if entry:
-                        locks.setdefault(entry[0], set()).add(entry[1])
-                elif line.startswith("module|") and "=" in line:
-                    key, _, value = line[7:].partition("=")
-                    module[key.strip()] = value.strip()
+                else:
+                    _take_line(line, packages, locks, module)
             if result["manager"] == "rpm":
                 for package in packages:
                     plain = package["version"].split(":", 1)[-1]
@@ -133,6 +127,38 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
         except Exception:  # a fact must never abort the run
             return self.default()
         return result
+
+
+def _package_line(line: str) -> dict[str, Any] | None:
+    """``pkg|<status>|<name>|<version>|<arch>`` -> an installed package, or None."""
+    fields = line.split("|")
+    if len(fields) != 5:
+        return None
+    _, status, name, version, arch = fields
+    # db:Status-Abbrev: selection (i/h/...), state (i = installed), error flag
+    if len(status) < 2 or status[1] != "i" or not name or not version:
+        return None
+    return {"name": name, "version": version, "arch": arch, "held": status[0] == "h"}
+
+
+def _take_line(
+    line: str,
+    packages: list[dict[str, Any]],
+    locks: dict[str, set[str]],
+    module: dict[str, str],
+) -> None:
+    """One line of GpuStackPackages' output into the package, lock and module tables."""
+    if line.startswith("pkg|"):
+        package = _package_line(line)
+        if package:
+            packages.append(package)
+    elif line.startswith("lock|"):
+        entry = _lock_entry(line[5:])
+        if entry:
+            locks.setdefault(entry[0], set()).add(entry[1])
+    elif line.startswith("module|") and "=" in line:
+        key, _, value = line[7:].partition("=")
+        module[key.strip()] = value.strip()
 
 
 _PROCFS_RE = re.compile(
@@ -249,3 +275,200 @@ class RepoKey(FactBase[dict[str, Any]]):
         except Exception:  # a fact must never abort the run
             return self.default()
         return result
+
+
+# the SecureBoot EFI variable: 4 attribute bytes, then 1 (enforcing) or 0
+SECURE_BOOT_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
+class SecureBoot(FactBase[dict[str, Any]]):
+    """
+    Returns whether UEFI Secure Boot is enforcing, from ``mokutil --sb-state`` (package
+    ``mokutil``), else from the SecureBoot EFI variable:
+
+    .. code:: python
+
+        {"enabled": True, "source": "mokutil", "detail": "SecureBoot enabled"}
+
+    ``enabled`` is False on a legacy-BIOS host or a container without EFI variables, None when
+    neither source answers. Under Secure Boot the kernel rejects an unsigned DKMS module
+    (``Key was rejected by service``) after the reboot.
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"enabled": None, "source": None, "detail": None}
+
+    def command(self) -> str:
+        return (
+            'PATH="$PATH:/usr/sbin:/sbin:/usr/bin"; '
+            "if command -v mokutil >/dev/null 2>&1; then "
+            "mokutil --sb-state 2>&1 | sed 's/^/mokutil|/'; fi; "
+            f"if [ -r {SECURE_BOOT_EFIVAR} ]; then "
+            f"printf 'efivar|%s\\n' \"$(od -An -tu1 -j4 -N1 {SECURE_BOOT_EFIVAR} | tr -d ' ')\"; "
+            "elif [ ! -d /sys/firmware/efi ]; then echo 'efivar|no-efi'; fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result = self.default()
+        try:
+            for line in output:
+                kind, _, value = line.partition("|")
+                value = value.strip()
+                if kind == "mokutil" and "SecureBoot" in value:
+                    enabled = value.split()[-1].lower() == "enabled"
+                    result.update(enabled=enabled, source="mokutil", detail=value)
+                elif kind == "mokutil" and "not supported" in value and result["source"] is None:
+                    result.update(enabled=False, source="mokutil", detail=value)
+                elif kind == "efivar" and result["source"] is None and value:
+                    enabled = value == "1"
+                    detail = "no EFI firmware" if value == "no-efi" else f"SecureBoot={value}"
+                    result.update(enabled=enabled, source="efivars", detail=detail)
+        except Exception:  # a fact must never abort the run
+            return self.default()
+        return result
+
+
+class AptSourcesFor(FactBase[list[str]]):
+    """
+    Returns the apt source files (one-line ``.list`` and deb822 ``.sources``) that name a
+    repository URL, e.g. the ``cuda-<distro>-<arch>.list`` that NVIDIA's cuda-keyring package
+    installs: ``["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"]``. A second source for the
+    same URI with another ``Signed-By`` makes ``apt-get update`` fail.
+    """
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, url: str) -> str:
+        return (
+            f'grep -lsE -- "(^|[[:space:]]){_ere(url.rstrip("/"))}/?([[:space:]]|$)" '
+            "/etc/apt/sources.list /etc/apt/sources.list.d/*.list "
+            "/etc/apt/sources.list.d/*.sources 2>/dev/null; true"
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted({line.strip() for line in output if line.strip().startswith("/")})
+
+
+def _ere(text: str) -> str:
+    """``text`` as a literal inside a double-quoted extended regular expression."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text).replace('"', '\\"').replace("$", "\\$")
+
+
+class RepoDriverBranches(FactBase[dict[str, Any]]):
+    """
+    Returns the driver branches an apt repository offers, read from its ``Packages.gz`` before
+    anything is configured (fetched with the package manager's own transport):
+
+    .. code:: python
+
+        {"read": True, "branches": ["580", "590"], "error": None}
+
+    ``read`` is False (and ``error`` says why) when the index could not be fetched; the plan
+    then falls back to the branches recorded in ``data/distros.toml``.
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"read": False, "branches": [], "error": None}
+
+    def command(self, url: str, fetch: list[str], package: str) -> str:
+        target = '"$d/Packages.gz"'
+        argv = " ".join(
+            target
+            if arg == "{dest}"
+            else shlex.quote(f"{url}Packages.gz")
+            if arg == "{url}"
+            else shlex.quote(arg)
+            for arg in fetch
+        )
+        return (
+            "d=$(mktemp -d); "
+            f'if {argv} >"$d/log" 2>&1; then '
+            f"gzip -dc {target} | awk -v p={shlex.quote(package)} "
+            "'/^Package: /{n=$2} /^Version: /{if (n==p) print \"version|\" $2}'; "
+            'else sed \'s/^/error|/\' "$d/log" | tail -n 3; fi; rm -rf "$d"; true'
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result = self.default()
+        try:
+            branches: set[str] = set()
+            errors = []
+            for line in output:
+                kind, _, value = line.partition("|")
+                if kind == "version":
+                    match = re.match(r"(?:\d+:)?(\d+)\.", value.strip())
+                    if match:
+                        branches.add(match.group(1))
+                elif kind == "error":
+                    errors.append(value.strip())
+            if errors:
+                result["error"] = " / ".join(errors) or "the index could not be fetched"
+                return result
+            result.update(read=True, branches=sorted(branches, key=int))
+        except Exception:  # a fact must never abort the run
+            return self.default()
+        return result
+
+
+class MokEnrolled(FactBase[dict[str, Any]]):
+    """
+    Returns whether a Machine Owner Key certificate is enrolled (``mokutil --test-key``):
+
+    .. code:: python
+
+        {"exists": True, "enrolled": False, "detail": "... is not enrolled"}
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"exists": False, "enrolled": False, "detail": None}
+
+    def command(self, cert: str) -> str:
+        quoted = shlex.quote(cert)
+        return (
+            'PATH="$PATH:/usr/sbin:/sbin:/usr/bin"; '
+            f"if [ -r {quoted} ]; then echo 'exists|yes'; "
+            f"command -v mokutil >/dev/null 2>&1 && mokutil --test-key {quoted} 2>&1 "
+            "| sed 's/^/mok|/'; fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result = self.default()
+        for line in output:
+            kind, _, value = line.partition("|")
+            if kind == "exists":
+                result["exists"] = True
+            elif kind == "mok" and value.strip():
+                result["detail"] = value.strip()
+                result["enrolled"] = "already enrolled" in value
+        return result
+
+
+class PackageAvailable(FactBase[bool | None]):
+    """
+    Returns whether the configured repositories offer a package (``kernel-devel-$(uname -r)``
+    on EL: an image older than the current minor release no longer finds it there):
+    ``True``, ``False``, or ``None`` when no package manager answers.
+    """
+
+    @staticmethod
+    def default() -> bool | None:
+        return None
+
+    def command(self, package: str) -> str:
+        quoted = shlex.quote(package)
+        return (
+            "if command -v dnf >/dev/null 2>&1; then "
+            f"if dnf -q list --available {quoted} >/dev/null 2>&1 "
+            f"|| rpm -q {quoted} >/dev/null 2>&1; then echo yes; else echo no; fi; "
+            "elif command -v apt-cache >/dev/null 2>&1; then "
+            f"if apt-cache show {quoted} >/dev/null 2>&1; then echo yes; else echo no; fi; fi; true"
+        )
+
+    def process(self, output: list[str]) -> bool | None:
+        answer = "".join(output).strip()
+        return {"yes": True, "no": False}.get(answer)

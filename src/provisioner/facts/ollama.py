@@ -15,7 +15,6 @@ from typing import Any
 from pyinfra.api import FactBase
 
 from provisioner.ollama_api import (
-    DEFAULT_HOST,
     MANIFEST_MEDIA_TYPE,
     ManifestError,
     ModelName,
@@ -28,10 +27,9 @@ INSTALL_DIR = "/opt/ollama"
 MODELS_DIR = "/var/lib/ollama/models"
 RELEASE_MARKER = ".provisioner-sha256"
 APPLIED_STAMP = ".applied"
-# Where servers keep manifests, newest layout first (manifest/paths.go); in manifests-v2 the
-# public registry is filed under ollama.com.
-MANIFEST_ROOTS = ("manifests-v2", "manifests")
-V2_CANONICAL_HOST = "ollama.com"
+# Where servers keep manifests: manifest/paths.go (v0.20.3 .. v0.32.15) has manifests/ only
+# (tests/conformance/ollama/records.toml, store.manifest_path).
+MANIFEST_ROOTS = ("manifests",)
 
 
 class OllamaInstall(FactBase[dict[str, Any]]):
@@ -145,7 +143,6 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
                 path, _, encoded = rest.partition(" ")
                 manifests.append((path, encoded))
         models: dict[str, dict[str, Any]] = {}
-        # manifests-v2/ (newer servers) wins over the legacy manifests/ tree, as in the server
         order = {root: i for i, root in enumerate(MANIFEST_ROOTS)}
         manifests.sort(key=lambda item: (order.get(item[0].split("/", 1)[0], 9), item[0]))
         for path, encoded in manifests:
@@ -156,8 +153,6 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
                 name = ModelName.from_manifest_path(relative)
             except ValueError:
                 continue
-            if name.host.lower() == V2_CANONICAL_HOST:
-                name = ModelName(DEFAULT_HOST, name.namespace, name.model, name.tag)
             if name.canonical in models:
                 continue
             try:

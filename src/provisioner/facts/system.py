@@ -152,3 +152,35 @@ class BootId(FactBase[str | None]):
     def process(self, output: list[str]) -> str | None:
         text = "".join(output).strip()
         return text or None
+
+
+class HostLock(FactBase[dict[str, Any]]):
+    """
+    Takes this run's lock on the host, or says who holds it (``provisioner.host_lock``): the
+    one fact with an effect, so that the lock is taken while the run prepares its first
+    operation, before any other fact is read, and counts as no change:
+
+    .. code:: python
+
+        {"held": True}
+        {"held": False, "holder": "run 1a2b3c4d by ops@ctl pid 4242 since 2026-05-01T10:00:00Z"}
+        {"held": False, "error": "flock (util-linux) is not installed"}
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {"held": False, "error": "the lock command gave no answer"}
+
+    def command(self, owner: str) -> str:
+        from provisioner.host_lock import script
+
+        return script(owner)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        text = " ".join(line.strip() for line in output if line.strip())
+        kind, _, rest = text.partition(" ")
+        if kind == "held":
+            return {"held": True}
+        if kind == "busy":
+            return {"held": False, "holder": rest or "an unknown run"}
+        return {"held": False, "error": rest or f"unexpected answer: {text[:200]}"}

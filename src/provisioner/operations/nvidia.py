@@ -15,14 +15,12 @@ import hashlib
 import shlex
 import time
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from io import StringIO
 from typing import Any
 
 import gevent
-import jinja2
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, QuoteString, StringCommand, operation
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.apt import AptSources
@@ -30,13 +28,16 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack
+from provisioner import fact_cache, gpu_stack, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
-from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, RepoKey
+from provisioner.facts.nvidia import AptSourcesFor, GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
 
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
 CUDA_PROFILE = "/etc/profile.d/cuda.sh"
+REPO_PREFERENCE = "/etc/apt/preferences.d/nvidia-cuda.pref"
+DKMS_SIGNING = "/etc/dkms/framework.conf.d/provisioner-mok.conf"
+PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/provisioner.conf"
 REPO_NAME = "nvidia-cuda"
 CONTRIB_SOURCES = "provisioner-distro-components"
 HEADERS_REPO_NAME = "provisioner-kernel-headers"
@@ -50,13 +51,8 @@ DRIVER_CHANGED = "the driver packages changed in this run"
 
 
 def _render(template: str, **values: Any) -> str:
-    """Render ``templates/gpu/<template>`` (jinja2, undefined names are errors). The text is
-    read through importlib.resources, so that this works from a zipped package too."""
-    text = (resources.files("provisioner") / "templates" / "gpu" / template).read_text("utf-8")
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    )
-    return env.from_string(text).render(**values)
+    """Render ``templates/gpu/<template>`` (:func:`provisioner.rendering.render`)."""
+    return rendering.render(f"gpu/{template}", **values)
 
 
 def _command(parts: Sequence[str], *args: str) -> StringCommand:
@@ -182,6 +178,16 @@ def repo_key(
 
 
 def _apt_repository(target: gpu_stack.Distro, url: str, key_path: str) -> Iterator[Any]:
+    ours = f"/etc/apt/sources.list.d/{REPO_NAME}.sources"
+    others = [f for f in host.get_fact(AptSourcesFor, url=url) if f != ours]
+    if others:
+        # cuda-keyring (cloud and vendor images) already names this URI with its own
+        # Signed-By: a second source for it would make apt-get update fail
+        if host.get_fact(File, path=ours):
+            yield from files.file._inner(path=ours, present=False)
+        else:
+            host.noop(f"NVIDIA repository: {', '.join(others)} already configures {url}")
+        return
     yield from apt.sources_file._inner(
         filename=REPO_NAME, types=["deb"], uris=[url], suites=["/"], signed_by=key_path
     )
@@ -228,6 +234,88 @@ def repository(distro: str, url: str, key_path: str, skip: str | None = None):
         return
     target = gpu_stack.distro(distro)
     yield from _REPOSITORY[target.family.name](target, url, key_path)
+
+
+@operation()
+def repo_preference(distro: str, skip: str | None = None):
+    """
+    Give NVIDIA's repository apt priority 600 (as cuda-keyring does), so that a distribution's
+    same-named packages (Debian's ``nvidia-driver``) never win over NVIDIA's. Nothing on dnf.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.repo_preference(name="Prefer NVIDIA's repository", distro="debian12")
+    """
+    if skip:
+        host.noop(f"repository preference: skipped, {skip}")
+        return
+    text = gpu_stack.distro(distro).family.repo_preference
+    if not text:
+        host.noop("no repository preference on this package manager")
+        return
+    header = "# Managed by provisioner: NVIDIA's CUDA repository wins (cuda-keyring's pin)\n"
+    yield from files.put._inner(src=StringIO(header + text), dest=REPO_PREFERENCE, mode="644")
+
+
+@operation()
+def dkms_signing(key: str | None, cert: str | None, skip: str | None = None):
+    """
+    Make DKMS sign the modules it builds with the operator's Machine Owner Key (Secure Boot):
+    ``mok_signing_key`` / ``mok_certificate`` in ``/etc/dkms/framework.conf.d``. The key must be
+    enrolled already (the plan refuses the host otherwise). Nothing without a key.
+
+    + key: the MOK private key on the host
+    + cert: its certificate (DER)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.dkms_signing(key="/var/lib/shim-signed/mok/MOK.priv",
+                            cert="/var/lib/shim-signed/mok/MOK.der")
+    """
+    if skip or not key or not cert:
+        host.noop(f"DKMS module signing: {skip or 'not needed (no Secure Boot)'}")
+        return
+    text = _render("dkms-mok.conf.j2", key=key, cert=cert)
+    yield from files.directory._inner(path="/etc/dkms/framework.conf.d", present=True)
+    yield from files.put._inner(src=StringIO(text), dest=DKMS_SIGNING, mode="644")
+
+
+@operation()
+def persistenced_override(distro: str, skip: str | None = None):
+    """
+    Turn persistence mode on where the distribution's ``nvidia-persistenced`` unit starts with
+    ``--no-persistence-mode`` (Ubuntu), with a systemd drop-in as NVIDIA's Ansible role does.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.persistenced_override(name="Persistence mode on", distro="ubuntu2404")
+    """
+    if skip:
+        host.noop(f"nvidia-persistenced drop-in: skipped, {skip}")
+        return
+    if not gpu_stack.distro(distro).persistenced_dropin:
+        host.noop("nvidia-persistenced starts with persistence mode on here")
+        return
+    text = _render("nvidia-persistenced.conf.j2")
+    directory = PERSISTENCED_DROPIN.rsplit("/", 1)[0]
+    yield from files.directory._inner(path=directory, present=True)
+    ops = list(files.put._inner(src=StringIO(text), dest=PERSISTENCED_DROPIN, mode="644"))
+    if ops:
+        yield from ops
+        yield from systemd.daemon_reload._inner()
 
 
 @operation()
@@ -391,6 +479,9 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
         host.noop(f"driver branch lock: skipped, {skip}")
         return
     target = gpu_stack.distro(distro)
+    if target.branch_lock == "none":
+        host.noop(f"{target.name} ships one driver branch: held, not pinned")
+        return
     installed = fact_cache.get_fact(GpuStackPackages)
     if target.branch_lock == "module-stream":
         stream = target.stream(branch, flavour)
@@ -400,8 +491,8 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
             host.noop(f"dnf module stream {stream} is enabled")
             return
         if current:
-            yield StringCommand("dnf", "module", "reset", "-y", QuoteString(module))
-        yield StringCommand("dnf", "module", "enable", "-y", QuoteString(stream))
+            yield _command(target.family.module_reset, module)
+        yield _command(target.family.module_enable, stream)
         return
     wanted = target.pinning(branch)
     others = [
@@ -424,6 +515,7 @@ def driver(
     branch: str,
     flavour: str,
     version: str | None = None,
+    kernel: str = "",
     skip: str | None = None,
 ):
     """
@@ -435,6 +527,7 @@ def driver(
     + branch: driver branch, e.g. ``"580"``
     + flavour: ``open`` (Turing and newer) or ``proprietary``
     + version: exact package version; None: the newest of the branch, or the installed one
+    + kernel: the running kernel (``uname -r``; its flavour names Ubuntu's precompiled modules)
     + skip: reason to do nothing
 
     **Example:**
@@ -449,30 +542,43 @@ def driver(
     target = gpu_stack.distro(distro)
     installed_fact = fact_cache.get_fact(GpuStackPackages)
     current = gpu_stack.installed_driver(target, installed_fact)
-    meta = target.driver_meta[flavour]
+    metas = target.driver_packages(flavour, branch, kernel)
+    if target.distribution_driver:
+        version = None  # the release's one version (Ubuntu's module packages carry the kernel's)
     if current.version is None:
-        yield from _install(target, [_versioned(target, meta, version)])
+        yield from _install(target, [_versioned(target, m, version) for m in metas])
         return
     same = current.flavour == flavour and gpu_stack.branch_of(current.version) == branch
     if same and (version is None or current.version.split(":", 1)[-1] == version):
-        if gpu_stack.is_installed(installed_fact, meta):
+        if all(gpu_stack.is_installed(installed_fact, m) for m in metas):
             host.noop(f"NVIDIA driver {current.version} ({flavour} kernel modules) is installed")
             return
         # the kernel module is there without its meta package: add it at the same version
         version = current.version.split(":", 1)[-1]
     if target.family.unhold_before_replace and installed_fact.get("locks"):
         yield _command(target.family.unhold, *installed_fact["locks"])
-    yield from _install(target, [_versioned(target, meta, version)], replace_held=True)
+    pinned = [_versioned(target, m, version) for m in metas]
+    yield from _install(target, pinned, replace_held=True)
 
 
 @operation()
-def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip: str | None = None):
+def fabricmanager(
+    distro: str,
+    nvswitch: bool,
+    branch: str = "",
+    version: str | None = None,
+    skip: str | None = None,
+):
     """
-    Install Fabric Manager at exactly the installed driver's version, on NVSwitch systems only
-    (elsewhere it fails to start: ``NV_WARN_NOTHING_TO_DO``).
+    Install Fabric Manager at the installed driver's version, on NVSwitch systems only
+    (elsewhere it fails to start: ``NV_WARN_NOTHING_TO_DO``). The package name follows the
+    branch (``nvidia-fabricmanager`` from 580; ``nvidia-fabricmanager-<branch>`` on apt and
+    ``nvidia-fabric-manager`` on EL before), the version the driver's upstream version as
+    NVIDIA's driver container matches it (apt: ``=<version>*``; dnf: ``-<version>``).
 
     + distro: distro key of ``data/distros.toml``
     + nvswitch: whether the host has NVSwitch bridges (PCI class 0680)
+    + branch: the driver branch (picks the package name)
     + version: the driver version to expect when no driver is installed yet
     + skip: reason to do nothing
 
@@ -480,7 +586,9 @@ def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip:
 
     .. code:: python
 
-        nvidia.fabricmanager(name="Fabric Manager", distro="ubuntu2204", nvswitch=True)
+        nvidia.fabricmanager(
+            name="Fabric Manager", distro="ubuntu2204", nvswitch=True, branch="580"
+        )
     """
     if skip:
         host.noop(f"Fabric Manager: skipped, {skip}")
@@ -491,20 +599,19 @@ def fabricmanager(distro: str, nvswitch: bool, version: str | None = None, skip:
     target = gpu_stack.distro(distro)
     installed_fact = fact_cache.get_fact(GpuStackPackages)
     driver_version = gpu_stack.installed_driver(target, installed_fact).version or version
-    if driver_version:
-        driver_version = driver_version.split(":", 1)[-1]
-    present = gpu_stack.find_packages(installed_fact, [target.fabricmanager])
-    if present and driver_version and present[0]["version"].split(":", 1)[-1] == driver_version:
-        host.noop(f"{target.fabricmanager} {driver_version} is installed (the driver's version)")
+    package = target.fabricmanager_package(branch or gpu_stack.branch_of(driver_version or "0"))
+    present = gpu_stack.find_packages(installed_fact, [package])
+    upstream = gpu_stack.package_version(driver_version) if driver_version else None
+    if present and upstream and gpu_stack.package_version(present[0]["version"]) == upstream:
+        host.noop(f"{package} {upstream} is installed (the driver's version)")
         return
     locks = installed_fact.get("locks", [])
-    if present and target.family.unhold_before_replace and target.fabricmanager in locks:
-        yield _command(target.family.unhold, target.fabricmanager)
-    yield from _install(
-        target,
-        [_versioned(target, target.fabricmanager, driver_version)],
-        replace_held=bool(present),
-    )
+    if present and target.family.unhold_before_replace and package in locks:
+        yield _command(target.family.unhold, package)
+    spec = package
+    if upstream:
+        spec = f"{package}{target.family.version_separator}{target.fabricmanager_version(upstream)}"
+    yield from _install(target, [spec], replace_held=bool(present))
 
 
 @operation()
@@ -598,16 +705,6 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
         gevent.sleep(MODULE_SETTLE_INTERVAL)
 
 
-def fail_host(message: str) -> FunctionCommand:
-    """A command that fails the host with ``message`` (logged in red)."""
-
-    def refuse(state: Any, host: Any, message: str) -> bool:
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return FunctionCommand(refuse, (message,), {})
-
-
 @operation()
 def reboot_if_needed(
     distro: str,
@@ -665,11 +762,9 @@ def reboot_if_needed(
         why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
     if why_not:
         if _executing():
-            host.log_styled(
-                f"PENDING REBOOT ({why_not}): {'; '.join(reasons)}",
-                fg="yellow",
-                log_func=logger.warning,
-            )
+            why = f"({why_not}): {'; '.join(reasons)}"
+            host.log_styled(f"PENDING REBOOT {why}", fg="yellow", log_func=logger.warning)
+            run_events.record(host.name, run_events.PENDING_REBOOT, reason=why)
         # what the host itself shows, so that the marker stays the same until the reboot
         text = _render("reboot-required.j2", reasons=found or reasons)
         yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
@@ -680,7 +775,9 @@ def reboot_if_needed(
     if _executing():
         problem = _wait_for_module(target, settle_seconds)
         if problem:
-            yield fail_host(f"after the reboot the NVIDIA kernel module is not right: {problem}")
+            yield system.refusal(
+                f"after the reboot the NVIDIA kernel module is not right: {problem}"
+            )
             return
     if marker_present:
         yield from files.file._inner(path=marker, present=False)

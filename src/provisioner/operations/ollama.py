@@ -17,6 +17,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 
+from provisioner import bounds
 from provisioner.facts.ollama import (
     APPLIED_STAMP,
     INSTALL_DIR,
@@ -28,6 +29,7 @@ from provisioner.facts.ollama import (
     PathChain,
 )
 from provisioner.ollama_api import ModelName, PullError, PullStream, site_name
+from provisioner.operations import system
 from provisioner.planner import wanted_models
 
 __all__ = ["FETCH_HELPER", "SERVICE_USER", "models", "refuse", "release", "service", "store"]
@@ -46,23 +48,12 @@ q = shlex.quote
 # --- refusing a host -------------------------------------------------------------------------
 
 
-def fail_host(state: Any, host: Any, reason: str) -> bool:
-    """Fail ``host`` with ``reason`` when the operation runs (a FunctionCommand)."""
-    host.log_styled(reason, fg="red", log_func=logger.error)
-    _report(state, host, "", {"error": reason})
-    return False
-
-
-def _refusal(reason: str) -> FunctionCommand:
-    return FunctionCommand(fail_host, (reason,), {})
-
-
 @operation()
 def refuse(reason: str):
     """
     Fail this host, with ``reason``, when the run reaches this operation; the other hosts go
-    on. For problems found while preparing a host (a release nobody pinned a checksum for):
-    raising would stop every host of the run.
+    on. For problems found while preparing a host (a version below the CVE floor): raising
+    would stop every host of the run.
 
     + reason: the message the host fails with
 
@@ -70,62 +61,103 @@ def refuse(reason: str):
 
     .. code:: python
 
-        ollama.refuse(name="Check the Ollama release", reason="no sha256 known for 0.32.15")
+        ollama.refuse(name="Check the Ollama release", reason="0.17.1 is below the CVE floor")
     """
-    yield _refusal(reason)
+    yield system.refusal(reason)
 
 
 # --- release ----------------------------------------------------------------------------------
 
 
-def _release_script(version: str, url: str, sha256: str, install_dir: str, archive: str) -> str:
+def _release_script(
+    version: str,
+    url: str,
+    sha256: str | None,
+    install_dir: str,
+    archive: str,
+    sums_url: str = "",
+    source: str = "ollama_sha256",
+) -> str:
     d = install_dir.rstrip("/")
     staging, download, final = (
         f"{d}/.staging-{version}",
         f"{d}/.download-{version}",
         f"{d}/{version}",
     )
-    untar = "tar -xzf" if archive == "tgz" else "tar --zstd -xf"
-    return "\n".join(
-        [
-            "set -e",
-            "umask 022",
-            f"mkdir -p {q(d)}",
-            f"rm -rf {q(staging)} {q(download)}",
-            f"curl -fsSL --retry 3 --connect-timeout 30 -o {q(download)} {q(url)}",
-            f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
-            f'if [ "$actual" != {q(sha256)} ]; then rm -f {q(download)}; '
-            f'echo "checksum mismatch for {url}: expected {sha256}, got $actual; '
-            'nothing was unpacked" >&2; exit 1; fi',
-            f"mkdir {q(staging)}",
-            f"{untar} {q(download)} -C {q(staging)} --no-same-owner",
-            f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
-            f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
-            f"echo {q(sha256)} > {q(staging)}/{RELEASE_MARKER}",
-            f"rm -rf {q(final)}",
-            f"mv {q(staging)} {q(final)}",
-            f"rm -f {q(download)}",
-        ]
+    asset = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    # zstd -dc | tar: any tar can read it (GNU tar's --zstd needs 1.31+); `zstd` is the
+    # package of that name on Debian, Ubuntu and EL, which the deploy installs.
+    untar = (
+        f"tar -xzf {q(download)}" if archive == "tgz" else f"zstd -dcq {q(download)} | tar -xf -"
     )
+    lines = [
+        "set -e",
+        "umask 022",
+        f"mkdir -p {q(d)}",
+        f"rm -rf {q(staging)} {q(download)} {q(download)}.sums",
+        f"curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
+        f"-o {q(download)} {q(url)} || {{ rc=$?; rm -f {q(download)}; "
+        f'echo "download of {url} into {d} failed (curl exit $rc'
+        "$([ $rc -eq 23 ] && echo ', no space left on device')); nothing was unpacked\" >&2; "
+        "exit 1; }",
+    ]
+    if sha256:
+        lines.append(f"expected={q(sha256)}; source={q(source)}")
+    else:  # the release's own sha256sum.txt, from the same source as the archive
+        lines += [
+            f"if ! curl -fsSL {shlex.join(bounds.curl_options('release_max_time_s'))} "
+            f"-o {q(download)}.sums {q(sums_url)}; "
+            f'then rm -f {q(download)}; echo "cannot fetch {sums_url}, and no sha256 is pinned '
+            '(ollama_sha256): nothing was unpacked" >&2; exit 1; fi',
+            f'expected=$(awk -v a={q(asset)} \'{{n=$2; sub(/^\\*/, "", n); '
+            f'sub(/^\\.\\//, "", n)}} n == a && length($1) == 64 && $1 !~ /[^0-9a-fA-F]/ '
+            f"{{print tolower($1); exit}}' {q(download)}.sums)",
+            f"rm -f {q(download)}.sums",
+            f'if [ -z "$expected" ]; then rm -f {q(download)}; echo "{sums_url} has no line '
+            f'for ./{asset}: nothing was unpacked" >&2; exit 1; fi',
+            f"source={q(sums_url)}",
+        ]
+    lines += [
+        f"actual=$(sha256sum {q(download)} | cut -d' ' -f1)",
+        f'if [ "$actual" != "$expected" ]; then rm -f {q(download)}; '
+        f'echo "checksum mismatch for {url}: expected $expected (from $source), got $actual; '
+        'nothing was unpacked" >&2; exit 1; fi',
+        f"mkdir {q(staging)}",
+        f"{untar} -C {q(staging)} --no-same-owner",
+        f"if [ ! -x {q(staging)}/bin/ollama ]; then rm -rf {q(staging)} {q(download)}; "
+        f'echo "{url} holds no bin/ollama" >&2; exit 1; fi',
+        f'echo "$actual" > {q(staging)}/{RELEASE_MARKER}',
+        f"rm -rf {q(final)}",
+        f"mv {q(staging)} {q(final)}",
+        f"rm -f {q(download)}",
+        f'echo "Ollama {version}: sha256 $actual verified against $source"',
+    ]
+    return "\n".join(lines)
 
 
 @operation()
 def release(
     version: str,
     url: str,
-    sha256: str,
+    sha256: str | None = None,
     install_dir: str = INSTALL_DIR,
     archive: str = "tgz",
+    sums_url: str = "",
+    sha256_source: str = "ollama_sha256",
 ):
     """
     Unpack one Ollama release into ``install_dir/<version>``, checked against its sha256
-    before anything is unpacked. A release already unpacked with the same sum is left alone.
+    before anything is unpacked. A release already unpacked with the same sum (or, with no
+    pinned sum, unpacked at all: it was verified when it was) is left alone.
 
     + version: the Ollama version, the name of its directory
     + url: where the release archive is downloaded from
-    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing
+    + sha256: the archive's pinned sha256; a mismatch fails the host and unpacks nothing.
+      None: take it from ``sums_url`` (the release's ``sha256sum.txt``), on the host
     + install_dir: the parent of the versioned directories
     + archive: ``tgz`` or ``zst`` (``.tar.zst``, needs ``zstd`` on the host)
+    + sums_url: the release's ``sha256sum.txt`` (lines ``<sha256>  ./<archive name>``)
+    + sha256_source: where a pinned sum came from, for the messages
 
     **Example:**
 
@@ -134,18 +166,24 @@ def release(
         ollama.release(
             name="Unpack Ollama 0.32.15",
             version="0.32.15",
-            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tgz",
-            sha256="<sha256 from the release's sha256sum.txt>",
+            url="https://github.com/ollama/ollama/releases/download/v0.32.15/ollama-linux-amd64.tar.zst",
+            sums_url="https://github.com/ollama/ollama/releases/download/v0.32.15/sha256sum.txt",
+            archive="zst",
         )
     """
     if archive not in ("tgz", "zst"):
         raise OperationValueError(f"archive must be tgz or zst, not {archive!r}")
-    sha256 = sha256.lower()
+    if not sha256 and not sums_url:
+        raise OperationValueError("give sha256 or sums_url: an archive is never unpacked unchecked")
+    sha256 = sha256.lower() if sha256 else None
     installed = host.get_fact(OllamaInstall, install_dir=install_dir)
-    if installed["releases"].get(version) == sha256:
-        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version}")
+    have = installed["releases"].get(version)
+    if have and (sha256 is None or have == sha256):
+        host.noop(f"Ollama {version} is unpacked in {install_dir}/{version} (sha256 {have})")
         return
-    yield StringCommand(_release_script(version, url, sha256, install_dir, archive))
+    yield StringCommand(
+        _release_script(version, url, sha256, install_dir, archive, sums_url, sha256_source)
+    )
 
 
 # --- service ----------------------------------------------------------------------------------
@@ -194,7 +232,7 @@ def _wait_script(
 @operation()
 def service(
     version: str,
-    release_sha256: str,
+    release_sha256: str | None,
     config_sha256: str,
     api_url: str = DEFAULT_API,
     start_timeout: int = 60,
@@ -209,7 +247,8 @@ def service(
     rolled back to the version that was serving, and the host fails with the reason.
 
     + version: the release to serve (unpacked by ``ollama.release``)
-    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too)
+    + release_sha256: the release archive's sha256 (a re-unpacked release restarts too); None
+      when it was not pinned: the sum the host verified (``.provisioner-sha256``) is used
     + config_sha256: a digest of the rendered unit and drop-in (a change restarts)
     + api_url: where the API answers on the host (``/api/version`` is polled)
     + start_timeout: seconds to wait for the API after a restart
@@ -229,7 +268,9 @@ def service(
     """
     installed = host.get_fact(OllamaInstall, install_dir=install_dir, service=service_name)
     d = install_dir.rstrip("/")
-    desired = f"{version} {release_sha256.lower()} {config_sha256}"
+    # the sum of the unpacked release: pinned, or as the host verified it (sha256sum.txt)
+    unpacked = (release_sha256 or "").lower() or installed["releases"].get(version) or ""
+    desired = f"{version} {unpacked} {config_sha256}"
 
     changed = False
     if installed["enabled"] != "enabled":
@@ -245,7 +286,10 @@ def service(
         if switch:
             yield _switch_script(version, install_dir)
         yield _wait_script(version, api_url, start_timeout, service_name, install_dir, previous)
-        yield f"echo {q(desired)} > {q(d + '/' + APPLIED_STAMP)}"
+        yield (
+            f'echo {q(version)} "$(cat {q(f"{d}/{version}/{RELEASE_MARKER}")})" '
+            f"{q(config_sha256)} > {q(d + '/' + APPLIED_STAMP)}"
+        )
         changed = True
     if not changed:
         host.noop(f"Ollama {version} is serving with the current configuration")
@@ -287,7 +331,7 @@ def store(path: str, user: str = "ollama", group: str = "ollama", mode: str = "7
     path = path.rstrip("/") or "/"
     chain = host.get_fact(PathChain, path=path)
     if not chain:
-        yield _refusal(f"cannot inspect {path} on the host")
+        yield system.refusal(f"cannot inspect {path} on the host")
         return
     *parents, leaf = chain
     for entry in parents:
@@ -356,15 +400,31 @@ def _stream(state: Any, target: Any, command: str, on_line: Callable[[str], None
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         ) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                on_line(line.rstrip("\n"))
-            return proc.wait()
+            try:
+                for line in proc.stdout:
+                    on_line(line.rstrip("\n"))
+                return proc.wait()
+            except BaseException:  # interrupted, or on_line raised: stop the command it ran
+                _terminate_group(proc)
+                raise
     status, output = target.run_shell_command(StringCommand(command), **arguments)
     for line in [*output.stdout_lines, *output.stderr_lines]:
         on_line(line)
     return 0 if status else 1
+
+
+def _terminate_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of ``proc`` (the shell and the command it started)."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _report(state: Any, target: Any, model: str, event: dict[str, Any]) -> None:
@@ -412,10 +472,19 @@ def _follow(state: Any, target: Any, model: str, command: str) -> bool:
 def _api_command(
     api: str, method: str, path: str, body: dict[str, Any], *, stream: bool = False
 ) -> str:
-    flags = "-sS -N" if stream else "-fsS"
-    return (
-        f"curl {flags} -X {method} -H 'Content-Type: application/json' "
+    request = (
+        f"-X {method} -H 'Content-Type: application/json' "
         f"--data-binary {q(json.dumps(body, sort_keys=True))} {q(api.rstrip('/') + path)}"
+    )
+    if stream:
+        return f"curl -sS -N {request}"
+    # not `curl -f`, which hides Ollama's {"error": ...} body: keep it and fail on >= 400
+    return (
+        "t=$(mktemp) || exit 1; "
+        f'code=$(curl -sS -o "$t" -w "%{{http_code}}" {request}) || {{ rm -f "$t"; exit 1; }}; '
+        'if [ "$code" -ge 400 ]; then '
+        f'echo "{method} {path}: HTTP $code: $(cat "$t")" >&2; rm -f "$t"; exit 1; fi; '
+        'rm -f "$t"'
     )
 
 
@@ -428,11 +497,23 @@ def pull_model(state: Any, host: Any, label: str, api: str, name: str, insecure:
 
 
 def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool:
-    """Place a model from a registry into the store with the fetch helper, checking its output."""
-    return _follow(state, host, label, shlex.join(arguments))
+    """Place a model from a registry into the store with the fetch helper, checking its output.
+    The helper's transfer and lock bounds come from ``data/bounds.toml``."""
+    env = [
+        "PROVISIONER_CURL_BOUNDS=" + " ".join(bounds.curl_options("blob_max_time_s")),
+        f"PROVISIONER_STORE_WAIT={bounds.get('store_lock', 'wait_s')}",
+    ]
+    return _follow(state, host, label, shlex.join(["env", *env, *arguments]))
 
 
 # --- models -----------------------------------------------------------------------------------
+
+
+def _site_host(registry: str | None, namespace: str) -> str:
+    """The site registry's host (``host:port``, lower case), or "" without one."""
+    if not registry:
+        return ""
+    return site_name("library/probe:latest", registry, namespace).host.lower()
 
 
 @operation()
@@ -488,12 +569,19 @@ def models(
     if transport not in ("place", "pull"):
         raise OperationValueError(f"transport must be place or pull, not {transport!r}")
     options = _Options(
-        refresh, transport, api, insecure, models_dir, user or SERVICE_USER, fetch_helper
+        refresh,
+        transport,
+        api,
+        insecure,
+        models_dir,
+        user or SERVICE_USER,
+        fetch_helper,
+        _site_host(registry, namespace),
     )
     try:
         planned = models() if callable(models) else list(models)
     except Exception as exc:  # the planner failed for this host: fail it, not the run
-        yield _refusal(f"no model plan for this host: {exc}")
+        yield system.refusal(f"no model plan for this host: {exc}")
         return
     sources = _sources(planned, pinned or [], registry, namespace, insecure)
     installed = host.get_fact(OllamaModels, models_dir=models_dir)
@@ -524,6 +612,7 @@ class _Options:
     models_dir: str
     user: str
     fetch_helper: str | None
+    site_host: str  # the site registry's host:port, lower case ("" without one)
 
 
 @dataclass
@@ -566,7 +655,9 @@ def _sync_model(
         remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
         if "error" in remote:
             verb = "check" if present else "fetch"
-            yield _refusal(f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}")
+            yield system.refusal(
+                f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
+            )
             run.refused = True
             return
     if present and (remote is None or have["content"] == remote["content"]):
@@ -599,8 +690,9 @@ def _transfer(
             assert remote is not None
             yield _fetch_command(name, source, remote, options)
         else:
-            pull = (name, options.api, source.pull_name, options.insecure)
-            yield FunctionCommand(pull_model, pull, {})
+            # insecure only towards the site registry's own host, never another registry
+            plain = options.insecure and source.host.lower() == options.site_host
+            yield FunctionCommand(pull_model, (name, options.api, source.pull_name, plain), {})
     if source.canonical != name:
         body = {"source": source.display, "destination": name}
         yield _api_command(options.api, "POST", "/api/copy", body)
@@ -617,7 +709,7 @@ def _fetch_command(
         options.user,
         base,
         remote["digest"],
-        remote["raw"],
+        source.manifest_url,  # fetched by the helper: a manifest is never an argument
         source.manifest_path,
         *blobs,
     ]
@@ -637,5 +729,5 @@ def _clean_blobs(replaced: dict[str, list[str]], models_dir: str) -> Iterator[st
         blobs_dir = models_dir.rstrip("/") + "/blobs"
         yield (
             f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
-            'grep -rqs "sha256:$h" ../manifests ../manifests-v2 || rm -f "sha256-$h"; done'
+            'grep -rqs "sha256:$h" ../manifests || rm -f "sha256-$h"; done'
         )

@@ -1,12 +1,74 @@
-"""Operations on the host itself (reboot), paired with ``provisioner.facts.system``."""
+"""Operations on the host itself (the run's lock, reboot, refusing it), paired with
+``provisioner.facts.system``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from gevent import sleep
+from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 
-from provisioner.facts.system import BootId
+from provisioner import host_lock
+from provisioner.facts.system import BootId, HostLock
+
+
+def _lock_problem(target: Any) -> str | None:
+    """None when this run holds ``target``'s lock (taken now if free), else why not."""
+    got = target.get_fact(HostLock, owner=host_lock.owner())
+    if got.get("held"):
+        return None
+    if got.get("holder"):
+        return host_lock.refusal(got["holder"])
+    return f"cannot take the provisioner lock on this host: {got.get('error')}"
+
+
+@operation()
+def run_lock():
+    """
+    Hold the host's provisioner lock for the rest of this run (``provisioner.host_lock``), or
+    fail this host, naming the run that holds it, while the other hosts go on. Taking the
+    lock changes nothing on the host's configuration: the operation reports no change.
+
+    **Example:**
+
+    .. code:: python
+
+        system.run_lock(name="Hold the host lock")
+    """
+    problem = _lock_problem(host)
+    if problem:
+        yield FunctionCommand(fail_host, (problem,), {})
+    else:
+        host.noop(f"this run holds the provisioner lock ({host_lock.owner()})")
+
+
+#: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
+REFUSED_CALLBACK = "host_refused"
+
+
+def announce_refusal(state: Any, host: Any, reason: str) -> None:
+    """Log ``reason`` in red for ``host`` and hand it to every state callback handler that has
+    a ``host_refused(state, host, reason)`` method (e.g. the model sync's result)."""
+    host.log_styled(reason, fg="red", log_func=logger.error)
+    for handler in getattr(state, "callback_handlers", ()):
+        callback = getattr(handler, REFUSED_CALLBACK, None)
+        if callback is not None:
+            callback(state, host, reason)
+
+
+def fail_host(state: Any, host: Any, reason: str) -> bool:
+    """The one way to refuse a host while its operations run (the body of the command that
+    :func:`refusal` yields): announce ``reason`` (:func:`announce_refusal`) and fail this host;
+    the others go on."""
+    announce_refusal(state, host, reason)
+    return False
+
+
+def refusal(reason: str) -> FunctionCommand:
+    """The command an operation yields to refuse its host with ``reason`` (:func:`fail_host`)."""
+    return FunctionCommand(fail_host, (reason,), {})
 
 
 @operation(is_idempotent=False)
@@ -46,6 +108,10 @@ def reboot(delay: int = 10, interval: int = 2, reboot_timeout: int = 900):
             if host.connected:
                 current = host.get_fact(BootId)
                 if current and current != before[0]:
+                    # the lock ended with the old connection: take it again
+                    problem = _lock_problem(host)
+                    if problem:
+                        raise Exception(f"after the reboot: {problem}")
                     return True
             if attempts * interval > reboot_timeout:
                 raise Exception(f"the host did not come back within {reboot_timeout}s")

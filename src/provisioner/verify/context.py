@@ -17,15 +17,14 @@ from typing import Any, NoReturn
 
 import pytest
 
-from provisioner import settings
+from provisioner import addresses, settings
+from provisioner.nvidia_smi import gpus_on_bus
 from provisioner.verify import parse
 
 # Seconds a command may run on the host before it is given up (where timeout(1) exists).
 COMMAND_TIMEOUT_S = 120
 # Loading a model and generating a few tokens; a cold load from disk on CPU can be slow.
 GENERATE_TIMEOUT_S = 600
-
-GPU_CLASS_PREFIX = "03"
 
 
 def host_id(spec: str) -> str:
@@ -218,22 +217,11 @@ class HostContext:
         return self._cached("distro", find)
 
     def pci_devices(self) -> list[dict[str, str]]:
-        """NVIDIA PCI functions (GPUs and NVSwitches): ``lspci -n -D``, else sysfs."""
+        """NVIDIA PCI functions (GPUs and NVSwitches): the NvidiaPciDevices fact (``lspci``,
+        else sysfs), as apply sees them."""
         from provisioner.facts.gpu import NvidiaPciDevices
-        from provisioner.nvidia_smi import parse_lspci
 
-        def take() -> list[dict[str, str]]:
-            devices = self.fact(NvidiaPciDevices)
-            if devices:
-                return devices
-            sysfs = self.output(
-                'for d in /sys/bus/pci/devices/*; do [ -r "$d/vendor" ] || continue; '
-                'printf \'%s %s: %s:%s\\n\' "${d##*/}" "$(cut -c3-6 "$d/class")" '
-                '"$(cut -c3- "$d/vendor")" "$(cut -c3- "$d/device")"; done'
-            )
-            return parse_lspci(sysfs.splitlines())
-
-        return self._cached("pci", take)
+        return list(self.fact(NvidiaPciDevices))
 
     def gpu_expected(self) -> tuple[bool, str]:
         """Whether this host should have working NVIDIA GPUs, and why (the reason is the
@@ -252,7 +240,7 @@ class HostContext:
             facts = self.facts or {}
             if facts.get("gpus"):
                 return True, "the gathered facts list GPUs"
-            if any(d.get("class_id", "").startswith(GPU_CLASS_PREFIX) for d in self.pci_devices()):
+            if gpus_on_bus(self.pci_devices()):
                 return True, "NVIDIA GPU on the PCI bus"
             if self.has_command("nvidia-smi"):
                 return True, "nvidia-smi is installed"
@@ -276,30 +264,6 @@ class HostContext:
         return bool(host_gpus(self.pci_devices(), None)[2])
 
     # -- packages ------------------------------------------------------------------------
-
-    def package_manager(self) -> str | None:
-        def detect() -> str | None:
-            for manager in ("dpkg-query", "rpm"):
-                if self.has_command(manager):
-                    return "dpkg" if manager == "dpkg-query" else "rpm"
-            return None
-
-        return self._cached("package_manager", detect)
-
-    def installed_packages(self, patterns: list[str]) -> dict[str, str]:
-        """``{name: version}`` of the installed packages matching shell globs."""
-        manager = self.package_manager()
-        globs = " ".join(shlex.quote(p) for p in patterns)
-        if manager == "dpkg":
-            fields = "${Package}\\t${Version}\\t${db:Status-Status}\\n"
-            text = self.output(f"dpkg-query -W -f='{fields}' {globs} 2>/dev/null; true")
-            return parse.dpkg_installed(text)
-        if manager == "rpm":
-            text = self.output(
-                f"rpm -qa --qf '%{{NAME}}\\t%{{VERSION}}\\tinstalled\\n' {globs} 2>/dev/null; true"
-            )
-            return parse.dpkg_installed(text)
-        return {}
 
     # -- HTTP from the host itself -----------------------------------------------------------
 
@@ -337,7 +301,7 @@ class HostContext:
 
     def ollama_url(self, path: str) -> str:
         host, port = self.ollama_bind()
-        return f"http://{parse.url_host(parse.connect_address(host))}:{port}{path}"
+        return addresses.local_url(host, port, path)
 
     def ollama_tags(self) -> HttpResult:
         """``GET /api/tags`` (taken once per host)."""
@@ -357,7 +321,8 @@ class HostContext:
 
     def planned_models(self) -> list[dict[str, Any]]:
         """The plan's models plus the operator's pinned ones (``planner.wanted_models``):
-        ``{"tag", "digest", "estimated_vram_mib"}`` each, tags canonical, first mention wins."""
+        ``{"tag", "digest", "estimated_vram_mib", "context"}`` each, tags canonical, first
+        mention wins."""
         from provisioner.model_name import is_valid
         from provisioner.planner import wanted_models
 
@@ -373,23 +338,73 @@ class HostContext:
                 "tag": tag,
                 "digest": parse.digest_hex(entries.get(tag, {}).get("digest")),
                 "estimated_vram_mib": entries.get(tag, {}).get("estimated_vram_mib"),
+                "context": entries.get(tag, {}).get("context"),
             }
             for tag in wanted_models(names)
         ]
 
+    def resident_models(self) -> list[str]:
+        """The plan's resident set (``models_resident`` that fit together), tags normalised."""
+        resident = self.plan.get("resident") or {}
+        models = resident.get("models") if isinstance(resident, dict) else None
+        return [normalise(str(tag)) for tag in models or [] if tag]
+
+    def planned_context(self, tag: str) -> int | None:
+        """The context the plan sized ``tag`` with: the model's own ``context`` in the plan
+        (its params-layer ``num_ctx``, which wins over the server default), else the plan's
+        ``settings.context_length``, else ``ollama_context_length``. None when unknown."""
+        for item in self.planned_models():
+            if item["tag"] == normalise(tag) and isinstance(item.get("context"), int):
+                return int(item["context"])
+        pinned = (self.plan.get("settings") or {}).get("context_length")
+        if pinned is None:
+            pinned = self.data.integer("ollama_context_length")
+        try:
+            return int(pinned) if pinned is not None else None
+        except (TypeError, ValueError):
+            return None
+
     def model_size(self, tag: str) -> int | None:
-        """Download size in bytes: what Ollama reports, else the model catalog's."""
+        """Download size in bytes (see :meth:`model_bytes`)."""
+        return self.model_bytes(tag)[0]
+
+    def model_bytes(self, tag: str) -> tuple[int | None, str]:
+        """The bytes of ``tag``'s blobs and where that number comes from: what Ollama reports
+        for the model in its store (the sum of its manifest's blobs), else the manifest the
+        registry serves for it now (the blobs the next fetch downloads), else the catalog's
+        estimate (``catalog estimate``; ``(None, "unknown")`` when none of them knows)."""
         installed = self.installed_models() or {}
         size = (installed.get(tag) or {}).get("size")
         if isinstance(size, int) and size > 0:
-            return size
+            return size, "store manifest"
+        remote = self.registry_manifest(tag)
+        if remote and isinstance(remote.get("size"), int) and remote["size"] > 0:
+            return int(remote["size"]), "registry manifest"
         try:
             from provisioner.catalog import cached_catalog
 
             entry = cached_catalog(self.data.list_of("model_catalog_extra")).get(tag)
         except Exception:  # a bad catalog is reported by `provision plan`, not here
             entry = None
-        return entry.size_bytes if entry is not None else None
+        if entry is not None and entry.size_bytes:
+            return entry.size_bytes, "catalog estimate"
+        return None, "unknown"
+
+    def registry_manifest(self, tag: str) -> dict[str, Any] | None:
+        """The manifest the host would fetch ``tag`` by (its site registry when
+        ``ollama_registry`` is set), as :class:`OllamaRegistryManifest` reads it on the host;
+        None when it cannot be read."""
+        from provisioner.facts.ollama import OllamaRegistryManifest
+        from provisioner.ollama_api import ModelName, site_name
+
+        try:
+            registry = self.data.optional_text("ollama_registry")
+            namespace = self.data.text("ollama_registry_namespace")
+            source = site_name(tag, registry, namespace) if registry else ModelName.parse(tag)
+        except ValueError:
+            return None
+        remote = self.fact(OllamaRegistryManifest, source.manifest_url)
+        return None if not isinstance(remote, dict) or "error" in remote else remote
 
     def smallest_planned_model(self) -> str | None:
         planned = self.planned_models()

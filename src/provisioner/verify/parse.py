@@ -35,17 +35,6 @@ def ollama_version(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def kernel_module_version(text: str) -> str | None:
-    """The loaded module's version from ``/proc/driver/nvidia/version``
-    (``NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build ...``)
-    or from ``/sys/module/nvidia/version`` (the bare version)."""
-    text = text.strip()
-    if re.fullmatch(r"\d+\.\d+(?:\.\d+)?", text):
-        return text
-    match = _NVRM_RE.search(text + " ")
-    return match.group(1) if match else None
-
-
 def same_version(a: str | None, b: str | None) -> bool:
     """Versions equal in every component both carry (``580.95`` matches ``580.95.05``)."""
     if not a or not b:
@@ -84,24 +73,6 @@ def split_host_port(address: str, default_port: int = OLLAMA_DEFAULT_PORT) -> tu
     if not host:
         host = "127.0.0.1"
     return host, port
-
-
-def is_wildcard(address: str) -> bool:
-    return address in ("0.0.0.0", "::", "*")
-
-
-def connect_address(host: str) -> str:
-    """Where a client on the same machine reaches a server bound to ``host``."""
-    if host in ("0.0.0.0", "*", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes in a URL (IPv6 in brackets)."""
-    return f"[{host}]" if ":" in host else host
 
 
 def _hex_ipv4(text: str) -> str:
@@ -176,25 +147,3 @@ def human_bytes(size: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
-
-
-def dpkg_installed(text: str) -> dict[str, str]:
-    """``{name: version}`` from ``name<TAB>version<TAB>status`` lines (``dpkg-query -W -f``
-    with ``${db:Status-Status}``, or rpm's ``--qf`` with ``installed``); packages whose
-    status is not ``installed`` (removed, config files only) are left out."""
-    packages: dict[str, str] = {}
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 3 and fields[2].strip() == "installed" and fields[1].strip():
-            packages[fields[0].strip()] = fields[1].strip()
-    return packages
-
-
-def dnf_module_streams(text: str, module: str) -> list[str]:
-    """Streams of ``module`` from ``dnf module list`` (``nvidia-driver  580-open [e]  ...``)."""
-    streams = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == module:
-            streams.append(fields[1])
-    return streams

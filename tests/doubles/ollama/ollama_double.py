@@ -44,9 +44,8 @@ VERSION = "0.0.0"  # release.py bakes the release version in here
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
-V2_CANONICAL_HOST = "ollama.com"
 MEDIA_TYPE_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-LAYER_PRUNE_GRACE_S = 3600.0  # server/images.go layerPruneGracePeriod
+LAYER_PRUNE_GRACE_S = 3600.0  # server/images.go layerPruneGracePeriod, from v0.21.0
 MIN_PART = 100 * 1000 * 1000  # server/download.go minDownloadPartSize
 MAX_PART = 1000 * 1000 * 1000
 NUM_PARTS = 16
@@ -56,6 +55,53 @@ GIB = 1024 * MIB
 GPU_RESERVE = 457 * MIB  # ml/device.go: per-GPU minimum kept free
 FOREVER_NS = 2**63 - 1  # time.Duration(math.MaxInt64)
 USER_AGENT = f"ollama/{VERSION} (amd64 linux) Go/go1.24.6"
+
+
+def vram_default_ctx(total_vram: int) -> int:
+    """The context used when nothing sets one: routes.go's VRAM tiers from v0.15.5
+    (< 23 GiB: 4k, >= 23 GiB: 32k, >= 47 GiB: 256k), envconfig's 4096 before."""
+    if not since(VRAM_TIERS_FROM):
+        return 4096
+    if total_vram >= 47 * GIB:
+        return 262144
+    if total_vram >= 23 * GIB:
+        return 32768
+    return 4096
+
+
+def effective_num_ctx(request: dict[str, Any], model: dict[str, Any], default: int) -> int:
+    """routes.go modelOptions: api.DefaultOptions() (OLLAMA_CONTEXT_LENGTH, else the VRAM
+    default), then FromMap(model.Options) (the params layer), then FromMap(request options):
+    the request wins over the model, the model over the server's setting. sched.go raises
+    anything below 4 to 4."""
+    num_ctx = default
+    for source in (model, request):
+        if "num_ctx" in source:
+            with contextlib.suppress(TypeError, ValueError):
+                num_ctx = int(source["num_ctx"])
+    return max(4, num_ctx)
+
+
+def version_tuple(version: str = "") -> tuple[int, int, int]:
+    """``"0.32.15"`` -> ``(0, 32, 15)``; a pre-release counts as its release (the double is
+    only built for releases). An unparsable version (the unbaked ``0.0.0``) is the newest."""
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version or VERSION)
+    if not match or (version or VERSION) == "0.0.0":
+        return (999, 0, 0)
+    major, minor, patch = (int(x) for x in match.groups())
+    return (major, minor, patch)
+
+
+def since(version: str) -> bool:
+    """Whether the version this double plays has the behaviour that ``version`` introduced
+    (records in tests/conformance/ollama/records.toml name the version of each)."""
+    return version_tuple() >= version_tuple(version)
+
+
+# behaviours that changed inside the versions the double can play (records.toml)
+PRUNE_GRACE_FROM = "0.21.0"  # images.go: layerPruneGracePeriod = time.Hour (none before)
+VRAM_TIERS_FROM = "0.15.5"  # routes.go: defaultNumCtx 4k/32k/256k by VRAM (4096 before)
+RAW_MANIFEST_FROM = "0.19.0"  # images.go PullModel: os.WriteFile(fp, manifestData) (Marshal before)
 
 # --------------------------------------------------------------------------------------------
 # environment (envconfig/config.go)
@@ -330,9 +376,7 @@ class Name:
         return (self.host, self.namespace, self.model, self.tag)
 
     def key(self) -> tuple[str, ...]:
-        host = self.host.lower()
-        if host == V2_CANONICAL_HOST:
-            host = DEFAULT_HOST
+        host = self.host.lower()  # name.go EqualFold: ollama.com is not registry.ollama.ai
         return (host, self.namespace.lower(), self.model.lower(), self.tag.lower())
 
     def base_url(self, insecure: bool) -> str:
@@ -425,8 +469,9 @@ class Store:
             ) from e
         return p
 
-    def manifest_root(self, v2: bool = False) -> Path:
-        p = self.root / ("manifests-v2" if v2 else "manifests")
+    def manifest_root(self) -> Path:
+        """manifest.Path: ``$OLLAMA_MODELS/manifests`` (the only manifest tree in 0.x)."""
+        p = self.root / "manifests"
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -441,22 +486,12 @@ class Store:
         return self.blobs / digest.replace(":", "-")
 
     def legacy_path(self, name: Name) -> Path:
+        """manifest.PathForName: ``manifests/<host>/<namespace>/<model>/<tag>``."""
         return self.manifest_root().joinpath(*name.parts())
 
-    def _v2_path(self, name: Name) -> Path:
-        host = V2_CANONICAL_HOST if name.key()[0] == DEFAULT_HOST else name.host
-        return self.manifest_root(v2=True).joinpath(host, name.namespace, name.model, name.tag)
-
     def resolve(self, name: Name) -> Path | None:
-        """manifest.resolveManifestPath: manifests-v2 first, then the legacy tree."""
-        candidates = [self._v2_path(name), self.legacy_path(name)]
-        if name.key()[0] == DEFAULT_HOST:
-            alt = V2_CANONICAL_HOST if name.host.lower() == DEFAULT_HOST else DEFAULT_HOST
-            candidates.append(self.manifest_root().joinpath(alt, *name.parts()[1:]))
-        for p in candidates:
-            if p.is_file():
-                return p
-        return None
+        path = self.legacy_path(name)
+        return path if path.is_file() else None
 
     def _read(self, name: Name, path: Path) -> Entry:
         data = path.read_bytes()
@@ -474,28 +509,25 @@ class Store:
         return self._read(name, path) if path else None
 
     def manifests(self, continue_on_error: bool = True) -> dict[tuple[str, ...], Entry]:
-        """manifest.Manifests: every named manifest, manifests-v2 winning over legacy."""
+        """manifest.Manifests: every named manifest under ``manifests/<h>/<n>/<m>/<t>``."""
         out: dict[tuple[str, ...], Entry] = {}
-        for v2 in (True, False):
-            root = self.manifest_root(v2=v2)
-            for path in sorted(root.glob("*/*/*/*")):
-                if not path.is_file():
-                    continue
-                host, ns, model, tag = path.relative_to(root).parts
-                if host.lower() == V2_CANONICAL_HOST:
-                    host = DEFAULT_HOST  # manifest.normalizeLogicalName
-                name = parse_name(f"{host}/{ns}/{model}:{tag}")
-                if name is None:
-                    log("WARN", "bad manifest name", source="manifest.go:1", path=str(path))
-                    continue
-                if name.key() in out:
-                    continue
-                try:
-                    out[name.key()] = self._read(name, path)
-                except (OSError, StoreError) as e:
-                    if not continue_on_error:
-                        raise StoreError(f"{name.full()}: {e}") from e
-                    log("WARN", "bad manifest", source="manifest.go:1", name=name.full(), error=e)
+        root = self.manifest_root()
+        for path in sorted(root.glob("*/*/*/*")):
+            if not path.is_file():
+                continue
+            host, ns, model, tag = path.relative_to(root).parts
+            name = parse_name(f"{host}/{ns}/{model}:{tag}")
+            if name is None:
+                log("WARN", "bad manifest name", source="manifest.go:1", path=str(path))
+                continue
+            if name.key() in out:
+                continue
+            try:
+                out[name.key()] = self._read(name, path)
+            except (OSError, StoreError) as e:
+                if not continue_on_error:
+                    raise StoreError(f"{name.full()}: {e}") from e
+                log("WARN", "bad manifest", source="manifest.go:1", name=name.full(), error=e)
         return out
 
     def existing_name(self, name: Name) -> Name:
@@ -534,19 +566,21 @@ class Store:
         if entry is None:
             raise FileNotFoundError(name.full())
         candidates = set(entry.layer_digests())
-        for p in (self._v2_path(name), self.legacy_path(name)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.legacy_path(name).unlink()
         self.prune_dirs()
         self.remove_unreferenced(candidates)
 
     def prune_dirs(self) -> None:
-        for v2 in (True, False):
-            root = self.manifest_root(v2=v2)
-            _prune_directory(root)
-            root.mkdir(parents=True, exist_ok=True)
+        root = self.manifest_root()
+        _prune_directory(root)
+        root.mkdir(parents=True, exist_ok=True)
 
     def write_manifest(self, name: Name, data: bytes) -> None:
+        """The registry's bytes from v0.19.0; before, ``json.Marshal(mf)`` of the parsed
+        manifest (Go struct order, compact), so the file's digest is not the registry's."""
+        if not since(RAW_MANIFEST_FROM):
+            data = go_json(_marshal_manifest(json.loads(data)))
         path = self.legacy_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -558,14 +592,16 @@ class Store:
                 p.rename(p.with_name(p.name.replace(":", "-", 1)))
 
     def prune_layers(self) -> None:
-        """images.go PruneLayers: remove unreferenced blobs and partial files, past a grace."""
+        """images.go PruneLayers: remove unreferenced blobs and partial files; from v0.21.0
+        only those older than the one-hour grace period, before it every one of them."""
         now = time.time()
+        grace = LAYER_PRUNE_GRACE_S if since(PRUNE_GRACE_FROM) else 0.0
         candidates: set[str] = set()
         for p in self.blobs.iterdir():
             if p.is_dir():
                 continue
             try:
-                if now - p.stat().st_mtime < LAYER_PRUNE_GRACE_S:
+                if grace and now - p.stat().st_mtime < grace:
                     continue
             except OSError as e:
                 log("ERROR", "couldn't stat blob", source="images.go:1", blob=p.name, error=e)
@@ -581,6 +617,29 @@ class Store:
         log("INFO", f"total blobs: {len(candidates)}", source="images.go:1")
         removed = self.remove_unreferenced(candidates)
         log("INFO", f"total unused blobs removed: {removed}", source="images.go:1")
+
+
+def _marshal_manifest(m: dict[str, Any]) -> dict[str, Any]:
+    """manifest.Manifest as Go's json.Marshal writes it: schemaVersion, mediaType, config,
+    layers; each layer mediaType, digest, size, then from/name only when set (omitempty)."""
+
+    def layer(x: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            "mediaType": str(x.get("mediaType", "")),
+            "digest": str(x.get("digest", "")),
+            "size": int(x.get("size") or 0),
+        }
+        for key in ("from", "name"):
+            if x.get(key):
+                out[key] = str(x[key])
+        return out
+
+    return {
+        "schemaVersion": int(m.get("schemaVersion") or 0),
+        "mediaType": str(m.get("mediaType", "")),
+        "config": layer(m.get("config") or {}),
+        "layers": [layer(x) for x in m.get("layers") or []],
+    }
 
 
 def _prune_directory(path: Path) -> None:
@@ -1185,21 +1244,17 @@ def download_blob(store: Store, name: Name, digest: str, insecure: bool, emit: E
     return False
 
 
-def pull_model(server: Server, name: Name, insecure: bool, emit: Emit) -> None:
-    store = server.store
-    delete: set[str] = set()
+def _existing_layers(store: Store, name: Name) -> set[str]:
     try:
         existing = store.read_named(name)
     except (OSError, StoreError) as e:
         log("WARN", "pulling model with bad existing manifest", "images.go:1", name=name, error=e)
-        existing = None
-    if existing is not None:
-        delete.update(existing.layer_digests())
+        return set()
+    return set(existing.layer_digests()) if existing is not None else set()
 
-    if name.scheme == "http" and not insecure:
-        raise PullError("insecure protocol http")
 
-    emit(progress("pulling manifest"))
+def pull_manifest(name: Name, insecure: bool) -> tuple[bytes, dict[str, Any]]:
+    """images.go pullModelManifest: GET the manifest; its bytes and the parsed object."""
     url = f"{name.base_url(insecure)}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
     try:
         resp = make_request_with_retry("GET", url, {"Accept": MEDIA_TYPE_MANIFEST})
@@ -1215,23 +1270,14 @@ def pull_model(server: Server, name: Name, insecure: bool, emit: Emit) -> None:
             raise GoError("json: cannot unmarshal array into Go value of type manifest.Manifest")
     except (GoError, OSError, http.client.HTTPException) as e:
         raise PullError(f"pull model manifest: {e}") from e
+    return data, manifest
 
-    layers = list(manifest.get("layers") or [])
-    cfg = manifest.get("config") or {}
-    if cfg.get("digest"):
-        layers.append(cfg)
 
-    skip_verify: dict[str, bool] = {}
+def _verify_layers(store: Store, layers: list[dict[str, Any]], skip: dict[str, bool]) -> None:
+    """images.go verifyBlob for every layer not already present before the pull."""
     for layer in layers:
         digest = str(layer.get("digest", ""))
-        hit = download_blob(store, name, digest, insecure, emit)
-        skip_verify[digest] = skip_verify.get(digest, True) and hit
-        delete.discard(digest)
-
-    emit(progress("verifying sha256 digest"))
-    for layer in layers:
-        digest = str(layer.get("digest", ""))
-        if skip_verify.get(digest):
+        if skip.get(digest):
             continue
         fp = store.blob_path(digest)
         got = "sha256:" + sha256_file(fp)
@@ -1244,8 +1290,30 @@ def pull_model(server: Server, name: Name, insecure: bool, emit: Emit) -> None:
                 f"digest mismatch, file must be downloaded again: want {digest}, got {got}"
             )
 
+
+def pull_model(server: Server, name: Name, insecure: bool, emit: Emit) -> None:
+    """images.go PullModel: manifest, blobs, verification, the manifest file, old layers."""
+    store = server.store
+    delete = _existing_layers(store, name)
+    if name.scheme == "http" and not insecure:
+        raise PullError("insecure protocol http")
+
+    emit(progress("pulling manifest"))
+    data, manifest = pull_manifest(name, insecure)
+    layers = list(manifest.get("layers") or [])
+    cfg = manifest.get("config") or {}
+    if cfg.get("digest"):
+        layers.append(cfg)
+
+    skip_verify: dict[str, bool] = {}
     for layer in layers:
-        delete.discard(str(layer.get("digest", "")))
+        digest = str(layer.get("digest", ""))
+        hit = download_blob(store, name, digest, insecure, emit)
+        skip_verify[digest] = skip_verify.get(digest, True) and hit
+
+    emit(progress("verifying sha256 digest"))
+    _verify_layers(store, layers, skip_verify)
+    delete -= {str(layer.get("digest", "")) for layer in layers}
 
     emit(progress("writing manifest"))
     try:
@@ -1361,7 +1429,10 @@ class Scheduler:
         key = m.entry.name.key()
         with self.lock:
             self._expire(now)
-            num_ctx = int(options.get("num_ctx") or 0) or self.default_num_ctx
+            num_ctx = effective_num_ctx(options, m.options, self.default_num_ctx)
+            trained = m.arch_value("context_length")
+            if trained and num_ctx > trained:  # llm/server.go: "requested context size too
+                num_ctx = int(trained)  # large for model" caps it at the trained context
             current = self.loaded.get(key)
             if (
                 current is None
@@ -1758,26 +1829,11 @@ class Handler(BaseHTTPRequestHandler):
         if req is None:
             return
         body, m, keep_alive = req
-        model = body["model"]
         started = time.monotonic_ns()
-        if chat:
-            msgs = body.get("messages") or []
-            prompt = str(msgs[-1].get("content", "")) if msgs and isinstance(msgs[-1], dict) else ""
-            empty = not msgs
-        else:
-            prompt = str(body.get("prompt") or "")
-            empty = prompt == ""
+        prompt, empty = _prompt_of(body, chat)
 
         def frame(text: str, done: bool, reason: str = "") -> dict[str, Any]:
-            out: dict[str, Any] = {"model": model, "created_at": go_time(time.time_ns(), utc=True)}
-            if chat:
-                out["message"] = {"role": "assistant", "content": text}
-            else:
-                out["response"] = text
-            out["done"] = done
-            if reason:
-                out["done_reason"] = reason
-            return out
+            return _frame(body["model"], chat, text, done, reason)
 
         if empty and keep_alive == 0:
             self.api.sched.unload(m)
@@ -1797,22 +1853,11 @@ class Handler(BaseHTTPRequestHandler):
         final = frame("", True, "stop")
         if not chat:
             final["context"] = list(range(1, len(words) + len(prompt.split()) + 1))
-        final.update(
-            {
-                "total_duration": time.monotonic_ns() - started,
-                "load_duration": loaded - started,
-                "prompt_eval_count": max(1, len(prompt.split())),
-                "prompt_eval_duration": 1_000_000,
-                "eval_count": len(words),
-                "eval_duration": 1_000_000 * len(words),
-            }
-        )
+        final.update(_timings(started, loaded, prompt, words))
         if s is None:
-            text = "".join(words)
-            if chat:
-                final["message"]["content"] = text
-            else:
-                final["response"] = text
+            final["message" if chat else "response"] = (
+                {"role": "assistant", "content": "".join(words)} if chat else "".join(words)
+            )
             self.send_json(200, final)
         else:
             s.send(final)
@@ -1895,6 +1940,39 @@ def _modelfile(m: Model) -> str:
         out.extend(f"PARAMETER {k} {v}" for v in values)
     out.extend(f'LICENSE """{lic}"""' for lic in m.license)
     return "\n".join(out) + "\n"
+
+
+def _prompt_of(body: dict[str, Any], chat: bool) -> tuple[str, bool]:
+    """The text a completion answers, and whether the request only loads or unloads."""
+    if chat:
+        msgs = body.get("messages") or []
+        last = msgs[-1] if msgs and isinstance(msgs[-1], dict) else {}
+        return str(last.get("content", "")), not msgs
+    prompt = str(body.get("prompt") or "")
+    return prompt, prompt == ""
+
+
+def _frame(model: str, chat: bool, text: str, done: bool, reason: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "created_at": go_time(time.time_ns(), utc=True)}
+    if chat:
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    out["done"] = done
+    if reason:
+        out["done_reason"] = reason
+    return out
+
+
+def _timings(started: int, loaded: int, prompt: str, words: list[str]) -> dict[str, int]:
+    return {
+        "total_duration": time.monotonic_ns() - started,
+        "load_duration": loaded - started,
+        "prompt_eval_count": max(1, len(prompt.split())),
+        "prompt_eval_duration": 1_000_000,
+        "eval_count": len(words),
+        "eval_duration": 1_000_000 * len(words),
+    }
 
 
 def _reply_words(model: str, prompt: str) -> list[str]:
@@ -2048,18 +2126,15 @@ def serve() -> int:
     if not gpus:
         log("INFO", "no compatible GPUs were discovered", source="types.go:1")
         log("INFO", "inference compute", source="types.go:1", id="cpu", library="cpu")
-    if total_vram >= 47 * GIB:
-        default_ctx = 262144
-    elif total_vram >= 23 * GIB:
-        default_ctx = 32768
-    else:
-        default_ctx = 4096
-    log(
-        "INFO",
-        "vram-based default context",
-        total_vram=human_bytes2(total_vram),
-        default_num_ctx=default_ctx,
-    )
+    default_ctx = vram_default_ctx(total_vram)
+    if since(VRAM_TIERS_FROM):
+        log(
+            "INFO",
+            "vram-based default context",
+            total_vram=human_bytes2(total_vram),
+            default_num_ctx=default_ctx,
+        )
+    # envconfig.ContextLength: OLLAMA_CONTEXT_LENGTH (default 0 from v0.15.5, 4096 before)
     num_ctx = env_uint("OLLAMA_CONTEXT_LENGTH", 0) or default_ctx
     httpd.api = Server(store, gpus, num_ctx, Scheduler(gpus, num_ctx), host)
     addr, port = httpd.server_address[:2]

@@ -100,8 +100,10 @@ def build_model(
     quantization: str = "Q4_K_M",
     context_length: int = 32768,
     embedding: bool = False,
+    num_ctx: int | None = None,
 ) -> Model:
-    """Blobs and manifest of a stand-in model; ``seed`` makes its bytes (and digest) unique."""
+    """Blobs and manifest of a stand-in model; ``seed`` makes its bytes (and digest) unique.
+    ``num_ctx`` goes into the params layer, as a Modelfile's ``PARAMETER num_ctx`` does."""
     meta: dict[str, Any] = {
         "general.architecture": family,
         "general.name": f"provisioner test model {seed}",
@@ -118,7 +120,10 @@ def build_model(
     if embedding:
         meta[f"{family}.pooling_type"] = 1
     weights = gguf_bytes(meta, size, seed)
-    params = json.dumps({"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.7}).encode()
+    options: dict[str, Any] = {"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.7}
+    if num_ctx is not None:
+        options["num_ctx"] = num_ctx
+    params = json.dumps(options).encode()
     layers = [
         (MT_MODEL, weights),
         (MT_TEMPLATE, TEMPLATE.encode()),

@@ -4,29 +4,17 @@ NVSwitch systems, no nouveau."""
 
 from __future__ import annotations
 
-import re
 import shlex
+from typing import Any
 
 import pytest
 
+from provisioner import gpu_stack
 from provisioner.gpu_stack import REBOOT_MARKER, branch_of, package_version
 from provisioner.verify import parse
 from provisioner.verify.context import HostContext
 
 pytestmark = pytest.mark.layer("driver")
-
-# Packages that carry the driver's own version, for a distribution the GPU stack does not know
-# (for the known ones, data/distros.toml's driver_globs, kernel_module and fabricmanager).
-FALLBACK_DRIVER_GLOBS = (
-    "nvidia-driver*",
-    "nvidia-open*",
-    "cuda-drivers*",
-    "nvidia-kernel*",
-    "nvidia-dkms*",
-    "kmod-nvidia*",
-    "nvidia-fabricmanager*",
-    "nvidia-fabric-manager*",
-)
 
 
 def _ok_smi(target: HostContext) -> dict:
@@ -46,26 +34,6 @@ def _smi_problem(smi: dict) -> str:
     return f"{state}: {error}" if error else str(state)
 
 
-def _driver_globs(target: HostContext) -> list[str]:
-    distro = target.distro()
-    if distro is None:
-        return list(FALLBACK_DRIVER_GLOBS)
-    globs = list(distro.driver_globs)
-    globs += [glob for flavour in distro.kernel_module.values() for glob in flavour]
-    globs += [distro.fabricmanager, f"{distro.fabricmanager}-*"]
-    return list(dict.fromkeys(globs))
-
-
-def _driver_packages(target: HostContext) -> dict[str, str]:
-    """Installed packages that carry a driver version (``NNN.x``), pinning packages left out."""
-    packages = target.installed_packages(_driver_globs(target))
-    return {
-        name: version
-        for name, version in packages.items()
-        if "pinning" not in name and re.match(r"(\d+:)?\d{3}\.", version)
-    }
-
-
 def test_nvidia_smi_answers(target: HostContext, request: pytest.FixtureRequest) -> None:
     """nvidia-smi talks to the driver: no "couldn't communicate", no NVML mismatch."""
     target.require_gpu()
@@ -83,50 +51,53 @@ def test_nvidia_smi_answers(target: HostContext, request: pytest.FixtureRequest)
     target.passed(request, f"driver {smi['driver_version']}, {len(smi['gpus'])} GPU(s)")
 
 
-def test_module_matches_userspace(target: HostContext, request: pytest.FixtureRequest) -> None:
-    """The loaded kernel module, the userspace library and the installed packages are one
-    driver version."""
-    target.require_gpu()
-    smi = target.smi()
-    module_text = target.output(
-        "cat /sys/module/nvidia/version 2>/dev/null"
-        " || cat /proc/driver/nvidia/version 2>/dev/null; true"
-    )
-    module = parse.kernel_module_version(module_text)
-    if smi["state"] == "driver-mismatch":
-        from provisioner.nvidia_smi import nvml_library_version
+def _stack_facts(target: HostContext) -> tuple[Any, dict, dict, dict]:
+    """The facts apply decides with: the driver table, installed packages, module, nvidia-smi."""
+    from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule
 
-        library = nvml_library_version(smi.get("error") or "")
-        target.fail(
-            "driver versions",
-            "kernel module == userspace library",
-            f"NVML mismatch: kernel module {module or '?'}, NVML library {library or '?'}",
-            "reboot to load the installed driver",
+    return (
+        _driver_table(target),
+        target.fact(GpuStackPackages),
+        target.fact(NvidiaKernelModule),
+        target.smi(),
+    )
+
+
+def _driver_table(target: HostContext) -> Any:
+    """The distro table apply uses for this host (NVIDIA's repository or the distribution's
+    own packages), or None for a distribution the GPU stack does not know."""
+    release = target.distro()
+    if release is None:
+        return None
+    try:
+        return gpu_stack.driver_table(target.data, release, str(target.key("nvidia_driver_branch")))
+    except gpu_stack.GpuStackError:
+        return release
+
+
+def test_module_matches_userspace(target: HostContext, request: pytest.FixtureRequest) -> None:
+    """The loaded kernel module is the installed driver, as apply judges it before deciding on
+    a reboot (``gpu_stack.module_problem`` on the same facts)."""
+    target.require_gpu()
+    table, packages, module, smi = _stack_facts(target)
+    if table is None:
+        target.skip("a distribution the GPU stack does not support: no installed driver to judge")
+    installed = gpu_stack.installed_driver(table, packages)
+    problem = gpu_stack.module_problem(installed, module, smi)
+    if problem:
+        hint = (
+            "reboot to load the installed driver (provision apply does)"
+            if installed.driver_version
+            else "install the driver with provision apply"
         )
-    smi = _ok_smi(target)
-    running = smi.get("driver_version")
-    if module and running and not parse.same_version(module, running):
-        target.fail("driver versions", f"kernel module {running}", f"kernel module {module}")
-    packages = _driver_packages(target)
-    if not packages:
-        target.fail(
-            "driver package",
-            f"an installed NVIDIA driver package at {running}",
-            f"none found ({target.package_manager() or 'no dpkg or rpm'})",
-        )
-    wrong = {
-        name: version
-        for name, version in packages.items()
-        if not parse.same_version(package_version(version), running)
-    }
-    if wrong:
-        target.fail(
-            "driver packages",
-            f"version {running} (what nvidia-smi runs)",
-            ", ".join(f"{name} {version}" for name, version in sorted(wrong.items())),
-            "installed but not loaded: reboot, or finish the partial upgrade",
-        )
-    target.passed(request, f"{running} loaded and installed ({len(packages)} packages)")
+        if smi.get("state") == "driver-mismatch":
+            from provisioner.nvidia_smi import nvml_library_version
+
+            library = nvml_library_version(smi.get("error") or "")
+            problem += f"; NVML library {library or '?'}"
+        target.fail("driver versions", "the installed driver's module loaded", problem, hint)
+    running = gpu_stack.loaded_module_version(module, smi)
+    target.passed(request, f"{running} loaded and installed ({installed.package})")
 
 
 def _pinned_branch(target: HostContext) -> str:
@@ -158,52 +129,23 @@ def test_driver_branch(target: HostContext, request: pytest.FixtureRequest) -> N
 
 
 def test_driver_locked(target: HostContext, request: pytest.FixtureRequest) -> None:
-    """The branch cannot move on an upgrade: NVIDIA's pinning package or every driver package
-    held (apt); the module stream or a versionlock (dnf)."""
+    """The branch cannot move on an upgrade: the branch lock (pinning package / module stream)
+    and every driver package held, exactly what the driver deploy sets up
+    (``gpu_stack.lock_problems`` on the same package fact)."""
     target.require_gpu()
     branch = _pinned_branch(target)
-    manager = target.package_manager()
-    distro = target.distro()
-    locks: list[str] = []
-    held: set[str] = set()
-    if manager == "dpkg":
-        pinning = (
-            distro.pinning(branch)
-            if distro and distro.pinning_package
-            else f"nvidia-driver-pinning-{branch}"
-        )
-        if target.installed_packages([pinning]):
-            locks.append(pinning)
-        held = set(target.output("apt-mark showhold 2>/dev/null; true").split())
-        packages = sorted(_driver_packages(target))
-        if packages and set(packages) <= held:
-            locks.append(f"apt-mark hold on {len(packages)} driver packages")
-    elif manager == "rpm":
-        modules = target.output("dnf -q module list --enabled nvidia-driver 2>/dev/null; true")
-        streams = [
-            s
-            for s in parse.dnf_module_streams(modules, "nvidia-driver")
-            if s.startswith(f"{branch}-")
-        ]
-        if streams:
-            locks.append("dnf module stream nvidia-driver:" + streams[0])
-        versionlock = target.output("dnf -q versionlock list 2>/dev/null; true")
-        if any(
-            "nvidia" in line and (f":{branch}." in line or f"-{branch}." in line)
-            for line in versionlock.splitlines()
-        ):
-            locks.append("dnf versionlock")
-    if not locks:
-        held_text = ""
-        if manager == "dpkg":
-            unheld = sorted(set(_driver_packages(target)) - held)
-            held_text = f"; not held: {', '.join(unheld)}" if unheld else ""
+    table, packages, _, _ = _stack_facts(target)
+    if table is None:
+        target.skip("a distribution the GPU stack does not support: its locks are not known")
+    problems = gpu_stack.lock_problems(table, packages, branch)
+    if problems:
         target.fail(
             f"lock of driver branch {branch}",
-            "a pinning package, holds, a module stream or a versionlock",
-            f"none (the next upgrade may replace the driver under the loaded module){held_text}",
+            "the branch lock and holds on every driver package",
+            "; ".join(problems) + " (the next upgrade may replace the driver under the module)",
         )
-    target.passed(request, "; ".join(locks))
+    held = [p["name"] for p in gpu_stack.find_packages(packages, table.hold_globs) if p["held"]]
+    target.passed(request, f"branch {branch} locked, {len(held)} packages held")
 
 
 def test_no_pending_reboot(target: HostContext, request: pytest.FixtureRequest) -> None:

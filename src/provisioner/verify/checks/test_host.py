@@ -57,16 +57,20 @@ def test_models_dir_owner(target: HostContext, request: pytest.FixtureRequest) -
 
 def test_models_dir_free_space(target: HostContext, request: pytest.FixtureRequest) -> None:
     """Room for the next update: at least the largest planned model's size is free (an
-    update holds the old and the new blobs until the old ones are pruned)."""
+    update holds the old and the new blobs until the old ones are pruned). Sizes are the real
+    blob sizes of the model's manifest (in the store, else in the registry); the catalog's
+    estimate only when neither can be read, and the message says which was used."""
     path = _models_dir(target)
     planned = target.planned_models()
     if not planned:
         target.skip("no models planned for this host")
-    sizes = {m["tag"]: target.model_size(m["tag"]) for m in planned}
-    known = {tag: size for tag, size in sizes.items() if size}
+    sizes = {m["tag"]: target.model_bytes(m["tag"]) for m in planned}
+    known = {tag: sized for tag, sized in sizes.items() if sized[0]}
     if not known:
-        target.skip("sizes of the planned models unknown (not in /api/tags, not in the catalog)")
-    tag, largest = max(known.items(), key=lambda item: item[1])
+        target.skip(
+            "sizes of the planned models unknown (not in /api/tags, the registry or the catalog)"
+        )
+    tag, (largest, source) = max(known.items(), key=lambda item: item[1][0])
     available = parse.df_available_bytes(target.output(f"df -P -k {shlex.quote(path)}"))
     if available is None:
         target.fail(
@@ -75,9 +79,11 @@ def test_models_dir_free_space(target: HostContext, request: pytest.FixtureReque
     if available < largest:
         target.fail(
             f"free space in {path}",
-            f">= {parse.human_bytes(largest)} (largest planned model, {tag})",
+            f">= {parse.human_bytes(largest)} (largest planned model, {tag}, {source})",
             parse.human_bytes(available),
         )
     target.passed(
-        request, f"{parse.human_bytes(available)} free, largest model {parse.human_bytes(largest)}"
+        request,
+        f"{parse.human_bytes(available)} free, largest model {tag} "
+        f"{parse.human_bytes(largest)} ({source})",
     )

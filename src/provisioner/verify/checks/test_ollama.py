@@ -3,10 +3,9 @@ models, and a generation with the smallest of them fully on the GPU (on CPU host
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
 
+from provisioner import addresses
 from provisioner.deploys.ollama import FIREWALL_TABLE
 from provisioner.verify import parse
 from provisioner.verify.context import HostContext, normalise
@@ -56,25 +55,6 @@ def test_api_answers(target: HostContext, request: pytest.FixtureRequest) -> Non
     target.passed(request, f"{url} answers, version {document['version']}")
 
 
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-def _same_address(bind: str, address: str) -> bool:
-    """Whether a listener on ``address`` is what binding ``bind`` gives."""
-    if parse.is_wildcard(bind):
-        return parse.is_wildcard(address)
-    if bind == "localhost":
-        return _loopback(address)
-    try:
-        return ipaddress.ip_address(bind) == ipaddress.ip_address(address)
-    except ValueError:
-        return bind == address
-
-
 def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> None:
     """Ollama listens only on ``ollama_listen_address``; beyond loopback only when
     ``ollama_expose`` puts an allowlist in front of it."""
@@ -86,7 +66,7 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
     if not listening:
         target.fail(f"listener on port {port}", f"{bind}:{port}", "nothing listens there")
     if expose not in EXPOSED_DIRECTLY:
-        public = [a for a in listening if not _loopback(a)]
+        public = [a for a in listening if not addresses.is_loopback(a)]
         if public:
             target.fail(
                 f"listeners on port {port}",
@@ -94,7 +74,7 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
                 shown,
                 "Ollama has no authentication; anyone who reaches it can use and replace models",
             )
-    others = [a for a in listening if not _same_address(bind, a)]
+    others = [a for a in listening if not addresses.same_listener(bind, a)]
     if others:
         target.fail(f"listeners on port {port}", f"{bind}:{port} only", shown)
     target.passed(request, f"listening on {shown} (ollama_expose: {expose})")
@@ -229,3 +209,83 @@ def test_model_on_gpu(target: HostContext, request: pytest.FixtureRequest) -> No
                 f"{model} placement", f"on CPU ({reason}): size_vram 0", f"size_vram {vram}"
             )
         target.passed(request, f"{model} on CPU ({reason})")
+
+
+def _loaded(target: HostContext) -> list[dict]:
+    """``/api/ps``'s models (fails the check when it does not answer)."""
+    ps = target.http("GET", target.ollama_url("/api/ps"))
+    document = ps.json() if ps.status == 200 else None
+    if not isinstance(document, dict):
+        target.fail("GET /api/ps", "HTTP 200 with the loaded models", ps.describe())
+    return [m for m in document.get("models") or [] if isinstance(m, dict)]
+
+
+def _loaded_models(target: HostContext) -> dict[str, dict]:
+    """``/api/ps`` by normalised name (fails the check when it does not answer)."""
+    return {normalise(str(m.get("name"))): m for m in _loaded(target)}
+
+
+def test_resident_models_loaded_together(
+    target: HostContext, request: pytest.FixtureRequest
+) -> None:
+    """The plan's resident set (``models_resident``) stays loaded together: after a generation
+    with each, ``/api/ps`` lists them all at once, fully on the GPU where one is expected."""
+    resident = target.resident_models()
+    if not resident:
+        target.skip("no resident set planned (models_resident)")
+    for model in resident:
+        answer = target.generation(model)
+        if answer.status != 200:
+            target.fail(f"loading {model}", "a loaded model", answer.describe())
+    loaded = _loaded_models(target)
+    missing = [m for m in resident if m not in loaded]
+    if missing:
+        target.fail(
+            "resident models in /api/ps",
+            f"all of {', '.join(resident)} loaded together",
+            f"{', '.join(missing)} not loaded (loaded: {', '.join(loaded) or 'none'})",
+            "Ollama evicted them: check OLLAMA_MAX_LOADED_MODELS and the GPU memory",
+        )
+    gpu_expected, _ = target.gpu_expected()
+    partial = [
+        m
+        for m in resident
+        if int(loaded[m].get("size_vram") or 0) != int(loaded[m].get("size") or 0)
+    ]
+    if gpu_expected and partial:
+        target.fail(
+            "resident models placement",
+            "each fully on GPU (size_vram == size)",
+            f"{', '.join(partial)} partly on CPU",
+            "the resident set does not fit the GPUs together",
+        )
+    target.passed(request, f"{', '.join(resident)} loaded together")
+
+
+def test_loaded_context_within_plan(target: HostContext, request: pytest.FixtureRequest) -> None:
+    """No loaded model runs with a larger context than the plan assumed for it (``/api/ps``
+    ``context_length``). ``OLLAMA_CONTEXT_LENGTH`` is only a default: a model's own
+    ``num_ctx`` and a client's ``options.num_ctx`` win over it (server/routes.go), and a larger
+    context grows the KV cache beyond what the VRAM plan budgeted."""
+    loaded = _loaded(target)
+    if not loaded:
+        target.skip("no model loaded (/api/ps is empty)")
+    over, shown = [], []
+    for entry in loaded:
+        name = normalise(str(entry.get("name") or entry.get("model") or "?"))
+        context = entry.get("context_length")
+        if not isinstance(context, int) or context <= 0:
+            continue  # a version that does not report it: nothing to compare
+        planned = target.planned_context(name)
+        shown.append(f"{name} {context}")
+        if planned is not None and context > planned:
+            over.append(f"{name}: context {context} > planned {planned}")
+    if over:
+        target.fail(
+            "loaded contexts (/api/ps context_length)",
+            "at most the context the plan assumed",
+            "; ".join(over),
+            "a client sent options.num_ctx, or the model sets its own num_ctx: "
+            "see docs/ollama.md (Context)",
+        )
+    target.passed(request, ", ".join(shown) or "no context reported")

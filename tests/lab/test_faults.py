@@ -1,0 +1,264 @@
+"""Fault injection on the lab, in one go (issue 18): a tampered release, every host failing at
+once, a large blob interrupted by Ctrl-C and resumed with a Range request (bytes counted), two
+runs at once on one host, and a host stopped mid-apply. Each case asserts the exit code, the
+reason in ``--json`` (``hosts.NAME.error``), that nothing was lost, and a clean re-converge.
+
+A full store is covered by the unit tests (tests/unit/test_fetch_helper_bounds.py): filling a
+lab host's file system would fill the machine's own disk. The firewall that fails to load needs
+CAP_NET_ADMIN in the lab hosts (issue 18 item 3, another change).
+
+Run: flock /tmp/provisioner-lab.lock .venv/bin/python -m pytest -q -m lab tests/lab/test_faults.py
+(LAB_HOSTS=gpu3,cpu1 is enough: two hosts, one of them the victim).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.doubles.ollama.registry import fetch_manifest, push_model
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY = "http://169.254.100.1:5000"
+STORE = "/var/lib/ollama/models"
+BIG = 48 * 1024 * 1024  # the large blob: tens of MB, made here, never committed
+RATE = "8mbit"  # ~1 MB/s on the victim's link: the big blob takes ~50 s
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "provisioner.cli", *args, "--json"]
+
+
+def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
+    proc = subprocess.run(
+        _command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    try:
+        payload = json.loads(proc.stdout) if proc.stdout.strip() else None
+    except json.JSONDecodeError:
+        payload = None
+    return proc.returncode, payload, proc.stderr[-6000:]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        _command(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, Any, str]:
+    out, err = proc.communicate(timeout=timeout)
+    try:
+        payload = json.loads(out) if out.strip() else None
+    except json.JSONDecodeError:
+        payload = None
+    return proc.returncode, payload, err[-6000:]
+
+
+@pytest.fixture(scope="module")
+def fleet(lab):
+    """A converged fleet: the victim (the last host) and the others."""
+    code, result, err = provision("apply", str(lab.inventory))
+    assert code == 0, (result, err)
+    return lab
+
+
+def _tags(lab, host: str) -> dict[str, str]:
+    tags = json.loads(lab.ssh(host, "curl -s http://127.0.0.1:11434/api/tags").stdout)
+    return {m["name"]: m["digest"] for m in tags["models"]}
+
+
+def _library_model(lab, host: str) -> tuple[str, str, str]:
+    """A library model the host serves: (repository, tag, name as the host lists it)."""
+    for key in sorted(lab.info["models"]):
+        repository, tag = key.rsplit(":", 1)
+        short = f"{repository.removeprefix('library/')}:{tag}"
+        if repository.startswith("library/") and short in _tags(lab, host):
+            return repository, tag, short
+    raise AssertionError(f"{host} serves no library model of the lab registry")
+
+
+def _republish(lab, repository: str, tag: str) -> None:
+    """Push the lab's own model again exactly as the lab pushed it (same seed and context)."""
+    key = f"{repository}:{tag}"
+    digest = push_model(REGISTRY, repository, tag, **lab.info["model_pushes"][key])
+    assert digest == lab.info["models"][key], f"{key} re-pushed with other bytes than the lab's"
+
+
+def _throttle(lab, host: str, on: bool) -> None:
+    veth = lab.host(host).veth
+    subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
+    if on:
+        subprocess.run(
+            ["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", RATE, "burst", "64kb",
+             "latency", "500ms"],
+            check=True,
+        )  # fmt: skip
+
+
+def _rx_bytes(lab, host: str) -> int:
+    counter = "/sys/class/net/eth0/statistics/rx_bytes"
+    out = subprocess.run(
+        ["ip", "netns", "exec", lab.host(host).netns, "cat", counter],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(out.stdout)
+
+
+def _size(lab, host: str, path: str) -> int:
+    out = lab.ssh(host, f"stat -c %s {path} 2>/dev/null || echo 0", check=False).stdout
+    return int(out.strip() or 0)
+
+
+def _writers(lab, host: str) -> str:
+    return lab.ssh(host, "pgrep -af 'ollama-fetch-model|curl' || true", check=False).stdout.strip()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_tampered_release_names_the_checksum_and_keeps_the_serving_version(fleet):
+    lab = fleet
+    host = lab.hosts[-1]
+    before = lab.ssh(host, "ollama --version", check=False).stdout.strip()
+    code, result, err = provision(
+        "apply", str(lab.inventory), "--limit", host,
+        "--data", "ollama_version=0.20.3", "--data", f"ollama_sha256={'0' * 64}",
+    )  # fmt: skip
+    assert code == 1, err
+    error = result["hosts"][host]["error"]
+    assert "a download did not match its checksum" in error, error
+    assert "expected " + "0" * 64 in error
+    assert lab.ssh(host, "ollama --version", check=False).stdout.strip() == before
+
+
+def test_every_host_failing_keeps_true_counts_and_every_reason(fleet):
+    lab = fleet
+    code, result, err = provision(
+        "apply", str(lab.inventory),
+        "--data", "ollama_version=0.20.3", "--data", f"ollama_sha256={'0' * 64}",
+    )  # fmt: skip
+    assert code == 1, err
+    assert sorted(result["failed_hosts"]) == sorted(lab.hosts)
+    for host in lab.hosts:
+        entry = result["hosts"][host]
+        assert entry["unchanged"] > 0, entry  # what ran before the failure is counted
+        assert "pyinfra run" not in entry["failed"], entry
+        assert "did not match its checksum" in entry["error"], entry
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured on the lab (2 runs): the concurrent apply is refused naming the sync's pid, "
+    "but SIGINT to `provision models sync` over SSH does not stop it (it finishes, exit 0); "
+    "the @local path stops (tests/unit/test_ollama_sync.py). Open: issue 18 item 4.",
+)
+def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
+    """Also two runs at once: an apply during the sync is refused, naming the sync's run."""
+    lab = fleet
+    host = lab.hosts[-1]
+    repository, tag, short = _library_model(lab, host)
+    digest = push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-big-{time.time()}", size=BIG, chunk_size=None
+    )
+    _, manifest = fetch_manifest(REGISTRY, repository, tag)
+    weights = max(manifest["layers"], key=lambda layer: layer["size"])
+    part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
+    try:
+        _interrupt_and_resume(lab, host, weights, part, digest, short)
+    finally:
+        _throttle(lab, host, False)
+        _republish(lab, repository, tag)  # back to the lab's own bytes, whatever happened
+    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
+        "sha256:"
+    )
+
+
+def _interrupt_and_resume(lab, host: str, weights: dict, part: str, digest: str, short: str):
+    _throttle(lab, host, True)
+    try:
+        sync = start("models", "sync", str(lab.inventory), "--limit", host)
+        _wait_for(lambda: _size(lab, host, part) > 4 * 1024 * 1024, 120, "the blob to arrive")
+
+        # two runs at once: the second is refused on this host, with the holder's name
+        code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+        assert code == 1, err
+        error = result["hosts"][host]["error"]
+        assert "another run holds the host" in error and f"pid {sync.pid} " in error, error
+        assert "Could not get lock" not in err  # never an apt/dpkg lock error
+
+        sync.send_signal(signal.SIGINT)  # Ctrl-C
+        pressed = time.monotonic()
+        code, _, err = finish(sync, timeout=60)
+        assert code == 130, err
+        assert time.monotonic() - pressed < 20
+        _wait_for(lambda: not _writers(lab, host), 10, "the helper and curl to stop")
+        kept = _size(lab, host, part)
+        time.sleep(2)
+        assert _size(lab, host, part) == kept and 0 < kept < weights["size"]
+    finally:
+        _throttle(lab, host, False)
+
+    received = _rx_bytes(lab, host)
+    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+    assert code == 0, err
+    fetched = _rx_bytes(lab, host) - received
+    remaining = weights["size"] - kept
+    # resumed: what was missing came over the wire, not the whole blob again
+    assert remaining <= fetched < remaining + 2 * 1024 * 1024, (fetched, remaining, kept)
+    assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
+
+
+def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
+    lab = fleet
+    host, others = lab.hosts[-1], lab.hosts[:-1]
+    repository, tag, short = _library_model(lab, host)
+    push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-stop-{time.time()}", size=BIG, chunk_size=None
+    )
+    _, manifest = fetch_manifest(REGISTRY, repository, tag)
+    weights = max(manifest["layers"], key=lambda layer: layer["size"])
+    part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
+    # apply does not re-check present tags (ollama_models_refresh): remove the model so that
+    # this apply must fetch it
+    api = "http://127.0.0.1:11434/api/delete"
+    for name in (short, f"{REGISTRY.removeprefix('http://')}/{repository}:{tag}"):
+        lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
+    _throttle(lab, host, True)
+    try:
+        run = start("apply", str(lab.inventory))
+        _wait_for(lambda: _size(lab, host, part) > 4 * 1024 * 1024, 300, "the blob to arrive")
+        lab.fleet.stop_host(lab.host(host))
+        code, result, err = finish(run, timeout=600)
+    finally:
+        _throttle(lab, host, False)
+        _republish(lab, repository, tag)
+        if not lab.fleet.running(lab.host(host)):
+            lab.fleet.start_host(lab.host(host))
+    assert code == 1, err
+    assert result["failed_hosts"] == [host], result
+    error = result["hosts"][host]["error"]
+    assert error.startswith("step '") and "executed 0 commands" not in error, error
+    print(f"reason given for the stopped host: {error}")
+    for other in others:
+        assert result["hosts"][other]["status"] != "failed", result["hosts"][other]
+    code, result, err = provision("apply", str(lab.inventory))
+    assert code == 0, (result, err)
+    assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
+        "sha256:"
+    )
