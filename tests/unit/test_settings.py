@@ -100,7 +100,9 @@ def test_every_declared_format_is_known():
         ("ollama_models_dir", "/srv/..", False),
         ("pytorch_venv", "/opt/torch..venv", True),  # '..' inside a name is a name
         ("pytorch_venv", "./venv", False),
-        ("ollama_registry_namespace", "team_1.x", True),
+        ("ollama_registry_namespace", "team_1-x", True),
+        # Ollama refuses "." in a namespace (types/model/name.go isValidPart, issue 17)
+        ("ollama_registry_namespace", "team_1.x", False),
         ("ollama_registry_namespace", "..", False),
         ("ollama_registry_namespace", "", False),
     ],
