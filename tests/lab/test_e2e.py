@@ -202,7 +202,9 @@ def test_a_pinned_model_spelled_in_another_case_is_one_model(lab, applied):
     )
     assert code == 0, err
     run = result["hosts"][host]
-    assert run["changes"] == [] and list(run["models"]) == ["llama3.2:3b"], run
+    # the model under its one name, and the site registry's copy it was placed from
+    site_copy = f"{REGISTRY.removeprefix('http://')}/library/llama3.2:3b"
+    assert run["changes"] == [] and sorted(run["models"]) == [site_copy, "llama3.2:3b"], run
     tags = lab.ssh(host, "curl -sf http://127.0.0.1:11434/api/tags").stdout
     names = [m["name"] for m in json.loads(tags)["models"]]
     assert [n for n in names if n.lower().startswith("llama3.2")] == ["llama3.2:3b"], names
