@@ -263,11 +263,93 @@ def apply(
     if batch:
         override["nvidia_reboot_batch"] = batch
     loaded = _load(inventory, limit, override or None)
+    _use_lock(loaded)
     with _interruptible("apply"):
         result = run_deploy(
             loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
         )
     _report_run(result, as_json)
+
+
+@main.command("lock")
+@click.argument("inventory")
+@click.argument("components", nargs=-1, metavar="[COMPONENT...]")
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Re-resolve the COMPONENTs given (driver, fabricmanager, toolkit, ollama, torch, "
+    "model), every kind when none is given, and print what moved (old -> new).",
+)
+@limit_option
+@json_option
+def lock_command(
+    inventory: str,
+    components: tuple[str, ...],
+    upgrade: bool,
+    limit: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Resolve every moving part of the fleet and write INVENTORY's lock (X.py -> X.lock.toml).
+
+    A lock that exists keeps every answer it holds (a second run changes nothing); only
+    --upgrade moves them. The format is in docs/lock.md.
+    """
+    from provisioner import lock as lockfile
+
+    if components and not upgrade:
+        _fail_input("COMPONENTs are only given with --upgrade (provision lock INV --upgrade model)")
+    unknown = sorted(set(components) - set(lockfile.KINDS))
+    if unknown:
+        _fail_input(f"--upgrade {unknown[0]!r}: not a component ({', '.join(lockfile.KINDS)})")
+    loaded = _load(inventory, limit)
+    result = _write_lock(loaded, list(components) if upgrade else None)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _show_lock(result)
+    sys.exit(result.exit_code)
+
+
+def _write_lock(loaded, upgrade: list[str] | None):
+    from provisioner import lock as lockfile
+    from provisioner import lock_resolve
+
+    try:
+        with _interruptible("lock"):
+            return lock_resolve.run(loaded, upgrade)
+    except lockfile.LockError as exc:
+        _fail_input(str(exc))
+
+
+def _show_lock(result) -> None:
+    what = "wrote" if result.written else "unchanged:"
+    click.echo(f"{what} {result.path} ({len(result.lock.items)} items)")
+    for change in result.changes:
+        click.echo(f"  {change.line()}")
+    for host, why in result.errors.items():
+        click.echo(f"provision: host {host}: {why}", err=True)
+
+
+def _use_lock(loaded) -> None:
+    """Name this run's lock to the deploys (``$PROVISIONER_LOCK``), or say once, on stderr,
+    that the fleet is not locked. A lock that cannot be used is bad input (exit 2)."""
+    import os
+
+    from provisioner import lock as lockfile
+
+    path = lockfile.path_for(loaded.source)
+    try:
+        found = lockfile.read(path) if path else None
+    except lockfile.LockError as exc:
+        _fail_input(f"{exc}; nothing was changed and no host was contacted")
+    os.environ[lockfile.ENV] = str(path) if found is not None else ""
+    if found is None:
+        where = f" (no {path})" if path else ""
+        click.echo(
+            f"provision: the fleet is not locked{where}: versions, sums and model digests are "
+            "resolved anew on this run; `provision lock INVENTORY` records them.",
+            err=True,
+        )
 
 
 @contextlib.contextmanager
@@ -412,6 +494,7 @@ def models_sync(
 ) -> None:
     """Pull the planned models that are missing (or changed) on each host."""
     loaded = _load(inventory, limit)
+    _use_lock(loaded)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models sync"):
@@ -430,10 +513,28 @@ def models_sync(
     default=None,
     help="Hosts updated at once (default: all).",
 )
+@click.option(
+    "--upgrade-lock",
+    is_flag=True,
+    help="First move the lock's model digests to what the registries serve now "
+    "(provision lock --upgrade model), then update to them: commit the lock it writes.",
+)
 @json_option
-def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_json: bool) -> None:
-    """Re-pull every planned tag whose registry digest changed, then check each host's models."""
+def models_update(
+    inventory: str, limit: tuple[str, ...], batch: int | None, upgrade_lock: bool, as_json: bool
+) -> None:
+    """Re-pull every planned tag whose registry digest changed, then check each host's models.
+
+    With a lock, the lock's digests are installed; --upgrade-lock moves them first.
+    """
     loaded = _load(inventory, limit)
+    if upgrade_lock:
+        moved = _write_lock(loaded, ["model"])
+        for change in moved.changes:
+            click.echo(f"provision: lock: {change.line()}", err=True)
+        for host, why in moved.errors.items():
+            click.echo(f"provision: host {host}: {why}", err=True)
+    _use_lock(loaded)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models update"):

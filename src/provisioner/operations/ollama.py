@@ -559,7 +559,7 @@ def _fetch_commands(
             user,
             base,
             remote["digest"],
-            source.manifest_url,  # fetched by the helper: a manifest is never an argument
+            remote.get("url") or source.manifest_url,  # fetched by the helper, never an argument
             source.manifest_path,
             *blobs,
         ]
@@ -571,6 +571,56 @@ def _fetch_commands(
     if source.display != name:
         alias = {"source": source.display, "destination": name}
         yield _api_command(api, "POST", "/api/copy", alias)
+
+
+def _remote(
+    name: str,
+    source: ModelName,
+    locked: dict[str, str] | None,
+    have: dict[str, Any] | None,
+    refresh: bool,
+    place: bool,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The registry manifest to compare ``name`` with or fetch it by (None: not needed), or
+    why the host fails. ``have``: the store's complete copy, or None."""
+    if locked is not None:
+        return _locked_remote(name, source, locked, have, place)
+    if not (refresh or (place and have is None)):
+        return None, None
+    remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
+    if "error" in remote:
+        verb = "check" if have is not None else "fetch"
+        return None, f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
+    return remote, None
+
+
+def _locked_remote(
+    name: str, source: ModelName, locked: dict[str, str], have: dict[str, Any] | None, place: bool
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The registry manifest to hold ``name`` at its locked digest (None: the store already
+    holds it), or why the host fails: the model is not in the lock, or its source offers
+    another manifest. Placed models are fetched by digest; pulled ones by their tag, which
+    must still name the locked digest."""
+    digest = locked.get(name)
+    if digest is None:
+        return None, (
+            f"model {name} is planned but not in the lock: run `provision lock INVENTORY` "
+            "and review the lock"
+        )
+    if have is not None and have.get("digest") == digest:
+        return None, None
+    url = source.manifest_url
+    if place:
+        url = f"{source.registry_url}/v2/{source.repository}/manifests/{digest}"
+    remote = host.get_fact(OllamaRegistryManifest, url=url)
+    if "error" in remote:
+        return None, f"model {name}: cannot fetch its locked manifest {url}: {remote['error']}"
+    if remote["digest"] != digest:
+        return None, (
+            f"model {name}: {url} offers {remote['digest']}, the lock holds {digest}; "
+            "`provision lock INVENTORY --upgrade model` moves the lock (review it)"
+        )
+    return {**remote, "url": url}, None
 
 
 def _site_host(registry: str | None, namespace: str) -> str:
@@ -601,6 +651,7 @@ def models(
     models_dir: str = MODELS_DIR,
     user: str | None = None,
     fetch_helper: str | None = None,
+    locked: dict[str, str] | None = None,
 ):
     """
     Make the host hold exactly the planned models: pull what is missing, re-pull what changed
@@ -624,6 +675,9 @@ def models(
     + user: the owner of placed files (default: the service user, ``ollama``)
     + fetch_helper: the helper the Ollama deploy installs for ``place`` (default
       ``/usr/local/lib/provisioner/ollama-fetch-model``)
+    + locked: the fleet's lock for this host (model -> manifest digest, ``provisioner.lock``):
+      each model is held at that digest, placed from the registry by digest (which keeps it
+      after its tag moved), and the host fails when a source offers another; None: no lock
 
     **Example:**
 
@@ -665,15 +719,10 @@ def models(
         have = installed.get(name)
         present = bool(have and have.get("complete"))
         place = source.display != name and transport == "place"
-        remote: dict[str, Any] | None = None
-        if refresh or (place and not present):
-            remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
-            if "error" in remote:
-                verb = "check" if present else "fetch"
-                yield system.refusal(
-                    f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
-                )
-                return
+        remote, problem = _remote(name, source, locked, have if present else None, refresh, place)
+        if problem:
+            yield system.refusal(problem)
+            return
         if present and (remote is None or have["content"] == remote["content"]):
             current.append(name)
             continue
