@@ -341,3 +341,14 @@ def honour_driver(target: Any) -> None:
     version = driver_version(current(), target.name)
     if version and not target.data.get("nvidia_driver_version"):
         target.data.nvidia_driver_version = version.split(":", 1)[-1]
+
+
+def model_problems(locked: Mapping[str, str], name: str, have: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the store's copy of ``name`` (``OllamaModels`` entry) in a locked
+    fleet: it is not in the lock, or it is another manifest than the locked one."""
+    digest = locked.get(name)
+    if digest is None:
+        return [f"{name} is planned but not in the lock"]
+    if have.get("digest") != digest:
+        return [f"{name} is {have.get('digest')}, the lock holds {digest}"]
+    return []

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyinfra.api.state import BaseStateCallback
 
+from provisioner import lock as fleet_lock
 from provisioner.fleet import in_context
 from provisioner.ollama_api import (
     ManifestError,
@@ -272,6 +273,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
 
     data = resolve(target.data.dict())
     src = source_settings(data)
+    locked = fleet_lock.locked_models(fleet_lock.current(), target.name)
     wanted = in_context(state, target, planned_models, target)
     wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
     problems = []
@@ -280,6 +282,9 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
         have = after.get(name)
         if not have or not have.get("complete"):
             problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
+            continue
+        if locked is not None:  # a locked fleet is checked against its lock, not the tag
+            problems += fleet_lock.model_problems(locked, name, have)
             continue
         source = (
             site_name(name, src["registry"], src["namespace"])

@@ -1,0 +1,137 @@
+"""`provision lock` on the lab (issue 13): the lock of the lab fleet is written next to a temp
+copy of the inventory (never a lock of the lab in the repository); a second run changes
+nothing; after a new digest of a planned model is pushed to the lab registry, `apply` still
+installs the locked one and `lock --upgrade model` moves it and prints the diff; a lock whose
+Ollama sha256 is altered for one host fails that host with its serving version untouched,
+while the others converge. The lab's own model is pushed back exactly as the lab pushed it,
+and the hosts synced to it, in `finally`.
+
+Run: flock /tmp/provisioner-lab.lock env LAB_HOSTS=gpu3,cpu1 \
+     .venv/bin/python -m pytest -q -m lab tests/lab/test_e2e_lock.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+
+import pytest
+
+from tests.doubles.ollama.registry import push_model
+from tests.lab.test_e2e import provision
+
+pytestmark = pytest.mark.lab
+
+REGISTRY = "http://169.254.100.1:5000"
+
+
+def _tags(lab, host: str) -> dict[str, str]:
+    tags = json.loads(lab.ssh(host, "curl -s http://127.0.0.1:11434/api/tags").stdout)
+    return {m["name"]: "sha256:" + m["digest"] for m in tags["models"]}
+
+
+@pytest.fixture(scope="module")
+def locked(lab, tmp_path_factory):
+    """A converged fleet and its lock, next to a temp copy of inventories/."""
+    folder = tmp_path_factory.mktemp("lock") / "inventories"
+    shutil.copytree(lab.inventory.parent, folder, ignore=shutil.ignore_patterns("*.lock.toml"))
+    inventory = folder / "lab.py"
+    code, result, err = provision("apply", str(inventory))
+    assert code == 0, err
+    assert err.count("the fleet is not locked") == 1, err  # said once, on stderr
+    code, first, err = provision("lock", str(inventory))
+    assert code == 0, err
+    return lab, inventory, first
+
+
+def test_lock_writes_every_kind_and_a_second_run_changes_nothing(locked):
+    lab, inventory, first = locked
+    path = inventory.with_name("lab.lock.toml")
+    assert first["lock"] == str(path)
+    kinds = {item["kind"] for item in first["items"]}
+    assert {"ollama", "torch", "model"} <= kinds
+    if any(lab.info["hosts"][h]["gpus"] for h in lab.hosts):
+        assert "driver" in kinds
+    for item in first["items"]:
+        assert item["source"].startswith("http://169.254.100.1:"), item
+        assert set(item["hosts"]) <= set(lab.hosts), item
+        assert item.get("sha256") or item.get("digest") or item["kind"] in (
+            "driver", "fabricmanager", "toolkit",
+        )  # fmt: skip
+    for item in first["items"]:  # each model's digest is the one the lab pushed
+        if item["kind"] == "model":
+            key = item["source"].split("/v2/", 1)[1].replace("/manifests/", ":")
+            assert item["digest"] == lab.info["models"][key], item
+    before = path.read_bytes()
+    tomllib.loads(before.decode())
+    code, again, err = provision("lock", str(inventory))
+    assert code == 0, err
+    assert path.read_bytes() == before
+    assert again["items"] == first["items"] and again["changes"] == []
+
+
+def test_apply_keeps_the_locked_digest_and_upgrade_moves_it(locked):
+    lab, inventory, first = locked
+    host = lab.hosts[0]
+    model = next(i for i in first["items"] if i["kind"] == "model" and host in i["hosts"])
+    key = model["source"].split("/v2/", 1)[1].replace("/manifests/", ":")
+    repository, tag = key.rsplit(":", 1)
+    push = {**lab.info["model_pushes"][key], "seed": "provision-lock-moved"}
+    try:
+        moved = push_model(REGISTRY, repository, tag, **push)
+        assert moved != model["digest"]
+
+        code, result, err = provision("apply", str(inventory), "--limit", host)
+        assert code == 0, err
+        assert "not locked" not in err
+        assert _tags(lab, host)[model["name"]] == model["digest"]
+
+        code, upgraded, err = provision("lock", str(inventory), "--upgrade", "model")
+        assert code == 0, err
+        assert [c for c in upgraded["changes"] if c["kind"] == "model"] == [
+            {
+                "kind": "model",
+                "item": f"model {model['name']}",
+                "old": f"{tag} {model['digest']}",
+                "new": f"{tag} {moved}",
+            }
+        ]
+        code, result, err = provision("models", "sync", str(inventory), "--limit", host)
+        assert code == 0, err
+        assert _tags(lab, host)[model["name"]] == moved
+    finally:
+        digest = push_model(REGISTRY, repository, tag, **lab.info["model_pushes"][key])
+        assert digest == lab.info["models"][key]
+        code, _, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+        assert code == 0, err
+
+
+def test_an_altered_ollama_sum_fails_that_host_only(locked):
+    lab, inventory, _ = locked
+    victim, others = lab.hosts[-1], lab.hosts[:-1]
+    path = inventory.with_name("lab.lock.toml")
+    code, _, err = provision("lock", str(inventory), "--upgrade", "model")  # the lab's own again
+    assert code == 0, err
+    text = path.read_text()
+    lock = tomllib.loads(text)
+    [entry] = [e for e in lock["ollama"] if victim in e["hosts"]]
+    altered = "0" * 64
+    # the victim gets an item of its own, with a sum the release does not have
+    rest = [h for h in entry["hosts"] if h != victim]
+    own = "\n".join(
+        ["", "[[ollama]]"]
+        + [f"{k} = {json.dumps(v)}" for k, v in entry.items() if k not in ("hosts", "sha256")]
+        + [f'sha256 = "{altered}"', f"hosts = {json.dumps([victim])}"]
+    )
+    text = text.replace(f"hosts = {json.dumps(entry['hosts'])}", f"hosts = {json.dumps(rest)}", 1)
+    path.write_text(text.replace("\n[[torch]]", own + "\n\n[[torch]]", 1))
+    before = lab.ssh(victim, "ollama --version", check=False).stdout.strip()
+    code, result, err = provision("apply", str(inventory))
+    assert code == 1, err
+    assert result["failed_hosts"] == [victim], result
+    error = result["hosts"][victim]["error"]
+    assert altered in error and "checksum" in error, error
+    assert lab.ssh(victim, "ollama --version", check=False).stdout.strip() == before
+    for name in others:
+        assert result["hosts"][name]["status"] in ("changed", "unchanged"), result["hosts"][name]
