@@ -352,3 +352,24 @@ def model_problems(locked: Mapping[str, str], name: str, have: Mapping[str, Any]
     if have.get("digest") != digest:
         return [f"{name} is {have.get('digest')}, the lock holds {digest}"]
     return []
+
+
+def package_version(lock: Lock | None, host: str, kind: str, name: str) -> str | None:
+    """The version of package ``name`` (a ``toolkit`` or ``fabricmanager`` item) locked for
+    ``host``, or None."""
+    for item in for_host(lock, host, [kind]):
+        if item.fields["name"] == name:
+            return str(item.fields["version"])
+    return None
+
+
+def torch_wheel(lock: Lock | None, host: str, index_url: str, version: str) -> str | None:
+    """The locked wheel of torch ``version`` from ``index_url`` for ``host``, as a pip direct
+    reference checked by pip against its sum (``torch @ URL#sha256=…``); None without one."""
+    from provisioner.lock_sources import public_url
+
+    page = public_url(index_url.rstrip("/") + "/torch/")
+    for item in for_host(lock, host, ["torch"]):
+        if item.fields["version"] == version and item.fields["source"] == page:
+            return f"torch @ {item.fields['url']}#sha256={item.fields['sha256']}"
+    return None
