@@ -392,3 +392,46 @@ def test_torch_without_a_fitting_wheel_says_what_was_looked_for():
     _, errors = _resolve(site, {"arm": arm})
     assert "offers no torch 2.9.1+cu130 wheel" in errors["arm"]
     assert "cp311 on aarch64" in errors["arm"]
+
+
+# --- the command's run (hosts' needs stubbed; sources are files) -------------------------------
+
+
+def test_run_writes_next_to_the_inventory_and_a_second_run_is_byte_identical(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "Packages.gz").write_bytes(gzip.compress(PACKAGES.encode()))
+    index = repo.as_uri() + "/"
+    need = lr._need("driver", {"pinned": "", "branch_prefix": "580."}, name="nvidia-open",
+                    branch="580", distro="debian12", source=index + "Packages.gz")  # fmt: skip
+    monkeypatch.setattr(lr, "gather_needs", lambda loaded: ({"gpu1": [need]}, {}))
+    inventory = tmp_path / "inventories" / "site.py"
+    inventory.parent.mkdir()
+    inventory.write_text("")
+    loaded = SimpleNamespace(source=str(inventory), limit=(), hosts=[])
+
+    first = lr.run(loaded)
+    path = inventory.with_name("site.lock.toml")
+    assert first.written and first.path == str(path) and first.exit_code == 0
+    assert [c.line() for c in first.changes] == [
+        "driver nvidia-open (debian12): (none) -> 580.126.09-1"
+    ]
+    text = path.read_text()
+    assert "# Lock of site.py" in text
+    (repo / "Packages.gz").write_bytes(
+        gzip.compress((PACKAGES + "\nPackage: nvidia-open\nVersion: 580.130.01-1\n").encode())
+    )
+    again = lr.run(loaded)
+    assert not again.written and again.changes == [] and path.read_text() == text
+    moved = lr.run(loaded, upgrade=[])  # --upgrade with no COMPONENT: every kind
+    assert [c.line() for c in moved.changes] == [
+        "driver nvidia-open (debian12): 580.126.09-1 -> 580.130.01-1"
+    ]
+    assert moved.to_json()["items"][0]["version"] == "580.130.01-1"
+    (repo / "Packages.gz").unlink()
+    failed = lr.run(loaded, upgrade=["driver"])
+    assert failed.exit_code == 1
+    assert "driver nvidia-open:" in failed.errors["gpu1"] and "Packages.gz" in failed.errors["gpu1"]
+    assert "580.130.01-1" in path.read_text()  # the host keeps what the lock held
