@@ -1,7 +1,8 @@
 """`provision lock` on the lab (issue 13): the lock of the lab fleet is written next to a temp
 copy of the inventory (never a lock of the lab in the repository); a second run changes
 nothing; after a new digest of a planned model is pushed to the lab registry, `apply` still
-installs the locked one and `lock --upgrade model` moves it and prints the diff; a lock whose
+installs the locked one and `lock --upgrade model` moves it and prints the diff; the same for
+a new driver release published to the lab's signed repositories; a lock whose
 Ollama sha256 is altered for one host fails that host with its serving version untouched,
 while the others converge. The lab's own model is pushed back exactly as the lab pushed it,
 and the hosts synced to it, in `finally`.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +137,64 @@ def test_an_altered_ollama_sum_fails_that_host_only(locked):
     assert lab.ssh(victim, "ollama --version", check=False).stdout.strip() == before
     for name in others:
         assert result["hosts"][name]["status"] in ("changed", "unchanged"), result["hosts"][name]
+
+
+NEW_DRIVER = "580.130.01-1"  # a driver release the lab does not serve: published here, then gone
+
+
+def _publish_driver(lab, version: str, folder: Path) -> dict[Path, list[Path]]:
+    """Build the stand-in packages of driver ``version`` and add them to the lab's signed
+    repositories (re-indexed and re-signed as the lab does it); returns what was added."""
+    from tests.lab import packages
+
+    mirrors = lab.mirrors
+    fingerprint = lab.info["key"]["fingerprint"]
+    nvidia = {**mirrors.config["mirror"]["nvidia"], "driver_versions": [version]}
+    distros = {d: f"{mirrors.http_url}/cuda/{d}/x86_64/" for d in nvidia["distros"]}
+    keyring = mirrors.www / "keys" / "lab-archive-keyring.gpg"
+    built = packages.build_debs(nvidia, distros, folder, generated={"keyring.gpg": keyring})
+    added: dict[Path, list[Path]] = {}
+    for distro, debs in built.items():
+        repo = mirrors.www / "cuda" / distro / "x86_64"
+        added[repo] = []
+        for deb in debs:
+            if f"_{version}_" in deb.name and not (repo / deb.name).exists():
+                shutil.copy(deb, repo / deb.name)
+                added[repo].append(repo / deb.name)
+        mirrors.index_and_sign(repo, fingerprint)
+    return added
+
+
+def _withdraw(lab, added: dict[Path, list[Path]]) -> None:
+    for repo, debs in added.items():
+        for deb in debs:
+            deb.unlink(missing_ok=True)
+        lab.mirrors.index_and_sign(repo, lab.info["key"]["fingerprint"])
+
+
+def test_a_new_driver_release_moves_the_lock_only_with_upgrade(locked, tmp_path):
+    lab, inventory, first = locked
+    drivers = [i for i in first["items"] if i["kind"] == "driver"]
+    if not drivers:
+        pytest.skip("no GPU host in this lab")
+    path = inventory.with_name("lab.lock.toml")
+    before = path.read_bytes()
+    host = drivers[0]["hosts"][0]
+    installed = lab.ssh(host, "dpkg-query -W -f '${Version}' nvidia-open", check=False).stdout
+    added = _publish_driver(lab, NEW_DRIVER, tmp_path / "debs")
+    try:
+        code, again, err = provision("lock", str(inventory))
+        assert code == 0, err
+        assert path.read_bytes() == before  # a new release moves nothing without --upgrade
+        code, result, err = provision("apply", str(inventory), "--limit", host)
+        assert code == 0, err
+        now = lab.ssh(host, "dpkg-query -W -f '${Version}' nvidia-open", check=False).stdout
+        assert now == installed == drivers[0]["version"]  # the locked driver stays
+        code, upgraded, err = provision("lock", str(inventory), "--upgrade", "driver")
+        assert code == 0, err
+        moved = [c for c in upgraded["changes"] if c["kind"] == "driver"]
+        assert moved and all(c["new"] == NEW_DRIVER for c in moved), upgraded["changes"]
+        assert {c["old"] for c in moved} == {d["version"] for d in drivers}
+    finally:
+        _withdraw(lab, added)
+        path.write_bytes(before)  # the fleet stays on the lab's own driver
