@@ -263,7 +263,7 @@ def apply(
     if batch:
         override["nvidia_reboot_batch"] = batch
     loaded = _load(inventory, limit, override or None)
-    _use_lock(loaded)
+    _use_lock(loaded.source)
     with _interruptible("apply"):
         result = run_deploy(
             loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
@@ -330,14 +330,15 @@ def _show_lock(result) -> None:
         click.echo(f"provision: host {host}: {why}", err=True)
 
 
-def _use_lock(loaded) -> None:
-    """Name this run's lock to the deploys (``$PROVISIONER_LOCK``), or say once, on stderr,
-    that the fleet is not locked. A lock that cannot be used is bad input (exit 2)."""
+def _use_lock(source: str) -> None:
+    """Name this run's lock (next to the inventory ``source``) to the deploys
+    (``$PROVISIONER_LOCK``), or say once, on stderr, that the fleet is not locked. A lock that
+    cannot be used is bad input (exit 2)."""
     import os
 
     from provisioner import lock as lockfile
 
-    path = lockfile.path_for(loaded.source)
+    path = lockfile.path_for(source)
     try:
         found = lockfile.read(path) if path else None
     except lockfile.LockError as exc:
@@ -448,6 +449,7 @@ def _verify_and_repair(inventory, report, as_json: bool, batch, workers) -> None
 
     if not as_json:
         _show_verify(report)
+    _use_lock(inventory)  # the repair's apply honours the fleet's lock
     fixed = repair(lambda hosts: _load(inventory, hosts), report, batch=batch, workers=workers)
     if as_json:
         _print_json({**report.to_json(), "repair": fixed.to_json()})
@@ -494,7 +496,7 @@ def models_sync(
 ) -> None:
     """Pull the planned models that are missing (or changed) on each host."""
     loaded = _load(inventory, limit)
-    _use_lock(loaded)
+    _use_lock(loaded.source)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models sync"):
@@ -534,7 +536,7 @@ def models_update(
             click.echo(f"provision: lock: {change.line()}", err=True)
         for host, why in moved.errors.items():
             click.echo(f"provision: host {host}: {why}", err=True)
-    _use_lock(loaded)
+    _use_lock(loaded.source)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models update"):

@@ -435,3 +435,24 @@ def test_run_writes_next_to_the_inventory_and_a_second_run_is_byte_identical(tmp
     assert failed.exit_code == 1
     assert "driver nvidia-open:" in failed.errors["gpu1"] and "Packages.gz" in failed.errors["gpu1"]
     assert "580.130.01-1" in path.read_text()  # the host keeps what the lock held
+
+
+def test_the_health_collector_expects_the_locked_digests(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from provisioner.deploys.monitoring import Exporter, collector_config
+
+    path = tmp_path / "fleet.lock.toml"
+    path.write_text(lockfile.render(_sample()))
+    target = SimpleNamespace(name="gpu1", data=SimpleNamespace(dict=dict, get=lambda k, d=None: d))
+    exporter = Exporter("prometheus-node-exporter", "prometheus-node-exporter", "x", "/var/lib/t")
+    wanted = ["llama3.2:3b", "nomic-embed-text:v1.5"]
+    unlocked = collector_config(target, exporter, wanted)["models"]
+    assert [m["digest"] for m in unlocked] == [None, None]
+    monkeypatch.setenv(lockfile.ENV, str(path))
+    lockfile._load.cache_clear()
+    locked = collector_config(target, exporter, wanted)["models"]
+    assert locked == [
+        {"name": "llama3.2:3b", "digest": "sha256:" + A},
+        {"name": "nomic-embed-text:v1.5", "digest": None},
+    ]

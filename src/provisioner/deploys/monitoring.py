@@ -31,6 +31,7 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import apt, dnf, files, server, systemd
 
 from provisioner import addresses, gpu_stack, rendering, settings
+from provisioner import lock as fleet_lock
 from provisioner.facts.system import OsInfo
 
 __all__ = [
@@ -208,14 +209,15 @@ def collector_config(target: Any, exporter: Exporter, wanted: list[str]) -> dict
     from provisioner.deploys.ollama import settings_from
 
     cfg, _ = settings_from(settings.resolve(target.data.dict()))
+    locked = fleet_lock.locked_models(fleet_lock.current(), target.name)
     return {
         "textfile_dir": exporter.textfile_dir,
         "ollama_api": cfg.api_url if cfg is not None else "http://127.0.0.1:11434",
         "models_dir": cfg.models_dir if cfg is not None else None,
         "gpu": target.data.get("gpu") is not False,
         "reboot_marker": gpu_stack.REBOOT_MARKER,
-        # digest: filled from the lock file once there is one (issue 13); None: not checked
-        "models": [{"name": name, "digest": None} for name in wanted],
+        # digest: the fleet lock's (provision lock, docs/lock.md); None: not checked
+        "models": [{"name": name, "digest": (locked or {}).get(name)} for name in wanted],
     }
 
 
