@@ -226,7 +226,24 @@ def parse(text: str, path: str = "lock") -> Lock:
         if not isinstance(tables, list):
             raise LockError(f"{path}: key {kind!r} must be an array of tables ([[{kind}]])")
         items += [_item(path, kind, i, table) for i, table in enumerate(tables)]
+    _check_unique(items, path)
     return Lock(items)
+
+
+def _check_unique(items: list[Item], path: str) -> None:
+    """One item per thing: two tables for the same key would leave which one a host takes to
+    chance (the second would be dropped by the next ``provision lock``)."""
+    seen: dict[tuple[Any, ...], int] = {}
+    counts: dict[str, int] = {}
+    for item in items:
+        index = counts[item.kind] = counts.get(item.kind, -1) + 1
+        if item.key in seen:
+            fields = ", ".join(KEYS[item.kind])
+            raise LockError(
+                f"{path}: {item.kind}[{index}] repeats {item.kind}[{seen[item.key]}] (same "
+                f"{fields}): one item per thing, with every host that uses it in its hosts"
+            )
+        seen[item.key] = index
 
 
 def read(path: Path) -> Lock | None:

@@ -110,33 +110,43 @@ def test_apply_keeps_the_locked_digest_and_upgrade_moves_it(locked):
 
 
 def test_an_altered_ollama_sum_fails_that_host_only(locked):
+    """The victim is given the lab's other Ollama release in the inventory, so the lock holds
+    an item of its own; that item's sum is altered: the victim fails at the download, its
+    serving version stays, the others converge."""
     lab, inventory, _ = locked
     victim, others = lab.hosts[-1], lab.hosts[:-1]
     path = inventory.with_name("lab.lock.toml")
-    code, _, err = provision("lock", str(inventory), "--upgrade", "model")  # the lab's own again
-    assert code == 0, err
-    text = path.read_text()
-    lock = tomllib.loads(text)
-    [entry] = [e for e in lock["ollama"] if victim in e["hosts"]]
-    altered = "0" * 64
-    # the victim gets an item of its own, with a sum the release does not have
-    rest = [h for h in entry["hosts"] if h != victim]
-    own = "\n".join(
-        ["", "[[ollama]]"]
-        + [f"{k} = {json.dumps(v)}" for k, v in entry.items() if k not in ("hosts", "sha256")]
-        + [f'sha256 = "{altered}"', f"hosts = {json.dumps([victim])}"]
+    releases = lab.info["ollama"]["releases"]
+    other = next(v for v in sorted(releases) if v != lab.info["ollama"]["default"])
+    source, lock_text = inventory.read_text(), path.read_text()
+    inventory.write_text(
+        source
+        + f"\n_V = ({victim!r}, {other!r})\n"
+        + "gpu_hosts = [(n, {**d, 'ollama_version': _V[1]} if n == _V[0] else d) "
+        + "for n, d in gpu_hosts]\n"
+        + "cpu_hosts = [(n, {**d, 'ollama_version': _V[1]} if n == _V[0] else d) "
+        + "for n, d in cpu_hosts]\n"
     )
-    text = text.replace(f"hosts = {json.dumps(entry['hosts'])}", f"hosts = {json.dumps(rest)}", 1)
-    path.write_text(text.replace("\n[[torch]]", own + "\n\n[[torch]]", 1))
-    before = lab.ssh(victim, "ollama --version", check=False).stdout.strip()
-    code, result, err = provision("apply", str(inventory))
-    assert code == 1, err
-    assert result["failed_hosts"] == [victim], result
-    error = result["hosts"][victim]["error"]
-    assert altered in error and "checksum" in error, error
-    assert lab.ssh(victim, "ollama --version", check=False).stdout.strip() == before
-    for name in others:
-        assert result["hosts"][name]["status"] in ("changed", "unchanged"), result["hosts"][name]
+    try:
+        code, _, err = provision("lock", str(inventory), "--upgrade", "model")  # the lab's own
+        assert code == 0, err
+        lock = tomllib.loads(path.read_text())
+        [entry] = [e for e in lock["ollama"] if victim in e["hosts"]]
+        assert (entry["version"], entry["hosts"]) == (other, [victim])
+        altered = "0" * 64
+        path.write_text(path.read_text().replace(entry["sha256"], altered))
+        before = lab.ssh(victim, "ollama --version", check=False).stdout.strip()
+        code, result, err = provision("apply", str(inventory))
+        assert code == 1, err
+        assert result["failed_hosts"] == [victim], result
+        error = result["hosts"][victim]["error"]
+        assert altered in error and "checksum" in error, error
+        assert lab.ssh(victim, "ollama --version", check=False).stdout.strip() == before
+        for name in others:
+            assert result["hosts"][name]["status"] in ("changed", "unchanged"), result
+    finally:
+        inventory.write_text(source)
+        path.write_text(lock_text)
 
 
 NEW_DRIVER = "580.130.01-1"  # a driver release the lab does not serve: published here, then gone

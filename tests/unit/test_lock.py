@@ -69,6 +69,10 @@ def test_json_items_carry_the_contract_fields():
         (lambda t: t.replace('hosts = ["gpu1"]', "hosts = 3"), "driver[0]: key 'hosts'"),
         (lambda t: t.replace("size = 123", 'size = "big"'), "key 'size': not a number"),
         (lambda t: t + "[[[", "not TOML"),
+        (
+            lambda t: t + t[t.index("[[driver]]") : t.index("[[ollama]]")],
+            "driver[1] repeats driver[0]",
+        ),
     ],
 )
 def test_a_bad_lock_is_named_by_file_and_key(edit, message):
