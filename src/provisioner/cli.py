@@ -330,6 +330,65 @@ def _show_lock(result) -> None:
         click.echo(f"provision: host {host}: {why}", err=True)
 
 
+@main.group()
+def bundle() -> None:
+    """The fleet's locked artefacts in one archive, for a site that reaches no source."""
+
+
+@bundle.command("export")
+@click.argument("inventory")
+@click.option("-o", "--output", "output", required=True, metavar="FILE", help="The bundle (tar).")
+@json_option
+def bundle_export(inventory: str, output: str, as_json: bool) -> None:
+    """Fetch every artefact INVENTORY's lock names, each checked, into one archive FILE."""
+    from pathlib import Path
+
+    from provisioner import bundle as bundle_lib
+    from provisioner import lock as lockfile
+
+    path = lockfile.path_for(inventory)
+    if path is None or not path.exists():
+        _fail_input(f"{inventory}: no lock next to it; `provision lock {inventory}` writes one")
+    try:
+        result = bundle_lib.export(path, Path(output))
+    except lockfile.LockError as exc:
+        _fail_input(str(exc))
+    except bundle_lib.BundleError as exc:
+        click.echo(f"provision: bundle: {exc}", err=True)
+        sys.exit(EXIT_HOST_FAILED)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        click.echo(f"wrote {result.path}: {len(result.entries)} files, {result.size} bytes, "
+                   f"sha256 {result.sha256}")  # fmt: skip
+    sys.exit(EXIT_OK)
+
+
+@bundle.command("import")
+@click.argument("file")
+@click.option("--to", "site", required=True, metavar="SITE", help="The site mirror's folder.")
+@click.option("--registry", metavar="URL", help="The site's OCI registry, for the models.")
+@json_option
+def bundle_import(file: str, site: str, registry: str | None, as_json: bool) -> None:
+    """Check FILE and load it into the site mirror SITE and the site registry."""
+    from pathlib import Path
+
+    from provisioner import bundle as bundle_lib
+
+    if not Path(file).is_file():
+        _fail_input(f"{file}: no such bundle")
+    try:
+        result = bundle_lib.import_bundle(Path(file), Path(site), registry)
+    except bundle_lib.BundleError as exc:
+        click.echo(f"provision: bundle: {exc}", err=True)
+        sys.exit(EXIT_HOST_FAILED)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        click.echo(f"{site}: {len(result.files)} files; registry: {len(result.models)} models")
+    sys.exit(EXIT_OK)
+
+
 def _use_lock(source: str) -> None:
     """Name this run's lock (next to the inventory ``source``) to the deploys
     (``$PROVISIONER_LOCK``), or say once, on stderr, that the fleet is not locked. A lock that
