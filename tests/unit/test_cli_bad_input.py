@@ -255,3 +255,14 @@ def test_without_a_lock_apply_says_once_that_the_fleet_is_not_locked(tmp_path, r
     result = run(["apply", str(inv), "--json"], tmp_path)
     assert result.stderr.count("the fleet is not locked") == 1, result.stderr
     assert "not locked" not in result.stdout
+
+
+def test_bundle_export_without_a_lock_and_import_of_no_file_exit_2(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["bundle", "export", str(inv), "-o", str(tmp_path / "b.tar")], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{inv}: no lock next to it" in result.stderr
+    assert not (tmp_path / "b.tar").exists()
+    result = run(["bundle", "import", str(tmp_path / "none.tar"), "--to", str(tmp_path)], tmp_path)
+    assert result.returncode == 2 and "no such bundle" in result.stderr
+    assert recorder.accepted == 0
