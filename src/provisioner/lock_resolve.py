@@ -137,13 +137,16 @@ def torch_need(plan: Any, machine: str | None) -> Need:
     )
 
 
-def model_needs(names: Iterable[str], source_settings: Mapping[str, Any]) -> list[Need]:
+def model_needs(
+    planned: Iterable[str], pinned: Iterable[str], source_settings: Mapping[str, Any]
+) -> list[Need]:
     """Each planned or pinned model and the registry manifest the host takes it from (the
-    models operation's own sources)."""
+    models operation's own sources, by the names it uses)."""
     from provisioner.operations.ollama import _sources
 
     sources = _sources(
-        list(names),
+        list(planned),
+        list(pinned),
         source_settings.get("registry"),
         str(source_settings.get("namespace") or "library"),
         bool(source_settings.get("insecure")),
@@ -172,12 +175,12 @@ def host_needs(target: Host) -> list[Need]:
     driver = gpu_stack.plan_driver(data, facts)
     toolkit = gpu_stack.plan_toolkit(data, driver)
     torch = gpu_stack.plan_torch(data, driver, facts.get("os"))
-    models = [*planned_models(target), *(data.get("models_pinned") or [])]
+    pinned = list(data.get("models_pinned") or [])
     return [
         *package_needs(driver, toolkit),
         ollama_need(data, machine),
         torch_need(torch, machine),
-        *model_needs(models, source_settings(target.data)),
+        *model_needs(planned_models(target), pinned, source_settings(target.data)),
     ]
 
 
