@@ -51,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
         name = item.module.__name__.rsplit(".", 1)[-1]
         if name == "test_lab_harness":
             return 0
+        if name == "test_bundle_lab":
+            return 3  # wipes the mirrors and remakes the hosts: after everything else
         return 1 if name.startswith("test_e2e") else 2  # faults and real packages: last
 
     items.sort(key=order)
