@@ -113,10 +113,16 @@ def fresh_hosts(lab) -> None:
         lab.fleet.wait_ssh(lab.host(name))
 
 
-def acng_urls(lab) -> list[str]:
-    """The URLs apt-cacher-ng served since its log was last cleared (its log's last field)."""
-    log = lab.mirrors.services / "acng-log" / "apt-cacher.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+def acng_log(lab) -> Path:
+    return lab.mirrors.services / "acng-log" / "apt-cacher.log"
+
+
+def acng_urls(lab, offset: int) -> list[str]:
+    """The URLs apt-cacher-ng served after ``offset`` of its log (``time|I/O|size|client|URL``;
+    the log stays open in apt-cacher-ng, so it is read from an offset, never removed)."""
+    with acng_log(lab).open("rb") as log:
+        log.seek(offset)
+        lines = log.read().decode(errors="replace").splitlines()
     return [line.rsplit("|", 1)[-1] for line in lines if line.count("|") >= 4]
 
 
@@ -155,7 +161,8 @@ def roundtrip(lab, tmp_path_factory):
         started = time.monotonic()
         fresh_hosts(lab)
         record("fresh hosts", time.monotonic() - started)
-        (lab.mirrors.services / "acng-log" / "apt-cacher.log").unlink(missing_ok=True)
+        log = acng_log(lab)
+        offset = log.stat().st_size if log.exists() else 0
         steps["www"] = sorted(
             str(p.relative_to(lab.mirrors.www)) for p in lab.mirrors.www.rglob("*") if p.is_file()
         )
@@ -167,7 +174,7 @@ def roundtrip(lab, tmp_path_factory):
         started = time.monotonic()
         steps["verify"] = provision("verify", str(inventory))
         record("verify", time.monotonic() - started)
-        steps["acng"] = acng_urls(lab)
+        steps["acng"] = acng_urls(lab, offset)
         steps["tags"] = {
             h: json.loads(lab.ssh(h, "curl -s http://127.0.0.1:11434/api/tags").stdout)
             for h in lab.hosts
