@@ -8,8 +8,10 @@ network namespaces have no other route) and the lab's other hosts. At that addre
 wipe, the HTTP mirror serves exactly what the import laid out (asserted file by file), the
 registry holds exactly the bundle's models (asserted through its catalog), and apt-cacher-ng
 is the site's Debian mirror: its log is checked to hold Debian's archive only. Debian's own
-packages (``curl``, ``zstd``, ``python3-venv``...) are the one thing the bundle leaves to the
-site, as docs/lock.md says.
+packages (``dkms``, ``curl``, ``python3-venv``...) are the one thing the bundle leaves to the
+site, as docs/lock.md says. The running kernel's headers are Debian's too, but the lab machine's
+kernel is not Debian's: its stand-in headers package (which the lab's CUDA repository serves in
+the distribution's place) is installed on the fresh GPU hosts with ``dpkg -i`` before ``apply``.
 
 It wipes the mirrors and remakes its hosts, so it runs only when asked, in a lab of its own:
 ``LAB_BUNDLE=1`` with a small ``LAB_HOSTS`` (one GPU host, one CPU host), under the lab lock:
@@ -113,6 +115,21 @@ def fresh_hosts(lab) -> None:
         lab.fleet.wait_ssh(lab.host(name))
 
 
+def install_kernel_headers(lab, www: Path) -> None:
+    """The running kernel's headers on each GPU host, as a real server's Debian mirror gives
+    them: the lab machine's kernel is not Debian's, so the lab's stand-in headers package (which
+    its CUDA repository serves in the distribution's place) is installed from the lab's own
+    mirror content, moved aside by the wipe; it is no locked artefact and not in the bundle."""
+    kernel = lab.ssh(lab.hosts[0], "uname -r").stdout.strip()
+    for name in lab.hosts:
+        spec = lab.info["hosts"][name]
+        if not spec["gpus"]:
+            continue
+        [deb] = (www / "cuda" / spec["distro"] / "x86_64").glob(f"linux-headers-{kernel}_*.deb")
+        shutil.copy(deb, lab.fleet.root(lab.host(name)) / "root" / deb.name)
+        lab.ssh(name, f"dpkg -i /root/{deb.name} && rm /root/{deb.name}")
+
+
 def acng_log(lab) -> Path:
     return lab.mirrors.services / "acng-log" / "apt-cacher.log"
 
@@ -177,6 +194,7 @@ def roundtrip(lab, tmp_path_factory):
         started = time.monotonic()
         fresh_hosts(lab)
         record("fresh hosts", time.monotonic() - started)
+        install_kernel_headers(lab, wiped.aside[wiped.www])
         log = acng_log(lab)
         offset = log.stat().st_size if log.exists() else 0
         steps["www"] = sorted(
