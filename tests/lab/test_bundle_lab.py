@@ -208,6 +208,9 @@ def roundtrip(lab, tmp_path_factory):
         started = time.monotonic()
         steps["verify"] = provision("verify", str(inventory))
         record("verify", time.monotonic() - started)
+        started = time.monotonic()
+        steps["again"] = provision("apply", str(inventory))
+        record("apply again (converged)", time.monotonic() - started)
         steps["acng"] = acng_urls(lab, offset)
         steps["tags"] = {h: served_models(lab, h) for h in lab.hosts}
         yield steps
@@ -263,6 +266,13 @@ def test_apply_on_fresh_hosts_converges_from_the_site(lab, roundtrip):
         for host in item["hosts"]:
             tags = {m["name"]: "sha256:" + m["digest"] for m in roundtrip["tags"][host]["models"]}
             assert tags.get(item["name"]) == item["digest"], (host, item, tags)
+
+
+def test_a_second_apply_from_the_site_changes_nothing(lab, roundtrip):
+    code, result, err = roundtrip["again"]
+    assert code == 0, err
+    for host in lab.hosts:
+        assert result["hosts"][host]["status"] == "unchanged", (host, result["hosts"][host])
 
 
 def test_verify_passes(lab, roundtrip):
