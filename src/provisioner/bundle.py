@@ -52,6 +52,7 @@ __all__ = [
     "SigningKeyError",
     "apt_release",
     "apt_stanzas",
+    "companions",
     "export",
     "import_bundle",
 ]
@@ -240,6 +241,32 @@ def package_closure(
     return [chosen[k] for k in sorted(chosen)]
 
 
+def companions(
+    items: Iterable[lockfile.Item], stanzas: Iterable[Mapping[str, str]]
+) -> list[tuple[str, str]]:
+    """The packages the driver deploy installs beside a locked driver that no ``Depends`` names:
+    the branch's pinning package (``pinning_package`` of ``data/distros.toml``, apt), at the
+    driver's version when the index has it (NVIDIA's repository versions it so), else the
+    newest (the deploy installs it unversioned); none when the index does not offer it."""
+    from provisioner.gpu_data import distro
+
+    offered: dict[str, set[str]] = {}
+    for stanza in stanzas:
+        offered.setdefault(stanza.get("Package", ""), set()).add(stanza.get("Version", ""))
+    found = []
+    for item in items:
+        if item.kind != "driver":
+            continue
+        try:
+            pin = distro(str(item.fields.get("distro"))).pinning(str(item.fields.get("branch")))
+        except KeyError:
+            continue
+        if pin and pin in offered:
+            version = str(item.fields["version"])
+            found.append((pin, version if version in offered[pin] else ""))
+    return found
+
+
 def _export_packages(items: list[lockfile.Item], staging: Staging, fetch: Callable) -> None:
     by_source: dict[str, list[lockfile.Item]] = {}
     for item in items:
@@ -249,6 +276,7 @@ def _export_packages(items: list[lockfile.Item], staging: Staging, fetch: Callab
             raise BundleError(f"{source}: only apt repositories can be bundled yet (not dnf)")
         stanzas = apt_stanzas(fetch(source).decode("utf-8", "replace"))
         wanted = [(str(i.fields["name"]), str(i.fields["version"])) for i in group]
+        wanted += companions(group, stanzas)
         base = source.rsplit("/", 1)[0] + "/"
         distro = str(group[0].fields.get("distro", "repo"))
         for stanza in package_closure(stanzas, wanted):

@@ -236,3 +236,29 @@ def test_an_unknown_signing_key_is_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(bundle.SigningKeyError, match="--sign-key nobody@nowhere"):
         bundle.import_bundle(out, tmp_path / "site", None, "nobody@nowhere")
     assert not (tmp_path / "site").exists()
+
+
+def test_the_branch_pinning_package_goes_with_a_locked_driver():
+    """The driver deploy installs ``nvidia-driver-pinning-<branch>`` (data/distros.toml) before
+    the driver, unversioned, and nothing depends on it: the bundle takes it at the driver's
+    version where the index has that, else the newest; an index without it gives nothing."""
+    fields = {"version": "580.126.09-1", "distro": "debian12", "branch": "580", "source": "x"}
+    driver = lockfile.Item("driver", {"name": "nvidia-open", **fields})
+    toolkit = lockfile.Item("toolkit", {"name": "cuda-toolkit-13-0", **fields})
+
+    def pins(*versions: str) -> list[dict[str, str]]:
+        return [{"Package": "nvidia-driver-pinning-580", "Version": v} for v in versions]
+
+    other = [{"Package": "nvidia-driver-pinning-575", "Version": "575.64.05-1"}]
+    # the driver's own version, though a newer one is offered
+    index = pins("580.126.09-1", "580.130.01-1") + other
+    wanted = bundle.companions([driver, toolkit], index)
+    assert wanted == [("nvidia-driver-pinning-580", "580.126.09-1")]
+    assert [s["Version"] for s in bundle.package_closure(index, wanted)] == ["580.126.09-1"]
+    # not at the driver's version: the newest, as the deploy's unversioned install takes
+    index = pins("580.105.08-1", "580.130.01-1")
+    wanted = bundle.companions([driver], index)
+    assert wanted == [("nvidia-driver-pinning-580", "")]
+    assert [s["Version"] for s in bundle.package_closure(index, wanted)] == ["580.130.01-1"]
+    assert bundle.companions([driver], other) == []
+    assert bundle.companions([toolkit], index) == []
