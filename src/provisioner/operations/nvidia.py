@@ -28,7 +28,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack, rendering, run_events
+from provisioner import bounds, fact_cache, gpu_stack, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import AptSourcesFor, GpuStackPackages, NvidiaKernelModule, RepoKey
 from provisioner.operations import system
@@ -55,19 +55,26 @@ def _render(template: str, **values: Any) -> str:
     return rendering.render(f"gpu/{template}", **values)
 
 
-def _command(parts: Sequence[str], *args: str) -> StringCommand:
-    return StringCommand(*parts, *(QuoteString(arg) for arg in args))
+def _command(family: Any, parts: Sequence[str], *args: str) -> StringCommand:
+    """A package-manager command of ``family`` (distros.toml), with its bound options
+    (``data/bounds.toml`` ``[packages.options.<family>]``) and ``args`` quoted."""
+    bounded = bounds.with_options(parts, family.name)
+    return StringCommand(*bounded, *(QuoteString(arg) for arg in args))
 
 
 def _install(
     target: gpu_stack.Distro, packages: Sequence[str], replace_held: bool = False
 ) -> Iterator[StringCommand]:
-    """Refresh the package lists (apt), then install ``packages``."""
+    """Refresh the package lists (apt; each attempt bounded, a transient mirror error retried:
+    :func:`provisioner.bounds.retried`), then install ``packages`` (the package manager's own
+    bounded retries of a download; a missing package fails at once)."""
     family = target.family
     if family.update:
-        yield _command(family.update)
+        update = shlex.join(bounds.with_options(family.update, family.name))
+        step = f"the package lists refresh ({shlex.join(family.update)})"
+        yield StringCommand(bounds.retried(update, step))
     flags = family.replace_held if replace_held else ()
-    yield _command((*family.install, *flags), *packages)
+    yield _command(family, (*family.install, *flags), *packages)
 
 
 def _versioned(target: gpu_stack.Distro, package: str, version: str | None) -> str:
@@ -491,8 +498,8 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
             host.noop(f"dnf module stream {stream} is enabled")
             return
         if current:
-            yield _command(target.family.module_reset, module)
-        yield _command(target.family.module_enable, stream)
+            yield _command(target.family, target.family.module_reset, module)
+        yield _command(target.family, target.family.module_enable, stream)
         return
     wanted = target.pinning(branch)
     others = [
@@ -504,7 +511,7 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
         host.noop(f"{wanted} is installed")
         return
     if others:  # another branch was pinned: the caller allowed the change
-        yield _command(target.family.remove, *others)
+        yield _command(target.family, target.family.remove, *others)
     if not gpu_stack.is_installed(installed, wanted):
         yield from _install(target, [wanted])
 
@@ -556,7 +563,7 @@ def driver(
         # the kernel module is there without its meta package: add it at the same version
         version = current.version.split(":", 1)[-1]
     if target.family.unhold_before_replace and installed_fact.get("locks"):
-        yield _command(target.family.unhold, *installed_fact["locks"])
+        yield _command(target.family, target.family.unhold, *installed_fact["locks"])
     pinned = [_versioned(target, m, version) for m in metas]
     yield from _install(target, pinned, replace_held=True)
 
@@ -607,7 +614,7 @@ def fabricmanager(
         return
     locks = installed_fact.get("locks", [])
     if present and target.family.unhold_before_replace and package in locks:
-        yield _command(target.family.unhold, package)
+        yield _command(target.family, target.family.unhold, package)
     spec = package
     if upstream:
         spec = f"{package}{target.family.version_separator}{target.fabricmanager_version(upstream)}"
@@ -641,8 +648,8 @@ def hold(distro: str, skip: str | None = None):
         return
     stale = [name for name in unheld if name in installed_fact.get("locks", [])]
     if stale:  # a versionlock for another version of these packages
-        yield _command(target.family.unhold, *stale)
-    yield _command(target.family.hold, *unheld)
+        yield _command(target.family, target.family.unhold, *stale)
+    yield _command(target.family, target.family.hold, *unheld)
 
 
 # --- kernel module ---------------------------------------------------------------------------
