@@ -49,9 +49,17 @@ def provision(*args: str, timeout: int = 1200) -> tuple[int, Any, str]:
     return proc.returncode, payload, proc.stderr[-6000:]
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, sigint_ignored: bool = False) -> subprocess.Popen:
+    """``provision ARGS`` in the background; ``sigint_ignored``: as a shell script's background
+    job starts it (SIGINT ignored), which Ctrl-C must stop all the same."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen(
-        _command(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _command(*args),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore,
     )
 
 
@@ -120,7 +128,10 @@ def _size(lab, host: str, path: str) -> int:
 
 
 def _writers(lab, host: str) -> str:
-    return lab.ssh(host, "pgrep -af 'ollama-fetch-model|curl' || true", check=False).stdout.strip()
+    # [l]: the pattern does not match the shell that runs pgrep (its own command line)
+    return lab.ssh(
+        host, "pgrep -af 'ollama-fetch-mode[l]|cur[l] ' || true", check=False
+    ).stdout.strip()
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -160,12 +171,6 @@ def test_every_host_failing_keeps_true_counts_and_every_reason(fleet):
         assert "did not match its checksum" in entry["error"], entry
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured on the lab (2 runs): the concurrent apply is refused naming the sync's pid, "
-    "but SIGINT to `provision models sync` over SSH does not stop it (it finishes, exit 0); "
-    "the @local path stops (tests/unit/test_ollama_sync.py). Open: issue 18 item 4.",
-)
 def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
     """Also two runs at once: an apply during the sync is refused, naming the sync's run."""
     lab = fleet
@@ -192,7 +197,7 @@ def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
 def _interrupt_and_resume(lab, host: str, weights: dict, part: str, digest: str, short: str):
     _throttle(lab, host, True)
     try:
-        sync = start("models", "sync", str(lab.inventory), "--limit", host)
+        sync = start("models", "sync", str(lab.inventory), "--limit", host, sigint_ignored=True)
         _wait_for(lambda: _size(lab, host, part) > 4 * 1024 * 1024, 120, "the blob to arrive")
 
         # two runs at once: the second is refused on this host, with the holder's name
