@@ -3,9 +3,10 @@ once, a large blob interrupted by Ctrl-C and resumed with a Range request (bytes
 runs at once on one host, and a host stopped mid-apply. Each case asserts the exit code, the
 reason in ``--json`` (``hosts.NAME.error``), that nothing was lost, and a clean re-converge.
 
-A full store is covered by the unit tests (tests/unit/test_fetch_helper_bounds.py): filling a
-lab host's file system would fill the machine's own disk. The firewall that fails to load needs
-CAP_NET_ADMIN in the lab hosts (issue 18 item 3, another change).
+A full store: a small tmpfs (``FULL_STORE``) mounted over the victim's model store, so that
+nothing fills this machine's disk; the store's content is copied in first and is back as it was
+when the tmpfs goes. The full store during a transfer (curl exit 23) is covered by the unit
+tests (tests/unit/test_fetch_helper_bounds.py).
 
 Run: flock /tmp/provisioner-lab.lock .venv/bin/python -m pytest -q -m lab tests/lab/test_faults.py
 (LAB_HOSTS=gpu3,cpu1 is enough: two hosts, one of them the victim).
@@ -14,6 +15,7 @@ Run: flock /tmp/provisioner-lab.lock .venv/bin/python -m pytest -q -m lab tests/
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -227,6 +229,88 @@ def _interrupt_and_resume(lab, host: str, weights: dict, part: str, digest: str,
     # resumed: what was missing came over the wire, not the whole blob again
     assert remaining <= fetched < remaining + 2 * 1024 * 1024, (fetched, remaining, kept)
     assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
+
+
+FULL_STORE = 40 * 1024 * 1024  # the tmpfs over the victim's store: smaller than BIG
+
+
+def _mount_small_store(lab, host: str, size: int) -> None:
+    """A tmpfs of ``size`` bytes over the store, holding what the store held (its temporary
+    directory left out)."""
+    lab.ssh(
+        host,
+        f"set -e; tar -C {STORE} --exclude=./.provisioner-tmp -cf /tmp/store.tar . && "
+        f"mount -t tmpfs -o size={size},mode=755 provisioner-full-store {STORE} && "
+        f"tar -C {STORE} -xpf /tmp/store.tar && rm -f /tmp/store.tar",
+    )
+
+
+def _unmount_small_store(lab, host: str) -> None:
+    lab.ssh(
+        host,
+        f"if mountpoint -q {STORE}; then umount {STORE} || umount -l {STORE}; fi; "
+        "rm -f /tmp/store.tar",
+        check=False,
+    )
+
+
+def _store_consistent(lab, host: str) -> None:
+    """Every blob in blobs/ is whole (its content is its name), and every manifest's blobs are
+    there: nothing half-written is visible to Ollama."""
+    bad = lab.ssh(
+        host,
+        f'cd {STORE}/blobs && for f in sha256-*; do [ -e "$f" ] || continue; '
+        '[ "sha256-$(sha256sum "$f" | cut -d" " -f1)" = "$f" ] || echo "partial $f"; done; '
+        f"find {STORE}/manifests -type f -exec cat {{}} + | grep -o 'sha256:[0-9a-f]*' | "
+        'sort -u | while read d; do [ -f "sha256-${d#sha256:}" ] || echo "missing $d"; done',
+    ).stdout.strip()
+    assert not bad, bad
+
+
+def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_space_works(
+    fleet,
+):
+    lab = fleet
+    host, others = lab.hosts[-1], lab.hosts[:-1]
+    repository, tag, short = _library_model(lab, host)
+    before = _tags(lab, host)[short]
+    used = int(lab.ssh(host, f"du -sb --exclude=.provisioner-tmp {STORE}").stdout.split()[0])
+    assert used < FULL_STORE // 4, f"{host}'s store holds {used} bytes: too much to copy"
+    digest = push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-full-{time.time()}", size=BIG, chunk_size=None
+    )
+    _, manifest = fetch_manifest(REGISTRY, repository, tag)
+    weights = max(manifest["layers"], key=lambda layer: layer["size"])
+    try:
+        _mount_small_store(lab, host, FULL_STORE)
+        code, result, err = provision("models", "sync", str(lab.inventory))
+        assert code == 1, err
+        assert result["failed_hosts"] == [host], result
+        error = " ".join(result["hosts"][host]["errors"])
+        found = re.search(rf"no space left in {STORE} for (\S+): it needs (\d+) more bytes, "
+                          r"(\d+) are free", error)  # fmt: skip
+        assert found, error
+        assert found[1] == weights["digest"] and int(found[2]) == weights["size"], error
+        assert int(found[3]) < int(found[2]) and int(found[3]) <= FULL_STORE, error
+        _store_consistent(lab, host)
+        assert _tags(lab, host)[short] == before  # the model it served is still served
+        for other in others:  # the other hosts converged
+            assert result["hosts"][other]["status"] != "failed", result["hosts"][other]
+            assert _tags(lab, other)[short] == digest.removeprefix("sha256:")
+
+        # space freed: the same command now succeeds
+        lab.ssh(host, f"mount -o remount,size={3 * BIG} {STORE}")
+        code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+        assert code == 0, (result, err)
+        assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
+        _store_consistent(lab, host)
+    finally:
+        _unmount_small_store(lab, host)
+        _republish(lab, repository, tag)
+    code, result, err = provision("models", "sync", str(lab.inventory))
+    assert code == 0, (result, err)
+    lab_digest = lab.info["models"][f"{repository}:{tag}"].removeprefix("sha256:")
+    assert all(_tags(lab, name)[short] == lab_digest for name in lab.hosts)
 
 
 def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
