@@ -19,18 +19,26 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from provisioner import bounds, gpu_stack
+from provisioner.operations import nvidia
 from tests.doubles.ollama.registry import fetch_manifest, push_model
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-REGISTRY = "http://169.254.100.1:5000"
+SERVICE = "169.254.100.1"
+REGISTRY = f"http://{SERVICE}:5000"
+MIRROR = f"http://{SERVICE}:8080"  # the lab mirror (tests/lab/mirrors.py)
+FLAKY_SOURCE = "/etc/apt/sources.list.d/provisioner-lab-flaky.sources"
 STORE = "/var/lib/ollama/models"
 BIG = 48 * 1024 * 1024  # the large blob: tens of MB, made here, never committed
 RATE = "8mbit"  # ~1 MB/s on the victim's link: the big blob takes ~50 s
@@ -229,6 +237,95 @@ def _interrupt_and_resume(lab, host: str, weights: dict, part: str, digest: str,
     # resumed: what was missing came over the wire, not the whole blob again
     assert remaining <= fetched < remaining + 2 * 1024 * 1024, (fetched, remaining, kept)
     assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
+
+
+class FlakyMirror:
+    """A front of the lab mirror on the service address that answers the first ``fail``
+    requests for an ``InRelease`` with a 503 and a short error page (what apt-cacher-ng gave
+    hosts in issue 18's benchmark), then passes requests on; it counts what it answered."""
+
+    def __init__(self, fail: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        mirror = self
+        self.fail, self.answers = fail, []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.endswith("/InRelease") and mirror.fail > 0:
+                    mirror.fail -= 1
+                    mirror.answers.append((self.path, 503))
+                    self.send_error(503, "Failure to move file out of the way")
+                    return
+                try:
+                    with urllib.request.urlopen(MIRROR + self.path, timeout=30) as response:
+                        body, status = response.read(), response.status
+                except urllib.error.HTTPError as error:
+                    body, status = b"", error.code
+                mirror.answers.append((self.path, status))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((SERVICE, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{SERVICE}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _refresh_with(lab, host: str, mirror: FlakyMirror) -> subprocess.CompletedProcess:
+    """The package lists' refresh exactly as the GPU stack runs it, with a source of the lab's
+    NVIDIA stand-in repository behind ``mirror`` added."""
+    distro = lab.info["hosts"][host]["distro"]
+    signed_by = lab.ssh(
+        host, "sed -n 's/^Signed-By: *//p' /etc/apt/sources.list.d/nvidia-cuda.sources"
+    ).stdout.strip()
+    assert signed_by, f"{host} has no NVIDIA source to copy"
+    source = (
+        f"Types: deb\nURIs: {mirror.url}/cuda/{distro}/x86_64/\nSuites: /\nSigned-By: {signed_by}\n"
+    )
+    lab.ssh(host, f"printf '{source}' > {FLAKY_SOURCE}")
+    update = next(iter(nvidia._install(gpu_stack.distro(distro), ["x"])))
+    return lab.ssh(host, update.get_raw_value(), check=False)
+
+
+def test_a_mirror_that_fails_the_first_request_is_retried_and_one_that_keeps_failing_is_named(
+    fleet,
+):
+    lab = fleet
+    host = lab.hosts[-1]
+    attempts = bounds.get("packages", "update_attempts")
+    flaky = FlakyMirror(fail=1)
+    try:
+        run = _refresh_with(lab, host, flaky)
+        assert run.returncode == 0, (run.stdout, run.stderr)
+        in_release = [status for path, status in flaky.answers if path.endswith("/InRelease")]
+        assert in_release[0] == 503 and 200 in in_release, flaky.answers
+    finally:
+        flaky.stop()
+    broken = FlakyMirror(fail=10**6)
+    try:
+        started = time.monotonic()
+        run = _refresh_with(lab, host, broken)
+        took = time.monotonic() - started
+        assert run.returncode == 1, (run.stdout, run.stderr)
+        last = run.stderr.strip().splitlines()[-1]
+        assert f"failed {attempts} times (last exit 100)" in last, run.stderr
+        assert f"package mirror(s): {broken.url}/cuda/" in last, last
+        # bounded: the attempts, their pauses and apt's own retries, never an endless loop
+        assert took < attempts * 120, took
+        print(f"a mirror that keeps failing: {took:.0f} s, {len(broken.answers)} requests")
+    finally:
+        broken.stop()
+        lab.ssh(host, f"rm -f {FLAKY_SOURCE}; apt-get update -qq", check=False)
 
 
 FULL_STORE = 40 * 1024 * 1024  # the tmpfs over the victim's store: smaller than BIG
