@@ -164,3 +164,33 @@ def test_a_step_name_with_shell_characters_is_quoted():
     )
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith("it's $HOME `x` failed")
+
+
+@pytest.mark.parametrize("family", ["apt", "dnf"])
+def test_system_packages_installs_with_the_family_bounds(family):
+    """``system.packages`` (Ollama's tools, node_exporter) on a pyinfra ``@fake`` host that
+    has ``family``: pyinfra's own apt/dnf operation, with the bounds as extra install args."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    from provisioner.operations import system
+
+    other = "dnf" if family == "apt" else "apt"
+    responses = {
+        f"command -v {family}": f"/usr/bin/{family}",
+        f"command -v {other}": "",
+        "uname -s": "Linux",
+    }
+    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": responses}
+    inventory = Inventory(([("@fake/host", data)], {}))
+    state = State(inventory=inventory, config=Config())
+    connect_all(state)
+    add_op(state, system.packages, packages=["zstd"])
+    run_ops(state)
+    executed = "\n".join(next(iter(inventory)).connector.executed_commands)
+    bounded = " ".join(bounds.package_options(family))
+    program = "apt-get" if family == "apt" else "dnf"
+    install = next(line for line in executed.splitlines() if f" install {bounded}" in line)
+    assert program in install and install.endswith("zstd"), executed
