@@ -192,5 +192,8 @@ def test_system_packages_installs_with_the_family_bounds(family):
     executed = "\n".join(next(iter(inventory)).connector.executed_commands)
     bounded = " ".join(bounds.package_options(family))
     program = "apt-get" if family == "apt" else "dnf"
-    install = next(line for line in executed.splitlines() if f" install {bounded}" in line)
-    assert program in install and install.endswith("zstd"), executed
+    installs = [
+        line for line in executed.splitlines() if f"{program} " in line and " install" in line
+    ]
+    assert len(installs) == 1, executed
+    assert installs[0].endswith(f" {bounded} zstd"), executed
