@@ -39,6 +39,7 @@ SERVICE = "169.254.100.1"
 REGISTRY = f"http://{SERVICE}:5000"
 MIRROR = f"http://{SERVICE}:8080"  # the lab mirror (tests/lab/mirrors.py)
 FLAKY_SOURCE = "/etc/apt/sources.list.d/provisioner-lab-flaky.sources"
+FLAKY_KEY = "/etc/apt/keyrings/provisioner-lab-flaky.gpg"
 STORE = "/var/lib/ollama/models"
 BIG = 48 * 1024 * 1024  # the large blob: tens of MB, made here, never committed
 RATE = "8mbit"  # ~1 MB/s on the victim's link: the big blob takes ~50 s
@@ -285,12 +286,13 @@ def _refresh_with(lab, host: str, mirror: FlakyMirror) -> subprocess.CompletedPr
     """The package lists' refresh exactly as the GPU stack runs it, with a source of the lab's
     NVIDIA stand-in repository behind ``mirror`` added."""
     distro = lab.info["hosts"][host]["distro"]
-    signed_by = lab.ssh(
-        host, "sed -n 's/^Signed-By: *//p' /etc/apt/sources.list.d/nvidia-cuda.sources"
-    ).stdout.strip()
-    assert signed_by, f"{host} has no NVIDIA source to copy"
+    # the lab repository's key (a CPU-only host has no NVIDIA source of its own to copy)
+    lab.ssh(
+        host, f"mkdir -p /etc/apt/keyrings && curl -fsS -o {FLAKY_KEY} {lab.info['key']['url_gpg']}"
+    )
     source = (
-        f"Types: deb\nURIs: {mirror.url}/cuda/{distro}/x86_64/\nSuites: /\nSigned-By: {signed_by}\n"
+        f"Types: deb\\nURIs: {mirror.url}/cuda/{distro}/x86_64/\\nSuites: /\\n"
+        f"Signed-By: {FLAKY_KEY}\\n"
     )
     lab.ssh(host, f"printf '{source}' > {FLAKY_SOURCE}")
     update = next(iter(nvidia._install(gpu_stack.distro(distro), ["x"])))
@@ -325,7 +327,7 @@ def test_a_mirror_that_fails_the_first_request_is_retried_and_one_that_keeps_fai
         print(f"a mirror that keeps failing: {took:.0f} s, {len(broken.answers)} requests")
     finally:
         broken.stop()
-        lab.ssh(host, f"rm -f {FLAKY_SOURCE}; apt-get update -qq", check=False)
+        lab.ssh(host, f"rm -f {FLAKY_SOURCE} {FLAKY_KEY}; apt-get update -qq", check=False)
 
 
 FULL_STORE = 40 * 1024 * 1024  # the tmpfs over the victim's store: smaller than BIG
@@ -371,6 +373,7 @@ def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_
     host, others = lab.hosts[-1], lab.hosts[:-1]
     repository, tag, short = _library_model(lab, host)
     before = _tags(lab, host)[short]
+    serving = [other for other in others if short in _tags(lab, other)]
     used = int(lab.ssh(host, f"du -sb --exclude=.provisioner-tmp {STORE}").stdout.split()[0])
     assert used < FULL_STORE // 4, f"{host}'s store holds {used} bytes: too much to copy"
     digest = push_model(
@@ -393,6 +396,7 @@ def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_
         assert _tags(lab, host)[short] == before  # the model it served is still served
         for other in others:  # the other hosts converged
             assert result["hosts"][other]["status"] != "failed", result["hosts"][other]
+        for other in serving:
             assert _tags(lab, other)[short] == digest.removeprefix("sha256:")
 
         # space freed: the same command now succeeds
@@ -407,7 +411,7 @@ def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_
     code, result, err = provision("models", "sync", str(lab.inventory))
     assert code == 0, (result, err)
     lab_digest = lab.info["models"][f"{repository}:{tag}"].removeprefix("sha256:")
-    assert all(_tags(lab, name)[short] == lab_digest for name in lab.hosts)
+    assert all(_tags(lab, name)[short] == lab_digest for name in [host, *serving])
 
 
 def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
