@@ -51,16 +51,20 @@ def package_options(family: str) -> list[str]:
     return list(spec["options"]) if spec else []
 
 
-def with_options(parts: tuple[str, ...] | list[str], family: str) -> list[str]:
+def with_options(
+    parts: tuple[str, ...] | list[str], family: str, *, refresh: bool = False
+) -> list[str]:
     """``parts`` (a package-manager command of distros.toml) with the family's bound options
-    (``[packages.options.<family>]``) inserted after the program; unchanged for a family
-    without options or a command that does not run that program."""
+    (``[packages.options.<family>]``, and its ``update_options`` for the package lists'
+    refresh when ``refresh``) inserted after the program; unchanged for a family without
+    options or a command that does not run that program."""
     spec = bounds()["packages"].get("options", {}).get(family)
     parts = list(parts)
     if not spec or spec["after"] not in parts:
         return parts
+    options = [*spec["options"], *(spec.get("update_options", []) if refresh else [])]
     at = parts.index(spec["after"]) + 1
-    return [*parts[:at], *spec["options"], *parts[at:]]
+    return [*parts[:at], *options, *parts[at:]]
 
 
 # the URLs a failed package-manager attempt names in its error lines (apt: "Err:", "E: Failed

@@ -181,8 +181,9 @@ def unbound(command: str) -> str:
     if loop:
         command = shlex.split(loop.group(1))[0]
     for spec in bounds.bounds()["packages"]["options"].values():
-        options = " ".join(spec["options"])
-        command = command.replace(f"{spec['after']} {options} ", f"{spec['after']} ")
+        for options in ([*spec["options"], *spec.get("update_options", [])], spec["options"]):
+            joined = " ".join(options)
+            command = command.replace(f"{spec['after']} {joined} ", f"{spec['after']} ")
     return command
 
 

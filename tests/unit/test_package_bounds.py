@@ -45,7 +45,9 @@ def test_every_package_command_of_the_gpu_stack_carries_the_bounds(distro):
         # a bounded loop around the refresh, which has the options too; install is not looped
         p = bounds.bounds()["packages"]
         assert f"timeout -k 10 {p['update_timeout_s']} sh -c " in update
-        assert f"'apt-get {options} update'" in update
+        refresh = " ".join(bounds.bounds()["packages"]["options"]["apt"]["update_options"])
+        assert f"'apt-get {options} {refresh} update'" in update
+        assert "Error-Mode" not in install  # the refresh's option only
         assert f'[ "$n" -ge {p["update_attempts"]} ]' in update
         assert "until" not in install
     else:
@@ -110,7 +112,8 @@ def _run(command: str, bin_dir) -> subprocess.CompletedProcess:
 
 def _update_command() -> str:
     return bounds.retried(
-        shlex.join(bounds.with_options(["apt-get", "update"], "apt")), "the package lists refresh"
+        shlex.join(bounds.with_options(["apt-get", "update"], "apt", refresh=True)),
+        "the package lists refresh",
     )
 
 
@@ -120,7 +123,10 @@ def test_a_transient_mirror_error_is_retried_and_the_refresh_succeeds(fake_apt):
     assert run.returncode == 0, run.stderr
     calls = fake_apt.calls.read_text().splitlines()
     assert len(calls) == 2
-    assert calls[0] == " ".join(bounds.package_options("apt")) + " update"
+    assert (
+        calls[0]
+        == " ".join(bounds.package_options("apt")) + " -o APT::Update::Error-Mode=any update"
+    )
     assert "E: Failed to fetch" in run.stdout and "Hit:1" in run.stdout  # both attempts shown
 
 

@@ -70,7 +70,7 @@ def _install(
     bounded retries of a download; a missing package fails at once)."""
     family = target.family
     if family.update:
-        update = shlex.join(bounds.with_options(family.update, family.name))
+        update = shlex.join(bounds.with_options(family.update, family.name, refresh=True))
         step = f"the package lists refresh ({shlex.join(family.update)})"
         yield StringCommand(bounds.retried(update, step))
     flags = family.replace_held if replace_held else ()
