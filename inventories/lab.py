@@ -40,10 +40,15 @@ _ROLES = {
     "gpu3": {"models": ["llama3.2:3b"]},
     "cpu1": {"models": ["llama3.2:1b"], "model_profile": "cpu"},
 }
+# A lab test may pin models per host for one command (`models sync` and `verify` take no
+# --data): LAB_MODELS_PINNED='{"gpu3": ["Llama3.2:3B"]}'.
+_PINNED = json.loads(os.environ.get("LAB_MODELS_PINNED") or "{}")
 
 
 def _host(name: str, spec: dict) -> tuple[str, dict]:
     data = {"ssh_hostname": spec["address"], **_ROLES.get(name, {})}
+    if name in _PINNED:
+        data["models_pinned"] = list(_PINNED[name])
     if spec["gpus"]:
         data["gpu_count"] = len(spec["gpus"])
         data["gpu_memory_mib"] = spec["gpus"][0]["memory_total_mib"]

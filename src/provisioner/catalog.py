@@ -13,11 +13,9 @@ packaged model by a profile), ``swa_layers``/``swa_window`` 0, ``vocab`` 152064,
 ``embedding`` when the category says so, ``vision`` when it lists vision, else ``text``,
 ``num_ctx`` 0 (the model's params set no context), ``source`` ``model_catalog_extra``.
 
-Ollama model names follow ``[host[:port]/][namespace/]model[:tag]``
-(``ollama/types/model/name.go``): the default host is ``registry.ollama.ai``, the default
-namespace ``library`` and the default tag ``latest``. Catalog keys are normalised names: the
-short form ``model:tag`` for the library of the default registry, ``namespace/model:tag`` for
-other namespaces there, and the full ``host/namespace/model:tag`` otherwise; all lower case, as
+Catalog keys are canonical Ollama names (:mod:`provisioner.model_name`): the short form
+``model:tag`` for the library of the default registry, ``namespace/model:tag`` for other
+namespaces there, and the full ``host/namespace/model:tag`` otherwise; all lower case, as
 Ollama compares names case-insensitively.
 """
 
@@ -33,9 +31,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
+from . import model_name
 
 CATEGORIES = ("chat", "code", "reasoning", "vision", "embedding")
 
@@ -137,72 +133,19 @@ class ModelEntry:
 # --- Ollama names -------------------------------------------------------------------------------
 
 
-def _valid_part(kind: str, part: str) -> bool:
-    # Mirrors isValidPart in ollama/types/model/name.go.
-    limit = 350 if kind == "host" else 80
-    if not 1 <= len(part) <= limit:
-        return False
-    for i, ch in enumerate(part):
-        if ch.isascii() and (ch.isalnum() or ch == "_"):
-            continue
-        if i == 0:
-            return False
-        if ch == "-":
-            continue
-        if ch == "." and kind != "namespace":
-            continue
-        if ch == ":" and kind == "host":
-            continue
-        return False
-    return True
-
-
-def _split_name(name: str) -> tuple[str, str, str, str] | None:
-    """``(host, namespace, model, tag)`` of an Ollama name, or None when it is malformed."""
-    if not isinstance(name, str) or not name or name != name.strip() or "@" in name:
-        return None
-    rest, tag = name, DEFAULT_TAG
-    colon = rest.rfind(":")
-    if colon >= 0 and "/" not in rest[colon + 1 :]:
-        rest, tag = rest[:colon], rest[colon + 1 :]
-    parts = rest.split("/")
-    if len(parts) == 1:
-        host, namespace, model = DEFAULT_HOST, DEFAULT_NAMESPACE, parts[0]
-    elif len(parts) == 2:
-        host, (namespace, model) = DEFAULT_HOST, parts
-    elif len(parts) == 3:
-        host, namespace, model = parts
-    else:
-        return None
-    if not (
-        _valid_part("host", host)
-        and _valid_part("namespace", namespace)
-        and _valid_part("model", model)
-        and _valid_part("tag", tag)
-    ):
-        return None
-    return host.lower(), namespace.lower(), model.lower(), tag.lower()
-
-
 def is_valid_ollama_name(name: object) -> bool:
-    """True when ``name`` is a valid ``[host[:port]/][namespace/]model[:tag]`` Ollama name."""
-    return isinstance(name, str) and _split_name(name) is not None
+    """True when ``name`` is a valid ``[host[:port]/][namespace/]model[:tag]`` Ollama name
+    (:func:`provisioner.model_name.is_valid`)."""
+    return model_name.is_valid(name)
 
 
 def normalise_tag(name: str) -> str:
-    """The catalog key of an Ollama name (``llama3.1`` → ``llama3.1:latest``).
+    """The catalog key of an Ollama name (``llama3.1`` -> ``llama3.1:latest``): its canonical
+    form (:func:`provisioner.model_name.canonical`).
 
     Raises ``ValueError`` when ``name`` is not a valid Ollama name.
     """
-    parts = _split_name(name)
-    if parts is None:
-        raise ValueError(f"{name!r} is not a valid Ollama model name")
-    host, namespace, model, tag = parts
-    if host == DEFAULT_HOST:
-        if namespace == DEFAULT_NAMESPACE:
-            return f"{model}:{tag}"
-        return f"{namespace}/{model}:{tag}"
-    return f"{host}/{namespace}/{model}:{tag}"
+    return model_name.canonical(name)
 
 
 # --- entries ------------------------------------------------------------------------------------
@@ -376,18 +319,29 @@ def load_catalog(extra: list[dict] | None = None) -> dict[str, ModelEntry]:
     return catalog
 
 
+# The one cache of catalogs: one entry per distinct ``model_catalog_extra`` content.
 _catalog_cache: dict[str, dict[str, ModelEntry]] = {}
+
+
+def catalog_key(extra: list[dict] | None) -> str:
+    """A hashable name for the catalog of ``extra`` ("" for the packaged one), loading it
+    into the cache; raises ``CatalogError`` for a malformed ``extra``."""
+    if not extra:
+        return ""
+    key = json.dumps(extra, sort_keys=True, default=repr)
+    if key not in _catalog_cache:
+        _catalog_cache[key] = load_catalog(extra)
+    return key
+
+
+def catalog_by_key(key: str) -> dict[str, ModelEntry]:
+    """The catalog :func:`catalog_key` named; the result must not be mutated."""
+    return _catalog_cache[key] if key else _packaged()
 
 
 def cached_catalog(extra: list[dict] | None) -> dict[str, ModelEntry]:
     """``load_catalog`` memoised on the content of ``extra``; the result must not be mutated."""
-    if not extra:
-        return _packaged()
-    key = json.dumps(extra, sort_keys=True, default=repr)
-    catalog = _catalog_cache.get(key)
-    if catalog is None:
-        catalog = _catalog_cache[key] = load_catalog(extra)
-    return catalog
+    return catalog_by_key(catalog_key(extra))
 
 
 MODEL_LIST_KEYS = ("models", "models_always", "models_pinned", "models_resident")
@@ -409,9 +363,18 @@ def check_host_data(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         catalog = _packaged()
     for key in MODEL_LIST_KEYS:
         for item in data.get(key) or ():
-            if item in catalog or is_valid_ollama_name(item):
-                continue
-            problems.append(
-                (key, f"{item!r} is neither in the model catalog nor a valid Ollama model name")
-            )
+            problem = _list_item_problem(item, catalog)
+            if problem:
+                problems.append((key, problem))
     return problems
+
+
+def _list_item_problem(item: Any, catalog: Mapping[str, ModelEntry]) -> str | None:
+    if isinstance(item, str) and "://" in item:
+        return (
+            f"{item!r}: a model list names models without a scheme; a plain-HTTP registry is "
+            "set with ollama_registry and ollama_registry_insecure"
+        )
+    if item in catalog or is_valid_ollama_name(item):
+        return None
+    return f"{item!r} is neither in the model catalog nor a valid Ollama model name"

@@ -23,6 +23,7 @@ from pyinfra.api.state import BaseStateCallback
 
 from provisioner.fleet import in_context
 from provisioner.ollama_api import (
+    Blob,
     ManifestError,
     ModelName,
     Registry,
@@ -247,9 +248,8 @@ def _rich_progress(console: Console | None) -> Progress:
 def _store(state: State, target: Host) -> dict[str, Any]:
     from provisioner.deploys.models import source_settings
     from provisioner.facts.ollama import OllamaModels
-    from provisioner.settings import resolve
 
-    models_dir = source_settings(resolve(target.data.dict()))["models_dir"]
+    models_dir = source_settings(target.data)["models_dir"]
     return in_context(state, target, target.get_fact, OllamaModels, models_dir=models_dir)
 
 
@@ -268,15 +268,14 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
     """Every planned and pinned model present, complete and equal to its registry manifest."""
     from provisioner.deploys.models import planned_models, source_settings
     from provisioner.facts.ollama import OllamaRegistryManifest
-    from provisioner.settings import resolve
+    from provisioner.planner import wanted_models
+    from provisioner.settings import host_settings
 
-    data = resolve(target.data.dict())
+    data = host_settings(target.data)
     src = source_settings(data)
-    wanted = in_context(state, target, planned_models, target)
-    wanted += [m for m in data.get("models_pinned") or [] if m not in wanted]
+    planned = in_context(state, target, planned_models, target)
     problems = []
-    for tag in wanted:
-        name = ModelName.parse(tag).display
+    for name in wanted_models(planned, data.list_of("models_pinned")):
         have = after.get(name)
         if not have or not have.get("complete"):
             problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
@@ -296,7 +295,7 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def sync(  # noqa: C901  (split pending, see docs/architecture.md)
+def sync(
     loaded: LoadedInventory,
     *,
     prune: bool | None = None,
@@ -319,91 +318,131 @@ def sync(  # noqa: C901  (split pending, see docs/architecture.md)
     + console: where the progress bars go (rich; stderr by default)
     + show_progress: draw progress bars at all
     """
-    import gevent
     from pyinfra.api.deploy import add_deploy
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operations import run_ops
 
     from provisioner import fleet
     from provisioner.deploys.models import ollama_models
-    from provisioner.interrupts import stop_run
 
     state = fleet.make_state(loaded)
     results = {target.name: HostResult(target.name) for target in loaded.hosts}
     for name, error in fleet.connect(state, loaded.hosts).items():
         results[name].errors.append(f"cannot connect: {error}")
     connected = fleet.connected(state, loaded.hosts)
-
-    before: dict[str, dict[str, Any]] = {}
-
-    def read_store(target: Host, into: dict[str, dict[str, Any]]) -> None:
-        try:
-            into[target.name] = _store(state, target)
-        except Exception as exc:
-            results[target.name].errors.append(f"cannot read the model store: {exc}")
-
-    gevent.joinall([state.pool.spawn(read_store, t, before) for t in connected])
+    before = _read_stores(state, connected, results)
 
     progress = _rich_progress(console) if show_progress and not dry else None
     handler = PullProgress(progress)
     state.add_callback_handler(handler)
-    interrupted = False
     deploy_args: dict[str, Any] = {"prune": prune, "refresh": refresh}
     if batch:
         deploy_args["_parallel"] = batch
+    finished = not dry  # after a real run (not --dry, not Ctrl-C): read and check the stores
     try:
         add_deploy(state, ollama_models, **deploy_args)
         if dry:
-            for target in connected:
-                for op_hash in state.ops.get(target, {}):
-                    meta = state.get_op_data_for_host(target, op_hash).operation_meta
-                    will = in_context(state, target, lambda m=meta: m.will_change)
-                    results[target.name].would_change |= bool(will)
+            _mark_would_change(state, connected, results)
         else:
-            if progress is not None:
-                progress.start()
-            try:
-                run_ops(state)
-            except PyinfraError:
-                pass  # every host failed: each one's reason is collected below
-            except KeyboardInterrupt:  # Ctrl-C: stop every host's step now, report nothing
-                interrupted = True
-                stop_run(state)
-                raise
-            finally:
-                if progress is not None:
-                    progress.stop()
+            _run_ops(state, progress)
+    except KeyboardInterrupt:  # Ctrl-C: every host's step was stopped, nothing is reported
+        finished = False
+        raise
     finally:
-        after: dict[str, dict[str, Any]] = {}
-        if not dry and not interrupted:
-            gevent.joinall([state.pool.spawn(read_store, t, after) for t in connected])
+        after = _read_stores(state, connected, results) if finished else {}
         for target in connected:
-            result = results[target.name]
-            failed = target in state.failed_hosts
-            if failed:
-                reported = handler.errors.get(target.name, [])
-                result.errors += reported or _failed_op_output(state, target)
-                if not result.errors:
-                    result.errors.append("the model sync failed (see the log above)")
-            if target.name in before and target.name in after:
-                result.changes = diff_models(before[target.name], after[target.name])
-            if target.name in after:
-                result.models = {
-                    n: m["digest"] for n, m in after[target.name].items() if m.get("digest")
-                }
-        if check and not dry and not interrupted:
-
-            def check_one(target: Host) -> None:
-                if target.name not in after:
-                    return
-                try:
-                    results[target.name].problems += _check(state, target, after[target.name])
-                except Exception as exc:
-                    results[target.name].problems.append(f"check failed: {exc}")
-
-            gevent.joinall([state.pool.spawn(check_one, t) for t in connected])
+            _collect(state, target, results[target.name], handler, before, after)
+        if check and finished:
+            _check_hosts(state, connected, results, after)
         fleet.disconnect(state)
     return SyncResult(action="update" if check else "sync", dry=dry, hosts=results)
+
+
+def _read_stores(
+    state: State, hosts: list[Host], results: dict[str, HostResult]
+) -> dict[str, dict[str, Any]]:
+    """The model store of every host, read in parallel; a host that cannot be read gets an
+    error in its result and no entry."""
+    import gevent
+
+    stores: dict[str, dict[str, Any]] = {}
+
+    def one(target: Host) -> None:
+        try:
+            stores[target.name] = _store(state, target)
+        except Exception as exc:
+            results[target.name].errors.append(f"cannot read the model store: {exc}")
+
+    gevent.joinall([state.pool.spawn(one, target) for target in hosts])
+    return stores
+
+
+def _mark_would_change(state: State, hosts: list[Host], results: dict[str, HostResult]) -> None:
+    """``--dry``: whether any operation would change each host."""
+    for target in hosts:
+        for op_hash in state.ops.get(target, {}):
+            meta = state.get_op_data_for_host(target, op_hash).operation_meta
+            will = in_context(state, target, lambda m=meta: m.will_change)
+            results[target.name].would_change |= bool(will)
+
+
+def _run_ops(state: State, progress: Progress | None) -> None:
+    """Run the deploy, with the progress bars drawn meanwhile."""
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_ops
+
+    from provisioner.interrupts import stop_run
+
+    if progress is not None:
+        progress.start()
+    try:
+        run_ops(state)
+    except PyinfraError:
+        pass  # every host failed: each one's reason is collected afterwards
+    except KeyboardInterrupt:  # Ctrl-C: stop every host's step now
+        stop_run(state)
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def _collect(
+    state: State,
+    target: Host,
+    result: HostResult,
+    handler: PullProgress,
+    before: Mapping[str, dict[str, Any]],
+    after: Mapping[str, dict[str, Any]],
+) -> None:
+    """One host's result: why it failed, what changed in its store, what it holds now."""
+    if target in state.failed_hosts:
+        reported = handler.errors.get(target.name, [])
+        result.errors += reported or _failed_op_output(state, target)
+        if not result.errors:
+            result.errors.append("the model sync failed (see the log above)")
+    if target.name in before and target.name in after:
+        result.changes = diff_models(before[target.name], after[target.name])
+    if target.name in after:
+        result.models = {n: m["digest"] for n, m in after[target.name].items() if m.get("digest")}
+
+
+def _check_hosts(
+    state: State,
+    hosts: list[Host],
+    results: dict[str, HostResult],
+    after: Mapping[str, dict[str, Any]],
+) -> None:
+    """Check every host whose store was read after the run (:func:`_check`), in parallel."""
+    import gevent
+
+    def one(target: Host) -> None:
+        if target.name not in after:
+            return
+        try:
+            results[target.name].problems += _check(state, target, after[target.name])
+        except Exception as exc:
+            results[target.name].problems.append(f"check failed: {exc}")
+
+    gevent.joinall([state.pool.spawn(one, target) for target in hosts])
 
 
 def update(
@@ -483,7 +522,7 @@ def _upstream(name: ModelName, upstream: str, upstream_namespace: str) -> tuple[
     return upstream.rstrip("/"), f"{namespace}/{name.model}"
 
 
-def mirror(  # noqa: C901  (split pending, see docs/architecture.md)
+def mirror(
     models: Iterable[str],
     *,
     to: str,
@@ -509,6 +548,8 @@ def mirror(  # noqa: C901  (split pending, see docs/architecture.md)
     Blobs the site already has are not fetched; each fetched blob is checked against its
     digest before it is uploaded; the manifest is put last, with the upstream's exact bytes.
     """
+    from provisioner.planner import wanted_models
+
     site = Registry(to, timeout=timeout)
     result = MirrorResult(registry=to)
     progress = _rich_progress(console) if show_progress else None
@@ -519,44 +560,17 @@ def mirror(  # noqa: C901  (split pending, see docs/architecture.md)
         temporary = tempfile.TemporaryDirectory(prefix="provision-mirror-")
         workdir = Path(temporary.name)
     workdir.mkdir(parents=True, exist_ok=True)
+    copier = _Copier(site, workdir, progress, timeout)
     try:
-        for tag in dict.fromkeys(ModelName.parse(m).display for m in models):
-            name = ModelName.parse(tag)
+        for tag in wanted_models(models):
             target = site_name(tag, to, namespace)
             entry: dict[str, Any] = {"site": target.display, "bytes": 0}
             result.models[tag] = entry
             try:
-                source_url, repository = _upstream(name, upstream, upstream_namespace)
-                source = Registry(source_url, timeout=timeout)
-                manifest = source.manifest(repository, name.tag)
-                entry["digest"] = manifest.digest
-                try:
-                    existing = site.manifest(target.repository, target.tag)
-                except RegistryError:
-                    existing = None
-                if existing is not None and existing.digest == manifest.digest:
-                    entry["status"] = "unchanged"
-                    continue
-                for blob in manifest.blobs:
-                    if site.has_blob(target.repository, blob):
-                        continue
-                    task = None
-                    if progress is not None:
-                        task = progress.add_task(f"{tag}  {blob.digest[7:19]}", total=blob.size)
-
-                    def report(done: int, total: int, task: Any = task) -> None:
-                        if progress is not None and task is not None:
-                            progress.update(task, completed=done, total=total)
-
-                    path = workdir / blob.file_name
-                    partial = path.with_name(path.name + ".partial")
-                    had = partial.stat().st_size if partial.exists() else 0
-                    source.fetch_blob(repository, blob, path, progress=report)
-                    entry["bytes"] += blob.size - had
-                    site.push_blob(target.repository, blob, path)
-                    path.unlink()
-                site.put_manifest(target.repository, target.tag, manifest)
-                entry["status"] = "copied"
+                source_url, repository = _upstream(
+                    ModelName.parse(tag), upstream, upstream_namespace
+                )
+                entry["status"] = copier.copy(tag, source_url, repository, target, entry)
             except (RegistryError, ManifestError, OSError, ValueError) as exc:
                 entry["status"] = "failed"
                 entry["error"] = str(exc)
@@ -568,19 +582,76 @@ def mirror(  # noqa: C901  (split pending, see docs/architecture.md)
     return result
 
 
+@dataclass
+class _Copier:
+    """Copies one model at a time into the site registry (:func:`mirror`)."""
+
+    site: Registry
+    workdir: Path
+    progress: Progress | None
+    timeout: float
+
+    def copy(
+        self, tag: str, source_url: str, repository: str, target: ModelName, entry: dict
+    ) -> str:
+        """Copy ``repository:tag`` unless the site has the same manifest; return the status
+        (``copied`` or ``unchanged``) and count the fetched bytes in ``entry``."""
+        source = Registry(source_url, timeout=self.timeout)
+        manifest = source.manifest(repository, ModelName.parse(tag).tag)
+        entry["digest"] = manifest.digest
+        try:
+            existing = self.site.manifest(target.repository, target.tag)
+        except RegistryError:
+            existing = None
+        if existing is not None and existing.digest == manifest.digest:
+            return "unchanged"
+        for blob in manifest.blobs:
+            if not self.site.has_blob(target.repository, blob):
+                self.copy_blob(tag, source, repository, target, blob, entry)
+        self.site.put_manifest(target.repository, target.tag, manifest)
+        return "copied"
+
+    def copy_blob(
+        self,
+        tag: str,
+        source: Registry,
+        repository: str,
+        target: ModelName,
+        blob: Blob,
+        entry: dict,
+    ) -> None:
+        """Fetch one blob (resuming a partial one; the bytes fetched are counted in
+        ``entry``), checked against its digest, and upload it."""
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(f"{tag}  {blob.digest[7:19]}", total=blob.size)
+
+        def report(done: int, total: int) -> None:
+            if self.progress is not None and task is not None:
+                self.progress.update(task, completed=done, total=total)
+
+        path = self.workdir / blob.file_name
+        partial = path.with_name(path.name + ".partial")
+        had = partial.stat().st_size if partial.exists() else 0
+        source.fetch_blob(repository, blob, path, progress=report)
+        entry["bytes"] += blob.size - had
+        self.site.push_blob(target.repository, blob, path)
+        path.unlink()
+
+
 def planned_by_host(loaded: LoadedInventory) -> dict[str, list[str]]:
     """The planned and pinned tags of every host of ``loaded`` (facts gathered live)."""
     from provisioner.gather import gather
-    from provisioner.planner import plan_host
+    from provisioner.planner import plan_host, wanted_models
+    from provisioner.settings import host_settings
 
     facts = gather(loaded)
     planned: dict[str, list[str]] = {}
     for target in loaded.hosts:
-        data = loaded.resolved(target)
+        data = host_settings(target.data)
         plan = plan_host(target.name, facts.get(target.name), data)
-        tags = [entry["tag"] for entry in plan.get("models", [])]
-        tags += [m for m in data.get("models_pinned") or [] if m not in tags]
-        planned[target.name] = tags
+        pinned = data.list_of("models_pinned")
+        planned[target.name] = wanted_models(plan.get("models", []), pinned)
     return planned
 
 
@@ -599,14 +670,16 @@ def mirror_inventory(
       one are left out)
     + upstream: where models come from (default: the public library)
     """
+    from provisioner.settings import host_settings
+
     by_registry: dict[tuple[str, str], list[str]] = {}
     for name, tags in planned_by_host(loaded).items():
         target = next(t for t in loaded.hosts if t.name == name)
-        data = loaded.resolved(target)
-        site = registry or data.get("ollama_registry")
+        data = host_settings(target.data)
+        site = registry or data.optional_text("ollama_registry")
         if not site:
             continue
-        key = (site, str(data.get("ollama_registry_namespace") or "library"))
+        key = (site, data.text("ollama_registry_namespace"))
         by_registry.setdefault(key, [])
         by_registry[key] += [t for t in tags if t not in by_registry[key]]
     return [

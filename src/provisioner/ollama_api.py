@@ -2,9 +2,8 @@
 
 Pure helpers shared by the facts, the operations and ``provision models``:
 
-* :class:`ModelName`: Ollama's name grammar (``[scheme://][host/][namespace/]model[:tag]``,
-  defaults ``registry.ollama.ai``, ``library``, ``latest``), the shortest display form that
-  ``/api/tags`` prints, and where a manifest lives in the store and in a registry;
+* :class:`ModelName` (defined in :mod:`provisioner.model_name`, the one grammar) and
+  :func:`site_name`: where a planned model lives in a site registry;
 * :func:`parse_manifest`: a Docker v2 manifest as Ollama writes and reads it, with every digest
   checked (a digest is a file name in the store: CVE-2024-37032 came from trusting it);
 * :class:`PullStream`: the NDJSON stream of ``/api/pull``, where an error can arrive as a
@@ -27,6 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioner.model_name import (
+    DEFAULT_HOST,
+    DEFAULT_NAMESPACE,
+    ModelName,
+    canonical,
+)
+
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_NAMESPACE",
@@ -43,16 +49,10 @@ __all__ = [
     "site_name",
 ]
 
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class ManifestError(ValueError):
@@ -70,105 +70,9 @@ class RegistryError(RuntimeError):
 # --- names ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
-class ModelName:
-    """One Ollama model name, split the way Ollama splits it."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-    scheme: str = "https"
-
-    @classmethod
-    def parse(cls, name: str) -> ModelName:
-        """Parse ``name`` as Ollama does; raise ``ValueError`` for a name Ollama would refuse."""
-        text = name.strip()
-        scheme = "https"
-        if "://" in text:
-            scheme, text = text.split("://", 1)
-            if scheme not in ("http", "https"):
-                raise ValueError(f"{name!r}: unknown scheme {scheme!r}")
-        if "@" in text:
-            raise ValueError(f"{name!r}: digest references are not supported, use a tag")
-        parts = text.split("/")
-        if not 1 <= len(parts) <= 3 or not all(parts):
-            raise ValueError(f"{name!r} is not a model name ([host/][namespace/]model[:tag])")
-        last = parts[-1]
-        model, _, tag = last.partition(":")
-        tag = tag or DEFAULT_TAG
-        host = parts[-3] if len(parts) == 3 else DEFAULT_HOST
-        namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-        if not _HOST.match(host):
-            raise ValueError(f"{name!r}: bad registry host {host!r}")
-        if namespace_problem(namespace) or not _PART.match(model):
-            raise ValueError(f"{name!r}: namespace and model may hold letters, digits, _ . -")
-        if not _TAG.match(tag):
-            raise ValueError(f"{name!r}: bad tag {tag!r}")
-        return cls(host=host, namespace=namespace, model=model, tag=tag, scheme=scheme)
-
-    @property
-    def is_default_host(self) -> bool:
-        return self.host.lower() == DEFAULT_HOST
-
-    @property
-    def display(self) -> str:
-        """The shortest form, as ``/api/tags`` and ``ollama list`` print it."""
-        if not self.is_default_host:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-    @property
-    def pull_name(self) -> str:
-        """The name to send to ``/api/pull`` (with ``http://`` for a plain-HTTP registry)."""
-        full = f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        return f"http://{full}" if self.scheme == "http" else self.display
-
-    @property
-    def manifest_path(self) -> str:
-        """Where the manifest lives under ``$OLLAMA_MODELS/manifests/``."""
-        return f"{self.host}/{self.namespace}/{self.model}/{self.tag}"
-
-    @property
-    def repository(self) -> str:
-        return f"{self.namespace}/{self.model}"
-
-    @property
-    def registry_url(self) -> str:
-        return f"{self.scheme}://{self.host}"
-
-    @property
-    def manifest_url(self) -> str:
-        return f"{self.registry_url}/v2/{self.repository}/manifests/{self.tag}"
-
-    def blob_url(self, digest: str) -> str:
-        return f"{self.registry_url}/v2/{self.repository}/blobs/{digest}"
-
-    @classmethod
-    def from_manifest_path(cls, path: str) -> ModelName:
-        """The name of a manifest file, from its path under ``manifests/``."""
-        parts = path.strip("/").split("/")
-        if len(parts) != 4:
-            raise ValueError(f"{path!r} is not host/namespace/model/tag")
-        host, namespace, model, tag = parts
-        return cls.parse(f"{host}/{namespace}/{model}:{tag}")
-
-
-def namespace_problem(namespace: str) -> str | None:
-    """Why ``namespace`` cannot be a namespace (one path part of :class:`ModelName`), or None."""
-    if not _PART.match(namespace):
-        return (
-            f"{namespace!r} is not a namespace: one name of letters, digits, _ . - "
-            "(starting with a letter or digit, no '/')"
-        )
-    return None
-
-
 def normalise(name: str) -> str:
-    """``"llama3"`` -> ``"llama3:latest"``: the display form of any model name."""
-    return ModelName.parse(name).display
+    """``"llama3"`` -> ``"llama3:latest"``: the canonical form of any model name."""
+    return canonical(name)
 
 
 def site_name(name: str, registry: str, namespace: str = DEFAULT_NAMESPACE) -> ModelName:

@@ -49,23 +49,16 @@ costs one plan (``plan_fleet``).
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
 from . import settings
-from .catalog import (
-    CATEGORIES,
-    ModelEntry,
-    cached_catalog,
-    is_valid_ollama_name,
-    normalise_tag,
-)
+from .catalog import CATEGORIES, ModelEntry, catalog_by_key, catalog_key
 from .estimator import (
     Estimate,
     estimate,
@@ -75,6 +68,7 @@ from .estimator import (
     rules_for,
     usable_mib,
 )
+from .model_name import ModelName, ModelNameError, is_valid
 from .nvidia_smi import gpus_on_bus
 
 WHAT_IF_MAX_GPUS = 64
@@ -146,36 +140,32 @@ class _Settings:
     read_mb_s: int = 500  # model store read rate, for cold loads
 
 
-def _value(data: Mapping[str, Any], key: str) -> Any:
-    value = data.get(key)
-    return settings.all_defaults()[key] if value is None else value
-
-
 def _settings(data: Mapping[str, Any]) -> _Settings:
-    kv_type = _value(data, "ollama_kv_cache_type")
-    if not _value(data, "ollama_flash_attention"):
+    h = settings.host_settings(data)
+    kv_type = h.text("ollama_kv_cache_type")
+    if not h.flag("ollama_flash_attention"):
         kv_type = "f16"  # Ollama ignores a quantised KV cache without flash attention
-    models = data.get("models")
-    version = str(_value(data, "ollama_version"))
+    models = h.optional_list_of("models")
+    version = h.text("ollama_version")
     return _Settings(
-        context=int(_value(data, "ollama_context_length")),
-        parallel=int(_value(data, "ollama_num_parallel")),
+        context=h.integer("ollama_context_length"),
+        parallel=h.integer("ollama_num_parallel"),
         kv_cache_type=kv_type,
-        batch_size=int(_value(data, "ollama_batch_size")),
-        reserve_mib=int(_value(data, "vram_reserve_mib")),
+        batch_size=h.integer("ollama_batch_size"),
+        reserve_mib=h.integer("vram_reserve_mib"),
         version=version,
-        flash_attention=bool(_value(data, "ollama_flash_attention")),
+        flash_attention=h.flag("ollama_flash_attention"),
         margin_mib=rules_for(version).fit_margin_mib,
-        headroom=float(_value(data, "vram_headroom")),
-        ram_reserve_mib=int(_value(data, "ram_reserve_mib")),
+        headroom=h.number("vram_headroom"),
+        ram_reserve_mib=h.integer("ram_reserve_mib"),
         models=tuple(models) if models is not None else None,
-        profile=str(_value(data, "model_profile")),
-        always=tuple(_value(data, "models_always")),
-        pinned=tuple(_value(data, "models_pinned")),
-        models_max=int(_value(data, "models_max")),
-        resident=tuple(_value(data, "models_resident")),
-        max_loaded=int(_value(data, "ollama_max_loaded_models")),
-        read_mb_s=int(_value(data, "model_store_read_mb_s")),
+        profile=h.text("model_profile"),
+        always=tuple(h.list_of("models_always")),
+        pinned=tuple(h.list_of("models_pinned")),
+        models_max=h.integer("models_max"),
+        resident=tuple(h.list_of("models_resident")),
+        max_loaded=h.integer("ollama_max_loaded_models"),
+        read_mb_s=h.integer("model_store_read_mb_s"),
     )
 
 
@@ -317,29 +307,12 @@ def _classify(facts: Mapping[str, Any], data: Mapping[str, Any], s: _Settings) -
 # --- selection ----------------------------------------------------------------------------------
 
 
-_catalogs: dict[str, dict[str, ModelEntry]] = {}
-
-
-def _catalog_key(extra: Any) -> str:
-    """A hashable name for the catalog of one host (its ``model_catalog_extra`` content)."""
-    if not extra:
-        return ""
-    key = json.dumps(extra, sort_keys=True, default=repr)
-    if key not in _catalogs:
-        _catalogs[key] = cached_catalog(extra)
-    return key
-
-
-def _catalog_of(key: str) -> dict[str, ModelEntry]:
-    return _catalogs[key] if key else cached_catalog(None)
-
-
 @lru_cache(maxsize=256)
 def _candidates(catalog_key: str, profile: Profile) -> tuple[ModelEntry, ...]:
     wanted = set(profile.categories)
     entries = [
         e
-        for e in _catalog_of(catalog_key).values()
+        for e in catalog_by_key(catalog_key).values()
         if wanted.intersection(e.categories)
         and (profile.max_params_b is None or e.params_b <= profile.max_params_b)
     ]
@@ -363,7 +336,7 @@ _Skip = tuple[str, str]
 class _Selector:
     def __init__(self, shape: _Shape, s: _Settings, catalog_key: str) -> None:
         self.shape, self.s, self.catalog_key = shape, s, catalog_key
-        self.catalog = _catalog_of(catalog_key)
+        self.catalog = catalog_by_key(catalog_key)
         self.reserve = s.reserve_mib + s.margin_mib
         self.offers = {i: usable_mib(m, self.reserve, s.headroom) for i, m in shape.devices}
         # Ollama steps its automatic batch down against the free memory of the GPU it picks.
@@ -442,10 +415,11 @@ class _Selector:
 
     def wanted(self, raw: Any, why: str, via: str) -> None:
         """An operator-named tag: take it when it fits, else say why not."""
-        if not is_valid_ollama_name(raw):
+        try:
+            tag = ModelName.parse(raw).canonical
+        except ModelNameError:
             self.skip(str(raw), "not a valid Ollama model name ([host/][namespace/]model[:tag])")
             return
-        tag = normalise_tag(raw)
         if tag in self.chosen:
             return
         entry = self.catalog.get(tag)
@@ -562,7 +536,7 @@ def _resident(shape: _Shape, s: _Settings, catalog_key: str, planned: tuple[str,
     placed: list[tuple[str, int, tuple[int, ...]]] = []
     left_out: list[tuple[str, str]] = []
     for raw in dict.fromkeys(s.resident):
-        tag = normalise_tag(raw) if is_valid_ollama_name(raw) else str(raw)
+        tag = ModelName.parse(raw).canonical if is_valid(raw) else str(raw)
         if tag not in planned:
             left_out.append((tag, "not in the plan (see skipped)"))
             continue
@@ -629,11 +603,14 @@ def _model_json(model: _Model, res: _Resident | None, s: _Settings, catalog: dic
 def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any]) -> dict:
     """The plan of one host (see the module docstring for the shape and the rules).
 
+    ``data`` is host data or ``settings.HostSettings`` (resolved once, here if not before).
+
     Raises ``catalog.CatalogError`` when the host's ``model_catalog_extra`` is malformed.
     """
     facts = facts or {}
-    s = _settings(data)
-    host = _classify(facts, data, s)
+    h = settings.host_settings(data)
+    s = _settings(h)
+    host = _classify(facts, h, s)
     s = _with_flash_attention(s, host, facts)
     profile: str | None = None
     if s.models is None:
@@ -644,7 +621,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
     models: tuple[_Model, ...] = ()
     skipped: tuple[_Skip, ...] = ()
     resident: _Resident | None = None
-    key = _catalog_key(data.get("model_catalog_extra"))
+    key = catalog_key(h.list_of("model_catalog_extra"))
     if host.mode != "none":
         shape = _Shape(host.mode, host.devices, host.budget_mib)
         models, skipped = _select(shape, s, key, profile)
@@ -658,7 +635,7 @@ def plan_host(name: str, facts: Mapping[str, Any] | None, data: Mapping[str, Any
         "budget_mib": host.budget_mib,
         "mode": host.mode,
         "reason": reason,
-        "models": [_model_json(m, resident, s, _catalog_of(key)) for m in models],
+        "models": [_model_json(m, resident, s, catalog_by_key(key)) for m in models],
         "resident": _resident_json(resident, s) if resident is not None else None,
         "skipped": [{"tag": tag, "reason": why} for tag, why in skipped],
         "profile": profile if host.mode != "none" else None,
@@ -689,6 +666,25 @@ def _with_flash_attention(s: _Settings, host: _Host, facts: Mapping[str, Any]) -
     if flash_attention_supported(caps):
         return s
     return replace(s, flash_attention=False, kv_cache_type="f16")
+
+
+def wanted_models(
+    planned: Iterable[str | Mapping[str, Any]], pinned: Iterable[str] = ()
+) -> list[str]:
+    """The models a host must hold: the plan's models, then the operator's pinned ones.
+
+    ``planned`` is a plan's ``models`` (dicts with a ``tag``) or plain names; ``models_always``
+    reaches it through the plan (when it fits), and ``pinned`` (``models_pinned``) is added
+    whether it fits or not, since a pinned model is never pruned. Names come out in their
+    canonical form (:mod:`provisioner.model_name`), each once, first mention first, so
+    ``llama3.1:8b`` and ``Llama3.1:8B`` are one model. This is the one merge of "planned +
+    pinned": the models operation, ``provision models sync|update|mirror`` and verify use it.
+
+    Raises ``model_name.ModelNameError`` (a ``ValueError``) for a name Ollama refuses.
+    """
+    names = [item["tag"] if isinstance(item, Mapping) else item for item in planned]
+    names += list(pinned)
+    return list(dict.fromkeys(ModelName.parse(name).canonical for name in names))
 
 
 def plan_fleet(hosts: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict:

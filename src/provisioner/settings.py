@@ -21,11 +21,13 @@ Declaration format (one TOML table per key)::
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from provisioner.model_name import namespace_problem
 
 # Data keys that belong to pyinfra itself (connectors, global arguments): never validated here.
 PYINFRA_KEY_PREFIXES = (
@@ -63,16 +65,10 @@ def _absolute_path(value: str) -> str | None:
     return None
 
 
-def _ollama_namespace(value: str) -> str | None:
-    from provisioner.ollama_api import namespace_problem
-
-    return namespace_problem(value)
-
-
 #: ``format = "..."`` of a str key: the check, and how docs/data-keys.md names it.
 FORMATS: dict[str, tuple[Callable[[str], str | None], str]] = {
     "absolute_path": (_absolute_path, "absolute path, no `..`"),
-    "ollama_namespace": (_ollama_namespace, "Ollama namespace"),
+    "ollama_namespace": (namespace_problem, "Ollama namespace"),
 }
 
 
@@ -186,6 +182,106 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
     merged = all_defaults()
     merged.update({k: v for k, v in data.items() if v is not None or k not in merged})
     return merged
+
+
+class HostSettings(Mapping[str, Any]):
+    """One host's data keys, resolved once: every declared key, the host's value or else its
+    declared default (``data/keys/*.toml``), and typed getters that check the declared type.
+
+    The one way code reads a host's settings: no reader keeps a default of its own. It is a
+    read-only mapping, so code that takes "resolved host data" takes it unchanged; ``data`` is
+    a mapping of host data, pyinfra's ``host.data`` (anything with ``.dict()``) or another
+    ``HostSettings`` (then nothing is resolved again). Reading an undeclared key raises
+    ``KeyError``; asking a key for a type it is not declared with raises ``TypeError``: both
+    are programming errors, found by the first test that reads the key.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, data: Mapping[str, Any] | Any = None) -> None:
+        if isinstance(data, HostSettings):
+            self._values: dict[str, Any] = data._values
+        elif data is not None and not isinstance(data, Mapping) and hasattr(data, "dict"):
+            self._values = resolve(data.dict())
+        else:
+            self._values = resolve(dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"HostSettings({self._values!r})"
+
+    def _typed(self, key: str, *kinds: str) -> Any:
+        spec = all_keys().get(key)
+        if spec is None:
+            raise KeyError(f"{key} is not a declared data key (data/keys/*.toml)")
+        if spec.type not in kinds:
+            raise TypeError(f"data key {key} is declared as {spec.type}, not {'/'.join(kinds)}")
+        return self._values.get(key)
+
+    def text(self, key: str) -> str:
+        """A ``str`` key with a default (``KeyError`` when it is unset: use
+        :meth:`optional_text` for a key without a default)."""
+        value = self._typed(key, "str")
+        if value is None:
+            raise KeyError(f"data key {key} is unset and has no default")
+        return str(value)
+
+    def optional_text(self, key: str) -> str | None:
+        """A ``str`` key that may be unset (None)."""
+        value = self._typed(key, "str")
+        return None if value is None else str(value)
+
+    def integer(self, key: str) -> int:
+        """An ``int`` key (its default when unset)."""
+        return int(self._typed(key, "int"))
+
+    def optional_integer(self, key: str) -> int | None:
+        """An ``int`` key that may be unset."""
+        value = self._typed(key, "int")
+        return None if value is None else int(value)
+
+    def number(self, key: str) -> float:
+        """A ``float`` key."""
+        return float(self._typed(key, "float"))
+
+    def flag(self, key: str) -> bool:
+        """A ``bool`` key."""
+        return bool(self._typed(key, "bool"))
+
+    def optional_flag(self, key: str) -> bool | None:
+        """A ``bool`` key whose "unset" means something (``gpu``: decide from the facts)."""
+        value = self._typed(key, "bool")
+        return None if value is None else bool(value)
+
+    def list_of(self, key: str) -> list[Any]:
+        """A ``list`` key as a new list (``[]`` when unset)."""
+        return list(self._typed(key, "list") or ())
+
+    def optional_list_of(self, key: str) -> list[Any] | None:
+        """A ``list`` key whose "unset" differs from empty (``models``)."""
+        value = self._typed(key, "list")
+        return None if value is None else list(value)
+
+    def table(self, key: str) -> dict[str, Any]:
+        """A ``dict`` key as a new dict (``{}`` when unset)."""
+        return dict(self._typed(key, "dict") or {})
+
+    def raw(self, key: str) -> Any:
+        """A key of any declared type, as given (``any`` keys, values shown in messages)."""
+        return self._typed(key, *_TYPES)
+
+
+def host_settings(data: Mapping[str, Any] | Any) -> HostSettings:
+    """:class:`HostSettings` of ``data`` (host data, ``host.data`` or settings already)."""
+    return data if isinstance(data, HostSettings) else HostSettings(data)
 
 
 def markdown() -> str:

@@ -185,6 +185,37 @@ def test_models_update_picks_up_a_re_pushed_tag(lab, applied):
     assert all(h["changes"] == [] for h in result["hosts"].values()), result
 
 
+def test_a_pinned_model_spelled_in_another_case_is_one_model(lab, applied):
+    """Issue 17: gpu3 plans llama3.2:3b and pins "Llama3.2:3B": Ollama compares names without
+    case, so plan, sync and verify see one model (model_name's canonical form), not two."""
+    host = "gpu3"
+    if host not in lab.hosts:
+        pytest.skip("gpu3 plans llama3.2:3b")
+    env = {"LAB_MODELS_PINNED": json.dumps({host: ["Llama3.2:3B"]})}
+    code, plan, err = provision("plan", str(lab.inventory), "--limit", host, env=env)
+    assert code == 0 and plan is not None, err
+    tags = [m["tag"] for m in plan["hosts"][host]["models"]]
+    skipped = [s["tag"] for s in plan["hosts"][host]["skipped"]]
+    assert tags == ["llama3.2:3b"] and skipped == [], (tags, skipped)
+    code, result, err = provision(
+        "models", "sync", str(lab.inventory), "--limit", host, "--prune", env=env
+    )
+    assert code == 0, err
+    run = result["hosts"][host]
+    # the model under its one name, and the site registry's copy it was placed from
+    site_copy = f"{REGISTRY.removeprefix('http://')}/library/llama3.2:3b"
+    assert run["changes"] == [] and sorted(run["models"]) == [site_copy, "llama3.2:3b"], run
+    tags = lab.ssh(host, "curl -sf http://127.0.0.1:11434/api/tags").stdout
+    names = [m["name"] for m in json.loads(tags)["models"]]
+    assert [n for n in names if n.lower().startswith("llama3.2")] == ["llama3.2:3b"], names
+    code, report, err = provision("verify", str(lab.inventory), "--limit", host, env=env)
+    assert report is not None, err
+    assert code == 0, failing_checks(report, host)
+    checks = {f"{c['layer']}/{c['check']}": c for c in report["hosts"][host]["checks"]}
+    present = checks["ollama/models_present"]
+    assert present["status"] == "pass" and present["message"].endswith(": llama3.2:3b"), present
+
+
 # --- broken on purpose: verify names the broken layer on each host --------------------------
 
 

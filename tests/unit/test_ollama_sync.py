@@ -362,6 +362,24 @@ def test_prune_removes_unplanned_models_but_keeps_pinned_ones(registry, server):
     }
 
 
+def test_a_pinned_model_in_other_case_is_one_model_in_the_sync(registry, server):
+    """``models = ["tiny:1b"]`` and ``models_pinned = ["Tiny:1B"]``: one model to hold, one
+    pull, one check, one name in the store and in the mirror's list (issue 17)."""
+    digest = registry.push("site/tiny", "1b", seed="mixed-case")
+    data = _host_data(server, registry.url, ["tiny:1b"])
+    data["models_pinned"] = ["Tiny:1B"]
+    site = f"127.0.0.1:{registry.port}/site/tiny:1b"
+
+    result = _update(("@local", data))
+    assert result.exit_code == 0, result.to_json()
+    host = result.hosts["@local"]
+    assert [(c.model, c.action) for c in host.changes] == [(site, "added"), ("tiny:1b", "added")]
+    assert host.problems == []
+    assert set(server.tags()) == {site, "tiny:1b"}
+    assert server.tags()["tiny:1b"] == digest.removeprefix("sha256:")
+    assert models_sync.planned_by_host(_inventory(("@local", data))) == {"@local": ["tiny:1b"]}
+
+
 def test_a_sync_while_the_registry_is_down_fails_and_completes_on_the_next_run(registry, server):
     registry.push("site/tiny", "1b", seed="interrupted")
     data = _host_data(server, registry.url, ["tiny:1b"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from provisioner.facts.ollama import OllamaRegistryManifest
+from provisioner.settings import HostSettings
 from provisioner.verify.context import HostContext
 
 
@@ -14,7 +15,8 @@ class Host(HostContext):
 
     def __init__(self, installed: dict[str, Any], manifests: dict[str, Any], **data: Any):
         self.name = self.id = "h"
-        self.data, self.plan, self.facts, self._cache = data, {}, None, {}
+        # the host's data keys resolved once, as HostContext.__init__ does
+        self.data, self.plan, self.facts, self._cache = HostSettings(data), {}, None, {}
         self._installed, self._manifests = installed, manifests
         self.asked: list[str] = []
 

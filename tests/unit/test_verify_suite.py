@@ -302,6 +302,19 @@ def test_deleted_model_and_wrong_digest_fail_naming_the_tag(ollama) -> None:
     assert "present: verify-small:tiny" in present.message
 
 
+def test_a_pinned_model_in_other_case_is_checked_once(ollama) -> None:
+    """``models_pinned`` spelled in another case (or with the default namespace) is the
+    planned model itself: one expected model, found in /api/tags (issue 17)."""
+    double = ollama(env={"CUDA_VISIBLE_DEVICES": "-1"})
+    data = _ollama_data(
+        double, gpu=False, models_pinned=["Verify-Small:TINY", "library/verify-big:tiny"]
+    )
+    report = run_verify([VerifyTarget("@local", data=data, plan=_plan())], workers=1)
+    present = _checks(report)["ollama/models_present"]
+    assert present.status == "pass", present.message
+    assert present.message == "@local: verify-small:tiny, verify-big:tiny"
+
+
 def test_model_on_gpu_and_cpu_fallback(ollama, smi) -> None:
     env = smi()
     double = ollama(env=env)  # the double finds the GPU through nvidia-smi, as Ollama does

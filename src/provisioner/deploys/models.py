@@ -27,23 +27,22 @@ def planned_models(target: Any) -> list[str]:
     from provisioner.gather import host_facts
     from provisioner.planner import plan_host
 
-    data = settings.resolve(target.data.dict())
-    plan = plan_host(target.name, host_facts(target), data)
+    plan = plan_host(target.name, host_facts(target), settings.host_settings(target.data))
     return [entry["tag"] for entry in plan.get("models", [])]
 
 
 def source_settings(data: Any) -> dict[str, Any]:
-    """The ``ollama.models`` arguments that say where models come from, from host data."""
-    cfg, _ = settings_from(data)
-    api = cfg.api_url if cfg is not None else ollama.DEFAULT_API
-    models_dir = cfg.models_dir if cfg is not None else data.get("ollama_models_dir")
+    """The ``ollama.models`` arguments that say where models come from, from host data
+    (a mapping, ``host.data`` or ``settings.HostSettings``)."""
+    h = settings.host_settings(data)
+    cfg, _ = settings_from(h)
     return {
-        "registry": data.get("ollama_registry") or None,
-        "namespace": data.get("ollama_registry_namespace") or "library",
-        "insecure": bool(data.get("ollama_registry_insecure")),
-        "transport": data.get("ollama_registry_transport") or "place",
-        "api": api,
-        "models_dir": models_dir,
+        "registry": h.optional_text("ollama_registry") or None,
+        "namespace": h.text("ollama_registry_namespace"),
+        "insecure": h.flag("ollama_registry_insecure"),
+        "transport": h.text("ollama_registry_transport"),
+        "api": cfg.api_url if cfg is not None else ollama.DEFAULT_API,
+        "models_dir": cfg.models_dir if cfg is not None else h.text("ollama_models_dir"),
     }
 
 
@@ -59,6 +58,7 @@ def ollama_models(
     + prune: remove unplanned, unpinned models (None: data key ``ollama_models_prune``)
     + refresh: re-pull tags whose registry digest changed (None: ``ollama_models_refresh``)
     """
+    h = settings.host_settings(host.data)
     wanted: list[str] | Callable[[], list[str]]
     wanted = list(models) if models is not None else (lambda: planned_models(host))
     # one run per host at a time (`models sync` on its own; within `apply`, already held)
@@ -66,8 +66,8 @@ def ollama_models(
     ollama.models(
         name="Sync the planned models",
         models=wanted,
-        pinned=list(host.data.get("models_pinned") or []),
-        prune=bool(host.data.get("ollama_models_prune") if prune is None else prune),
-        refresh=bool(host.data.get("ollama_models_refresh") if refresh is None else refresh),
-        **source_settings(host.data),
+        pinned=h.list_of("models_pinned"),
+        prune=h.flag("ollama_models_prune") if prune is None else bool(prune),
+        refresh=h.flag("ollama_models_refresh") if refresh is None else bool(refresh),
+        **source_settings(h),
     )

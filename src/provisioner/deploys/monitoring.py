@@ -115,11 +115,13 @@ def _split_address(text: str) -> tuple[str, int]:
     return address, number
 
 
-def settings_from(data: Mapping[str, Any]) -> tuple[MonitoringSettings | None, list]:
-    """Settings from resolved host data, and ``(key, message)`` problems (cross-key rules)."""
+def settings_from(data: Mapping[str, Any] | Any) -> tuple[MonitoringSettings | None, list]:
+    """Settings from host data (``settings.host_settings``), and ``(key, message)`` problems
+    (cross-key rules)."""
+    h = settings.host_settings(data)
     problems: list[tuple[str, str]] = []
-    listen = str(data.get("monitoring_listen_address") or DEFAULTS["monitoring_listen_address"])
-    networks = tuple(data.get("monitoring_allow_networks") or ())
+    listen = h.text("monitoring_listen_address")
+    networks = tuple(h.list_of("monitoring_allow_networks"))
     try:
         address, port = _split_address(listen)
     except ValueError as exc:
@@ -130,11 +132,11 @@ def settings_from(data: Mapping[str, Any]) -> tuple[MonitoringSettings | None, l
         except ValueError:
             problems.append(("monitoring_allow_networks", f"{entry!r} is not a network"))
     cfg = MonitoringSettings(
-        enabled=bool(data.get("monitoring")),
+        enabled=h.flag("monitoring"),
         address=address,
         port=port,
         allow_networks=networks,
-        interval_s=int(data.get("monitoring_interval_s") or DEFAULTS["monitoring_interval_s"]),
+        interval_s=h.integer("monitoring_interval_s"),
     )
     if not cfg.loopback and not networks:
         problems.append(
@@ -146,10 +148,11 @@ def settings_from(data: Mapping[str, Any]) -> tuple[MonitoringSettings | None, l
     return (None if problems else cfg), problems
 
 
-def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+def check_settings(data: Mapping[str, Any] | Any) -> list[tuple[str, str]]:
     """Cross-key problems of the monitoring keys, for ``provision`` to report before it connects
     to anything (exit 2); only when ``monitoring`` is on."""
-    return settings_from(data)[1] if data.get("monitoring") else []
+    h = settings.host_settings(data)
+    return settings_from(h)[1] if h.flag("monitoring") else []
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -206,14 +209,17 @@ def render_firewall_unit(exporter: Exporter) -> str:
 
 def collector_config(target: Any, exporter: Exporter, wanted: list[str]) -> dict[str, Any]:
     """What the collector reads (``/etc/provisioner/monitoring.json``)."""
-    from provisioner.deploys.ollama import settings_from
+    from provisioner.deploys.models import source_settings
+    from provisioner.deploys.ollama import settings_from as ollama_settings
 
-    cfg, _ = settings_from(settings.resolve(target.data.dict()))
+    h = settings.host_settings(target.data)
+    source = source_settings(h)  # the API the model sync uses (Ollama's default if invalid)
+    valid = ollama_settings(h)[0] is not None
     return {
         "textfile_dir": exporter.textfile_dir,
-        "ollama_api": cfg.api_url if cfg is not None else "http://127.0.0.1:11434",
-        "models_dir": cfg.models_dir if cfg is not None else None,
-        "gpu": target.data.get("gpu") is not False,
+        "ollama_api": source["api"],
+        "models_dir": source["models_dir"] if valid else None,
+        "gpu": h.optional_flag("gpu") is not False,
         "reboot_marker": gpu_stack.REBOOT_MARKER,
         # digest: filled from the lock file once there is one (issue 13); None: not checked
         "models": [{"name": name, "digest": None} for name in wanted],
@@ -221,13 +227,12 @@ def collector_config(target: Any, exporter: Exporter, wanted: list[str]) -> dict
 
 
 def _wanted(target: Any) -> list[str]:
+    """The models the host must hold: ``planner.wanted_models`` of its live plan."""
     from provisioner.deploys.models import planned_models
+    from provisioner.planner import wanted_models
 
-    names = list(planned_models(target))
-    for name in target.data.get("models_pinned") or []:
-        if name not in names:
-            names.append(name)
-    return names
+    pinned = settings.host_settings(target.data).list_of("models_pinned")
+    return wanted_models(planned_models(target), pinned)
 
 
 # --- operations ---------------------------------------------------------------------------------
@@ -276,8 +281,9 @@ def monitoring() -> None:
 
         monitoring()
     """
-    cfg, problems = settings_from(settings.resolve(host.data.dict()))
-    if not host.data.get("monitoring"):
+    h = settings.host_settings(host.data)
+    cfg, problems = settings_from(h)
+    if not h.flag("monitoring"):
         return
     if cfg is None:
         from provisioner.operations.ollama import refuse
@@ -398,7 +404,7 @@ def record_apply() -> None:
     reaches it only when every earlier step succeeded. ``provision apply`` does not count it as
     a change (it changes on every run by nature).
     """
-    if not host.data.get("monitoring"):
+    if not settings.host_settings(host.data).flag("monitoring"):
         return
     exporter = exporters()[_distro_family()]
     target = f"{exporter.textfile_dir}/{APPLY_METRICS}"

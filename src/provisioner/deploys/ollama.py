@@ -149,29 +149,12 @@ class OllamaSettings:
         return addresses.networks_by_family(self.allow_networks)
 
 
-def _get(data: Any, key: str) -> Any:
-    if isinstance(data, Mapping):
-        return data.get(key, DEFAULTS.get(key))
-    return data.get(key)
+Problems = list[tuple[str, str]]
 
 
-def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str]]]:  # noqa: C901
-    """Build the host's :class:`OllamaSettings` from its data; return it and the problems.
-
-    ``data`` is a mapping of host data (missing keys take their defaults) or pyinfra's
-    ``host.data``. Problems are ``(key, message)`` pairs; with any problem the settings are None.
-    """
-    problems: list[tuple[str, str]] = []
-
-    def val(key: str) -> Any:
-        return _get(data, key)
-
-    listen = str(val("ollama_listen_address") or "").strip()
-    expose = val("ollama_expose")
-    networks = tuple(val("ollama_allow_networks") or ())
-    models_dir = str(val("ollama_models_dir") or "")
-    extra = dict(val("ollama_extra_env") or {})
-
+def _listen_problems(h: settings.HostSettings) -> Problems:
+    listen, expose = h.text("ollama_listen_address").strip(), h.text("ollama_expose")
+    problems: Problems = []
     try:
         ipaddress.ip_address(listen)
     except ValueError:
@@ -186,41 +169,60 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
                 '(ollama_expose = "allowlist" or "proxy+allowlist")',
             )
         )
-    if expose in ("allowlist", "proxy+allowlist"):
-        if not networks:
-            problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
-        for entry in networks:
-            try:
-                ipaddress.ip_network(str(entry), strict=False)
-            except ValueError:
-                problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
-    if expose in ("proxy", "proxy+allowlist"):
-        file, env = val("ollama_htpasswd_file"), val("ollama_htpasswd_env")
-        if not file and not env:
-            problems.append(
-                (
-                    "ollama_htpasswd_file",
-                    f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
-                    "(the proxy never runs without authentication)",
-                )
+    return problems
+
+
+def _allowlist_problems(h: settings.HostSettings) -> Problems:
+    expose, networks = h.text("ollama_expose"), h.list_of("ollama_allow_networks")
+    if expose not in ("allowlist", "proxy+allowlist"):
+        return []
+    problems: Problems = []
+    if not networks:
+        problems.append(("ollama_allow_networks", f"ollama_expose {expose!r} needs networks"))
+    for entry in networks:
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            problems.append(("ollama_allow_networks", f"{entry!r} is not a network (CIDR)"))
+    return problems
+
+
+def _credential_problems(h: settings.HostSettings, expose: str) -> Problems:
+    file, env = h.optional_text("ollama_htpasswd_file"), h.optional_text("ollama_htpasswd_env")
+    if not file and not env:
+        return [
+            (
+                "ollama_htpasswd_file",
+                f"ollama_expose {expose!r} needs ollama_htpasswd_file or ollama_htpasswd_env "
+                "(the proxy never runs without authentication)",
             )
-        elif file and not os.path.isfile(os.path.expanduser(str(file))):
-            problems.append(("ollama_htpasswd_file", f"{file} does not exist on this machine"))
-        elif not file and not os.environ.get(str(env)):
-            problems.append(("ollama_htpasswd_env", f"environment variable {env} is not set"))
-        cert, key = val("ollama_tls_cert"), val("ollama_tls_key")
-        if bool(cert) != bool(key):
-            problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
-        for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
-            if path and not os.path.isfile(os.path.expanduser(str(path))):
-                problems.append((name, f"{path} does not exist on this machine"))
-        if val("ollama_proxy_port") == val("ollama_port"):
-            problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
-    if not models_dir.startswith("/") or re.search(r"\s", models_dir):
-        problems.append(
-            ("ollama_models_dir", f"{models_dir!r} must be an absolute path without spaces")
-        )
-    for key, value in extra.items():
+        ]
+    if file and not os.path.isfile(os.path.expanduser(file)):
+        return [("ollama_htpasswd_file", f"{file} does not exist on this machine")]
+    if not file and not os.environ.get(str(env)):
+        return [("ollama_htpasswd_env", f"environment variable {env} is not set")]
+    return []
+
+
+def _proxy_problems(h: settings.HostSettings) -> Problems:
+    expose = h.text("ollama_expose")
+    if expose not in ("proxy", "proxy+allowlist"):
+        return []
+    problems = _credential_problems(h, expose)
+    cert, key = h.optional_text("ollama_tls_cert"), h.optional_text("ollama_tls_key")
+    if bool(cert) != bool(key):
+        problems.append(("ollama_tls_cert", "set both ollama_tls_cert and ollama_tls_key"))
+    for name, path in (("ollama_tls_cert", cert), ("ollama_tls_key", key)):
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            problems.append((name, f"{path} does not exist on this machine"))
+    if h.raw("ollama_proxy_port") == h.raw("ollama_port"):
+        problems.append(("ollama_proxy_port", "the proxy and Ollama need different ports"))
+    return problems
+
+
+def _env_problems(h: settings.HostSettings) -> Problems:
+    problems: Problems = []
+    for key, value in h.table("ollama_extra_env").items():
         if not isinstance(key, str) or not _ENV_NAME.match(key):
             problems.append(("ollama_extra_env", f"{key!r} is not an environment variable name"))
         elif key in MANAGED_ENV:
@@ -229,70 +231,116 @@ def settings_from(data: Any) -> tuple[OllamaSettings | None, list[tuple[str, str
             )
         elif not isinstance(value, (str, int, float, bool)) or "\n" in str(value):
             problems.append(("ollama_extra_env", f"{key}: the value must be one line of text"))
-    keep_alive = str(val("ollama_keep_alive"))
+    return problems
+
+
+def _store_problems(h: settings.HostSettings) -> Problems:
+    models_dir = h.text("ollama_models_dir")
+    if not models_dir.startswith("/") or re.search(r"\s", models_dir):
+        return [("ollama_models_dir", f"{models_dir!r} must be an absolute path without spaces")]
+    return []
+
+
+def _format_problems(h: settings.HostSettings) -> Problems:
+    problems: Problems = []
+    keep_alive = h.text("ollama_keep_alive")
     if not re.fullmatch(r"-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|-?\d+", keep_alive):
         problems.append(("ollama_keep_alive", f"{keep_alive!r} is not a duration such as 5m"))
-    cuda = val("ollama_cuda_visible_devices")
-    if cuda is not None and re.search(r"\s", str(cuda)):
+    cuda = h.optional_text("ollama_cuda_visible_devices")
+    if cuda is not None and re.search(r"\s", cuda):
         problems.append(("ollama_cuda_visible_devices", "no spaces: GPU-uuid,GPU-uuid or -1"))
-    registry = val("ollama_registry")
-    if registry:
-        try:
-            source = site_name("library/probe:latest", str(registry))
-        except ValueError as exc:
-            problems.append(("ollama_registry", str(exc)))
-        else:
-            if source.scheme == "http" and not val("ollama_registry_insecure"):
-                problems.append(
-                    (
-                        "ollama_registry_insecure",
-                        f"{registry} is plain HTTP: set ollama_registry_insecure: true",
-                    )
-                )
+    return problems
+
+
+def _version_problems(h: settings.HostSettings) -> Problems:
     try:
-        ollama_release.parse_version(str(val("ollama_version")))
+        ollama_release.parse_version(h.text("ollama_version"))
     except ollama_release.ReleaseError as exc:
-        problems.append(("ollama_version", str(exc)))
+        return [("ollama_version", str(exc))]
+    return []
+
+
+def _registry_problems(h: settings.HostSettings) -> Problems:
+    registry = h.optional_text("ollama_registry")
+    if not registry:
+        return []
+    try:
+        source = site_name("library/probe:latest", registry)
+    except ValueError as exc:
+        return [("ollama_registry", str(exc))]
+    if source.scheme == "http" and not h.flag("ollama_registry_insecure"):
+        return [
+            (
+                "ollama_registry_insecure",
+                f"{registry} is plain HTTP: set ollama_registry_insecure: true",
+            )
+        ]
+    return []
+
+
+def check_settings(data: Mapping[str, Any] | Any) -> Problems:
+    """The Ollama cross-key rules of one host, as ``(key, message)`` problems: ``provision``
+    runs them before it connects to anything (exit 2), and :func:`settings_from` refuses a
+    host with any. ``data`` is host data, ``host.data`` or ``settings.HostSettings``."""
+    h = settings.host_settings(data)
+    return [
+        *_listen_problems(h),
+        *_allowlist_problems(h),
+        *_proxy_problems(h),
+        *_store_problems(h),
+        *_env_problems(h),
+        *_format_problems(h),
+        *_registry_problems(h),
+        *_version_problems(h),
+    ]
+
+
+def settings_from(data: Mapping[str, Any] | Any) -> tuple[OllamaSettings | None, Problems]:
+    """Build the host's :class:`OllamaSettings` from its data; return it and the problems.
+
+    ``data`` is a mapping of host data (missing keys take their defaults), pyinfra's
+    ``host.data`` or ``settings.HostSettings``. Problems are those of :func:`check_settings`;
+    with any problem the settings are None.
+    """
+    h = settings.host_settings(data)
+    problems = check_settings(h)
     if problems:
         return None, problems
-    return (
-        OllamaSettings(
-            version=str(val("ollama_version")),
-            release_url=str(val("ollama_release_url")),
-            sha256=val("ollama_sha256"),
-            allow_vulnerable=bool(val("ollama_allow_vulnerable_version")),
-            start_timeout=int(val("ollama_start_timeout")),
-            models_dir=models_dir.rstrip("/") or "/",
-            listen_address=listen,
-            port=int(val("ollama_port")),
-            context_length=int(val("ollama_context_length")),
-            num_parallel=int(val("ollama_num_parallel")),
-            kv_cache_type=str(val("ollama_kv_cache_type")),
-            flash_attention=bool(val("ollama_flash_attention")),
-            keep_alive=keep_alive,
-            max_loaded_models=int(val("ollama_max_loaded_models")),
-            cuda_visible_devices=None if cuda is None else str(cuda),
-            extra_env={
-                k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()
-            },
-            expose=str(expose),
-            allow_networks=tuple(str(n) for n in networks),
-            proxy_port=int(val("ollama_proxy_port")),
-            proxy_server_name=str(val("ollama_proxy_server_name")),
-            tls_cert=val("ollama_tls_cert"),
-            tls_key=val("ollama_tls_key"),
-            htpasswd_file=val("ollama_htpasswd_file"),
-            htpasswd_env=val("ollama_htpasswd_env"),
-            sha256sum_url=str(val("ollama_sha256sum_url") or ""),
-        ),
-        [],
+    return _build(h), []
+
+
+def _build(h: settings.HostSettings) -> OllamaSettings:
+    cuda = h.optional_text("ollama_cuda_visible_devices")
+    return OllamaSettings(
+        version=h.text("ollama_version"),
+        release_url=h.text("ollama_release_url"),
+        sha256=h.optional_text("ollama_sha256"),
+        allow_vulnerable=h.flag("ollama_allow_vulnerable_version"),
+        start_timeout=h.integer("ollama_start_timeout"),
+        models_dir=h.text("ollama_models_dir").rstrip("/") or "/",
+        listen_address=h.text("ollama_listen_address").strip(),
+        port=h.integer("ollama_port"),
+        context_length=h.integer("ollama_context_length"),
+        num_parallel=h.integer("ollama_num_parallel"),
+        kv_cache_type=h.text("ollama_kv_cache_type"),
+        flash_attention=h.flag("ollama_flash_attention"),
+        keep_alive=h.text("ollama_keep_alive"),
+        max_loaded_models=h.integer("ollama_max_loaded_models"),
+        cuda_visible_devices=cuda,
+        extra_env={
+            k: str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in h.table("ollama_extra_env").items()
+        },
+        expose=h.text("ollama_expose"),
+        allow_networks=tuple(str(n) for n in h.list_of("ollama_allow_networks")),
+        proxy_port=h.integer("ollama_proxy_port"),
+        proxy_server_name=h.text("ollama_proxy_server_name"),
+        tls_cert=h.optional_text("ollama_tls_cert"),
+        tls_key=h.optional_text("ollama_tls_key"),
+        htpasswd_file=h.optional_text("ollama_htpasswd_file"),
+        htpasswd_env=h.optional_text("ollama_htpasswd_env"),
+        sha256sum_url=h.optional_text("ollama_sha256sum_url") or "",
     )
-
-
-def check_settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Cross-key problems in one host's data, as ``(key, message)``; for ``provision`` to run
-    before it connects to anything (exit 2)."""
-    return settings_from(data)[1]
 
 
 # --- templates --------------------------------------------------------------------------------

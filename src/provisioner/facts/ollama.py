@@ -96,7 +96,7 @@ class OllamaInstall(FactBase[dict[str, Any]]):
 class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
     """
     Returns the models in an Ollama store, read from the files (the server need not run),
-    by the name ``/api/tags`` shows:
+    by canonical name (``/api/tags``'s name in lower case, :mod:`provisioner.model_name`):
 
     .. code:: python
 
@@ -153,15 +153,15 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
                 name = ModelName.from_manifest_path(relative)
             except ValueError:
                 continue
-            if name.display in models:
+            if name.canonical in models:
                 continue
             try:
                 manifest = parse_manifest(base64.b64decode(encoded, validate=True))
             except (ManifestError, binascii.Error, ValueError) as exc:
-                models[name.display] = {"path": path, "error": str(exc), "complete": False}
+                models[name.canonical] = {"path": path, "error": str(exc), "complete": False}
                 continue
             missing = [b.digest for b in manifest.blobs if blobs.get(b.digest) != b.size]
-            models[name.display] = {
+            models[name.canonical] = {
                 "path": path,
                 "digest": manifest.digest,
                 "content": list(manifest.content),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra import host, logger
@@ -29,6 +30,7 @@ from provisioner.facts.ollama import (
 )
 from provisioner.ollama_api import ModelName, PullError, PullStream, site_name
 from provisioner.operations import system
+from provisioner.planner import wanted_models
 
 __all__ = ["FETCH_HELPER", "SERVICE_USER", "models", "refuse", "release", "service", "store"]
 
@@ -507,84 +509,11 @@ def fetch_model(state: Any, host: Any, label: str, arguments: list[str]) -> bool
 # --- models -----------------------------------------------------------------------------------
 
 
-def _sources(
-    names: list[str], registry: str | None, namespace: str, insecure: bool
-) -> dict[str, ModelName]:
-    """Each wanted model (display name, first mention wins) and where it comes from."""
-    try:
-        wanted = _unique(ModelName.parse(n).display for n in names)
-        sources = {
-            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
-            for name in wanted
-        }
-    except ValueError as exc:
-        raise OperationValueError(str(exc)) from None
-    for name, source in sources.items():
-        if source.scheme == "http" and not insecure:
-            raise OperationValueError(
-                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
-            )
-    return sources
-
-
-def _fetch_commands(
-    name: str,
-    source: ModelName,
-    remote: dict[str, Any] | None,
-    have_source: dict[str, Any] | None,
-    place: bool,
-    *,
-    api: str,
-    models_dir: str,
-    user: str,
-    fetch_helper: str,
-    insecure: bool,
-    site_host: str,
-) -> Iterator[Any]:
-    """Get ``name`` from ``source`` (unless the site copy is already current) and alias it."""
-    source_ok = (
-        source.display != name
-        and have_source is not None
-        and have_source.get("complete")
-        and remote is not None
-        and have_source["content"] == remote["content"]
-    )
-    if not source_ok and place:
-        assert remote is not None
-        base = source.blob_url("").rstrip("/") + "/"
-        blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
-        arguments = [
-            fetch_helper,
-            models_dir,
-            user,
-            base,
-            remote["digest"],
-            source.manifest_url,  # fetched by the helper: a manifest is never an argument
-            source.manifest_path,
-            *blobs,
-        ]
-        yield FunctionCommand(fetch_model, (name, arguments), {})
-    elif not source_ok:
-        # insecure only towards the site registry's own host, never another registry
-        plain = insecure and source.host.lower() == site_host
-        yield FunctionCommand(pull_model, (name, api, source.pull_name, plain), {})
-    if source.display != name:
-        alias = {"source": source.display, "destination": name}
-        yield _api_command(api, "POST", "/api/copy", alias)
-
-
 def _site_host(registry: str | None, namespace: str) -> str:
     """The site registry's host (``host:port``, lower case), or "" without one."""
     if not registry:
         return ""
     return site_name("library/probe:latest", registry, namespace).host.lower()
-
-
-def _unique(names: Iterable[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for name in names:
-        seen.setdefault(name, None)
-    return list(seen)
 
 
 @operation()
@@ -639,66 +568,166 @@ def models(
     """
     if transport not in ("place", "pull"):
         raise OperationValueError(f"transport must be place or pull, not {transport!r}")
-    user = user or SERVICE_USER
-    fetch_helper = fetch_helper or FETCH_HELPER
+    options = _Options(
+        refresh,
+        transport,
+        api,
+        insecure,
+        models_dir,
+        user or SERVICE_USER,
+        fetch_helper,
+        _site_host(registry, namespace),
+    )
     try:
         planned = models() if callable(models) else list(models)
     except Exception as exc:  # the planner failed for this host: fail it, not the run
         yield system.refusal(f"no model plan for this host: {exc}")
         return
-    sources = _sources([*planned, *(pinned or [])], registry, namespace, insecure)
-    wanted = list(sources)
-    fetch = {
-        "api": api,
-        "models_dir": models_dir,
-        "user": user,
-        "fetch_helper": fetch_helper,
-        "insecure": insecure,
-        "site_host": _site_host(registry, namespace),
-    }
-
+    sources = _sources(planned, pinned or [], registry, namespace, insecure)
     installed = host.get_fact(OllamaModels, models_dir=models_dir)
-    current: list[str] = []
-    replaced: dict[str, list[str]] = {}
-    for name in wanted:
-        source = sources[name]
-        have = installed.get(name)
-        present = bool(have and have.get("complete"))
-        place = source.display != name and transport == "place"
-        remote: dict[str, Any] | None = None
-        if refresh or (place and not present):
-            remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
-            if "error" in remote:
-                verb = "check" if present else "fetch"
-                yield system.refusal(
-                    f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
-                )
-                return
-        if present and (remote is None or have["content"] == remote["content"]):
-            current.append(name)
-            continue
-        if have and have.get("content"):
-            new = set(remote["content"]) if remote else set()
-            replaced[name] = [digest for digest in have["content"] if digest not in new]
-
-        have_source = installed.get(source.display)
-        yield from _fetch_commands(name, source, remote, have_source, place, **fetch)
-
-    keep = set(wanted) | {source.display for source in sources.values()}
-    removed = sorted(name for name in installed if name not in keep) if prune else []
+    run = _Run()
+    for name, source in sources.items():
+        yield from _sync_model(name, source, installed, options, run)
+        if run.refused:
+            return
+    removed = _unwanted(installed, sources) if prune else []
     for name in removed:
         yield _api_command(api, "DELETE", "/api/delete", {"model": name})
+    yield from _clean_blobs(run.replaced, models_dir)
+    if not run.replaced and not removed and len(run.current) == len(sources):
+        host.noop(
+            f"{len(sources)} planned model(s) present and current"
+            + (f": {', '.join(sources)}" if sources else "")
+        )
 
+
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`models` syncs: its arguments, once checked."""
+
+    refresh: bool
+    transport: str
+    api: str
+    insecure: bool
+    models_dir: str
+    user: str
+    fetch_helper: str | None
+    site_host: str  # the site registry's host:port, lower case ("" without one)
+
+
+@dataclass
+class _Run:
+    """What :func:`models` found so far on this host."""
+
+    current: list[str] = field(default_factory=list)  # present and equal to the registry's
+    replaced: dict[str, list[str]] = field(default_factory=dict)  # name -> digests it drops
+    refused: bool = False
+
+
+def _sources(
+    planned: list[str], pinned: list[str], registry: str | None, namespace: str, insecure: bool
+) -> dict[str, ModelName]:
+    """Each wanted model (``planner.wanted_models``) and where it is taken from."""
+    try:
+        sources = {
+            name: (site_name(name, registry, namespace) if registry else ModelName.parse(name))
+            for name in wanted_models(planned, pinned)
+        }
+    except ValueError as exc:
+        raise OperationValueError(str(exc)) from None
+    for name, source in sources.items():
+        if source.scheme == "http" and not insecure:
+            raise OperationValueError(
+                f"{name}: {source.registry_url} is plain HTTP; set ollama_registry_insecure"
+            )
+    return sources
+
+
+def _sync_model(
+    name: str, source: ModelName, installed: dict[str, Any], options: _Options, run: _Run
+) -> Iterator[Any]:
+    """The commands that make one model present and current (nothing when it is)."""
+    have = installed.get(name)
+    present = bool(have and have.get("complete"))
+    place = source.canonical != name and options.transport == "place"
+    remote: dict[str, Any] | None = None
+    if options.refresh or (place and not present):
+        remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
+        if "error" in remote:
+            verb = "check" if present else "fetch"
+            yield system.refusal(
+                f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
+            )
+            run.refused = True
+            return
+    if present and (remote is None or have["content"] == remote["content"]):
+        run.current.append(name)
+        return
+    if have and have.get("content"):
+        new = set(remote["content"]) if remote else set()
+        run.replaced[name] = [digest for digest in have["content"] if digest not in new]
+    yield from _transfer(name, source, installed.get(source.canonical), remote, place, options)
+
+
+def _transfer(
+    name: str,
+    source: ModelName,
+    have_source: dict[str, Any] | None,
+    remote: dict[str, Any] | None,
+    place: bool,
+    options: _Options,
+) -> Iterator[Any]:
+    """Fetch or pull ``source`` unless the store already holds it, then alias it as ``name``."""
+    source_ok = (
+        source.canonical != name
+        and have_source is not None
+        and have_source.get("complete")
+        and remote is not None
+        and have_source["content"] == remote["content"]
+    )
+    if not source_ok:
+        if place:
+            assert remote is not None
+            yield _fetch_command(name, source, remote, options)
+        else:
+            # insecure only towards the site registry's own host, never another registry
+            plain = options.insecure and source.host.lower() == options.site_host
+            yield FunctionCommand(pull_model, (name, options.api, source.pull_name, plain), {})
+    if source.canonical != name:
+        body = {"source": source.display, "destination": name}
+        yield _api_command(options.api, "POST", "/api/copy", body)
+
+
+def _fetch_command(
+    name: str, source: ModelName, remote: dict[str, Any], options: _Options
+) -> FunctionCommand:
+    base = source.blob_url("").rstrip("/") + "/"
+    blobs = [f"{digest}:{size}" for digest, size in remote["blobs"]]
+    arguments = [
+        options.fetch_helper or FETCH_HELPER,
+        options.models_dir,
+        options.user,
+        base,
+        remote["digest"],
+        source.manifest_url,  # fetched by the helper: a manifest is never an argument
+        source.manifest_path,
+        *blobs,
+    ]
+    return FunctionCommand(fetch_model, (name, arguments), {})
+
+
+def _unwanted(installed: dict[str, Any], sources: dict[str, ModelName]) -> list[str]:
+    """Models in the store that are neither wanted nor the site copy of a wanted one."""
+    keep = set(sources) | {source.canonical for source in sources.values()}
+    return sorted(name for name in installed if name not in keep)
+
+
+def _clean_blobs(replaced: dict[str, list[str]], models_dir: str) -> Iterator[str]:
+    """Remove the blobs that replaced models dropped, unless another manifest uses them."""
     stale = sorted({digest.split(":", 1)[1] for content in replaced.values() for digest in content})
     if stale:
         blobs_dir = models_dir.rstrip("/") + "/blobs"
         yield (
             f"cd {q(blobs_dir)} && for h in {' '.join(stale)}; do "
             'grep -rqs "sha256:$h" ../manifests || rm -f "sha256-$h"; done'
-        )
-
-    if not replaced and not removed and len(current) == len(wanted):
-        host.noop(
-            f"{len(wanted)} planned model(s) present and current"
-            + (f": {', '.join(wanted)}" if wanted else "")
         )

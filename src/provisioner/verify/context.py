@@ -91,7 +91,7 @@ class HostContext:
         self.host = testinfra_host
         self.id = str(testinfra_host.backend.get_pytest_id())
         self.name = str(expectations.get("name") or self.id)
-        self.data: dict[str, Any] = settings.resolve(dict(expectations.get("data") or {}))
+        self.data = settings.HostSettings(expectations.get("data") or {})
         self.plan: dict[str, Any] = dict(expectations.get("plan") or {})
         self.facts: dict[str, Any] | None = expectations.get("facts")
         self._cache: dict[str, Any] = {}
@@ -114,17 +114,10 @@ class HostContext:
 
     # -- data keys ---------------------------------------------------------------------
 
-    def key(self, name: str, fallback: Any = None) -> Any:
-        """A declared data key's value: the host's, else the declared default, else
-        ``fallback`` (so a key that another component has not declared yet never crashes
-        the suite)."""
-        if name in self.data:
-            value = self.data[name]
-            return fallback if value is None and fallback is not None else value
-        spec = settings.all_keys().get(name)
-        if spec is not None and spec.default is not None:
-            return spec.default
-        return fallback
+    def key(self, name: str) -> Any:
+        """A declared data key's value: the host's, else its declared default
+        (``settings.HostSettings``; an undeclared key raises ``KeyError``)."""
+        return self.data.raw(name)
 
     # -- running commands ----------------------------------------------------------------
 
@@ -302,8 +295,8 @@ class HostContext:
 
     def ollama_bind(self) -> tuple[str, int]:
         """Where Ollama should listen: ``ollama_listen_address`` and ``ollama_port``."""
-        host = str(self.key("ollama_listen_address", "127.0.0.1"))
-        port = int(self.key("ollama_port", parse.OLLAMA_DEFAULT_PORT))
+        host = self.data.text("ollama_listen_address").strip()
+        port = self.data.integer("ollama_port")
         return parse.split_host_port(host, port)[0] if host else "127.0.0.1", port
 
     def ollama_url(self, path: str) -> str:
@@ -327,26 +320,28 @@ class HostContext:
         return models
 
     def planned_models(self) -> list[dict[str, Any]]:
-        """The plan's models plus the operator's pinned ones: ``{"tag", "digest",
-        "estimated_vram_mib"}`` each, tags normalised, first mention wins."""
-        wanted: dict[str, dict[str, Any]] = {}
-        entries: list[Any] = list(self.plan.get("models") or [])
-        entries += list(self.key("models_pinned") or [])
-        for entry in entries:
-            item = dict(entry) if isinstance(entry, dict) else {"tag": str(entry)}
-            if not item.get("tag"):
-                continue
-            tag = normalise(str(item["tag"]))
-            wanted.setdefault(
-                tag,
-                {
-                    "tag": tag,
-                    "digest": parse.digest_hex(item.get("digest")),
-                    "estimated_vram_mib": item.get("estimated_vram_mib"),
-                    "context": item.get("context"),
-                },
-            )
-        return list(wanted.values())
+        """The plan's models plus the operator's pinned ones (``planner.wanted_models``):
+        ``{"tag", "digest", "estimated_vram_mib", "context"}`` each, tags canonical, first
+        mention wins."""
+        from provisioner.model_name import is_valid
+        from provisioner.planner import wanted_models
+
+        entries: dict[str, dict[str, Any]] = {}
+        for entry in self.plan.get("models") or []:
+            if isinstance(entry, dict) and entry.get("tag"):
+                entries.setdefault(normalise(str(entry["tag"])), entry)
+        pinned = [str(tag) for tag in self.data.list_of("models_pinned")]
+        # an invalid name cannot be checked; inventory validation refuses it (exit 2)
+        names = [name for name in [*entries, *pinned] if is_valid(name)]
+        return [
+            {
+                "tag": tag,
+                "digest": parse.digest_hex(entries.get(tag, {}).get("digest")),
+                "estimated_vram_mib": entries.get(tag, {}).get("estimated_vram_mib"),
+                "context": entries.get(tag, {}).get("context"),
+            }
+            for tag in wanted_models(names)
+        ]
 
     def resident_models(self) -> list[str]:
         """The plan's resident set (``models_resident`` that fit together), tags normalised."""
@@ -363,7 +358,7 @@ class HostContext:
                 return int(item["context"])
         pinned = (self.plan.get("settings") or {}).get("context_length")
         if pinned is None:
-            pinned = self.key("ollama_context_length")
+            pinned = self.data.integer("ollama_context_length")
         try:
             return int(pinned) if pinned is not None else None
         except (TypeError, ValueError):
@@ -388,7 +383,7 @@ class HostContext:
         try:
             from provisioner.catalog import cached_catalog
 
-            entry = cached_catalog(self.key("model_catalog_extra") or None).get(tag)
+            entry = cached_catalog(self.data.list_of("model_catalog_extra")).get(tag)
         except Exception:  # a bad catalog is reported by `provision plan`, not here
             entry = None
         if entry is not None and entry.size_bytes:
@@ -403,8 +398,8 @@ class HostContext:
         from provisioner.ollama_api import ModelName, site_name
 
         try:
-            registry = self.key("ollama_registry")
-            namespace = self.key("ollama_registry_namespace") or "library"
+            registry = self.data.optional_text("ollama_registry")
+            namespace = self.data.text("ollama_registry_namespace")
             source = site_name(tag, registry, namespace) if registry else ModelName.parse(tag)
         except ValueError:
             return None
@@ -464,13 +459,13 @@ class HostContext:
 
 
 def normalise(tag: str) -> str:
-    """A model name as the planner and ``/api/tags`` spell it (``llama3.2:latest`` for
-    ``llama3.2``)."""
-    from provisioner.catalog import normalise_tag
+    """A model name in its canonical form (``llama3.2:latest`` for ``Llama3.2``), as the plan
+    and the installed-model facts spell it; a name Ollama refuses is returned stripped."""
+    from provisioner.model_name import ModelNameError, canonical
 
     try:
-        return normalise_tag(tag)
-    except ValueError:
+        return canonical(tag)
+    except ModelNameError:
         return tag.strip()
 
 

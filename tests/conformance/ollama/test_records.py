@@ -234,12 +234,15 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     program = release.install_program(tmp / "bin" / "ollama", version)
     models = tmp / "models"
     model = registry.build_model("served")
-    manifest = models / "manifests" / "registry.ollama.ai" / "library" / "m" / "1"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_bytes(model.manifest)
-    (models / "blobs").mkdir()
-    for digest, data in model.blobs.items():
-        (models / "blobs" / digest.replace(":", "-")).write_bytes(data)
+    trained = _record("context.trained_cap")["expect"]["trained"]
+    short = registry.build_model("short", context_length=trained)  # a small trained context
+    (models / "blobs").mkdir(parents=True)
+    for name, built in (("m", model), ("short", short)):
+        manifest = models / "manifests" / "registry.ollama.ai" / "library" / name / "1"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_bytes(built.manifest)
+        for digest, data in built.blobs.items():
+            (models / "blobs" / digest.replace(":", "-")).write_bytes(data)
     port = _free_port()
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
@@ -270,9 +273,23 @@ def _ps_fields(record: dict[str, Any], served: tuple[str, int]) -> None:
     status, _ = _call(port, "POST", "/api/generate", load)
     assert status == 200
     status, body = _call(port, "GET", "/api/ps")
-    (loaded,) = body["models"]
+    (loaded,) = [m for m in body["models"] if m["name"] == "m:1"]
     assert list(loaded) == record["expect"]["fields"]
     assert loaded["context_length"] == 8192
+
+
+@check("context.trained_cap")
+def _trained_cap(record: dict[str, Any], served: tuple[str, int]) -> None:
+    _, port = served
+    expect = record["expect"]
+    for case in expect["cases"]:
+        options = {"num_ctx": case["request"]}
+        load = {"model": "short:1", "prompt": "", "stream": False, "options": options}
+        status, _ = _call(port, "POST", "/api/generate", load)
+        assert status == 200
+        status, body = _call(port, "GET", "/api/ps")
+        (loaded,) = [m for m in body["models"] if m["name"] == "short:1"]
+        assert loaded["context_length"] == case["want"], case
 
 
 @check("api.not_found")
@@ -313,7 +330,13 @@ def _pull_stream(record: dict[str, Any], served: tuple[str, int]) -> None:
     assert list(lines[-1]) == ["error"] and "connection refused" in lines[-1]["error"]
 
 
-SERVED = {"api.ps_fields", "api.not_found", "api.version", "api.pull_stream"}
+SERVED = {
+    "api.ps_fields",
+    "api.not_found",
+    "api.version",
+    "api.pull_stream",
+    "context.trained_cap",
+}
 
 
 # --- the tests -----------------------------------------------------------------------------------

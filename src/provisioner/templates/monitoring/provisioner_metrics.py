@@ -350,14 +350,21 @@ class Collector:
 
 
 def canonical(name: str) -> str:
-    """Ollama's short display form, lower case (Ollama compares names case-insensitively)."""
+    """Ollama's short display form, lower case (Ollama compares names case-insensitively).
+
+    A copy, for a host without the package, of ``provisioner.model_name.canonical`` for valid
+    names; ``tests/unit/test_model_name.py`` checks that the two agree.
+    """
     name = name.strip().lower()
-    if ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    for prefix in ("registry.ollama.ai/library/", "registry.ollama.ai/"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
+    rest, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:  # no tag: the last ":" (if any) is a registry port
+        rest, tag = name, "latest"
+    parts = rest.split("/")
+    if len(parts) == 3 and parts[0] == "registry.ollama.ai":
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == "library":
+        parts = parts[1:]
+    return "/".join(parts) + ":" + tag
 
 
 def manifest_path(store: str, name: str) -> str:

@@ -27,7 +27,7 @@ def test_service(target: HostContext, request: pytest.FixtureRequest) -> None:
 
 def test_binary_version(target: HostContext, request: pytest.FixtureRequest) -> None:
     """The ``ollama`` binary on the PATH is the pinned ``ollama_version``."""
-    wanted = str(target.key("ollama_version") or "")
+    wanted = target.data.text("ollama_version")
     result = target.run('PATH="$PATH:/usr/local/bin:/usr/bin"; ollama --version 2>&1')
     version = parse.ollama_version(result.stdout)
     if version is None:
@@ -49,7 +49,7 @@ def test_api_answers(target: HostContext, request: pytest.FixtureRequest) -> Non
     document = answer.json() if answer.status == 200 else None
     if not isinstance(document, dict) or "version" not in document:
         target.fail(f"GET {url}", "HTTP 200 with a version", answer.describe())
-    wanted = str(target.key("ollama_version") or "")
+    wanted = target.data.text("ollama_version")
     if wanted and document["version"] != wanted:
         target.fail("version of the running server", wanted, document["version"], "restart ollama")
     target.passed(request, f"{url} answers, version {document['version']}")
@@ -59,7 +59,7 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
     """Ollama listens only on ``ollama_listen_address``; beyond loopback only when
     ``ollama_expose`` puts an allowlist in front of it."""
     bind, port = target.ollama_bind()
-    expose = str(target.key("ollama_expose", "loopback"))
+    expose = target.data.text("ollama_expose")
     table = target.output("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true")
     listening = sorted({address for address, p in parse.tcp_listeners(table) if p == port})
     shown = ", ".join(f"{a}:{port}" for a in listening) or "nothing"
@@ -83,10 +83,10 @@ def test_listen_address(target: HostContext, request: pytest.FixtureRequest) -> 
 def test_proxy_requires_auth(target: HostContext, request: pytest.FixtureRequest) -> None:
     """With ``ollama_expose`` proxy modes, the HTTPS proxy refuses a request without
     credentials (401)."""
-    expose = str(target.key("ollama_expose", "loopback"))
+    expose = target.data.text("ollama_expose")
     if not expose.startswith("proxy"):
         target.skip(f"no proxy (ollama_expose: {expose})")
-    port = int(target.key("ollama_proxy_port", 443))
+    port = target.data.integer("ollama_proxy_port")
     url = f"https://127.0.0.1:{port}/api/tags"
     answer = target.http("GET", url, insecure_tls=True)
     if answer.status != 401:
@@ -97,13 +97,13 @@ def test_proxy_requires_auth(target: HostContext, request: pytest.FixtureRequest
 def test_allowlist(target: HostContext, request: pytest.FixtureRequest) -> None:
     """With ``ollama_expose`` allowlist modes, the nftables ruleset names every client
     network of ``ollama_allow_networks``."""
-    expose = str(target.key("ollama_expose", "loopback"))
+    expose = target.data.text("ollama_expose")
     if not expose.endswith("allowlist"):
         target.skip(f"no allowlist (ollama_expose: {expose})")
     result = target.run("nft list ruleset 2>&1")
     if result.rc != 0:
         target.skip(f"cannot read the nftables ruleset as this user: {result.stdout.strip()[:120]}")
-    networks = [str(n) for n in target.key("ollama_allow_networks") or []]
+    networks = [str(n) for n in target.data.list_of("ollama_allow_networks")]
     ruleset = result.stdout
     if f"table inet {FIREWALL_TABLE}" not in ruleset:
         target.fail("nftables allowlist", f"table {FIREWALL_TABLE}", "not in the ruleset")
@@ -187,7 +187,7 @@ def test_model_on_gpu(target: HostContext, request: pytest.FixtureRequest) -> No
         )
     size, vram = int(entry.get("size") or 0), int(entry.get("size_vram") or 0)
     gpu_expected, reason = target.gpu_expected()
-    if str(target.key("ollama_cuda_visible_devices") or "").strip() == "-1":
+    if (target.data.optional_text("ollama_cuda_visible_devices") or "").strip() == "-1":
         gpu_expected, reason = False, "ollama_cuda_visible_devices: -1"
     if gpu_expected:
         if vram != size:
