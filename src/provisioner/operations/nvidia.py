@@ -55,7 +55,7 @@ def _render(template: str, **values: Any) -> str:
     return rendering.render(f"gpu/{template}", **values)
 
 
-def _command(family: Any, parts: Sequence[str], *args: str) -> StringCommand:
+def _command(family: gpu_stack.Family, parts: Sequence[str], *args: str) -> StringCommand:
     """A package-manager command of ``family`` (distros.toml), with its bound options
     (``data/bounds.toml`` ``[packages.options.<family>]``) and ``args`` quoted."""
     bounded = bounds.with_options(parts, family.name)
