@@ -414,6 +414,56 @@ def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_
     assert all(_tags(lab, name)[short] == lab_digest for name in [host, *serving])
 
 
+def _delete_model(lab, host: str, repository: str, tag: str, short: str) -> None:
+    """Remove the model (its short name and the site copy) so that an apply must fetch it:
+    apply does not re-check present tags (ollama_models_refresh)."""
+    api = "http://127.0.0.1:11434/api/delete"
+    for name in (short, f"{REGISTRY.removeprefix('http://')}/{repository}:{tag}"):
+        lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
+
+
+def test_apply_interrupted_by_ctrl_c_stops_the_fetch_on_the_host_and_reconverges(fleet):
+    """``provision apply`` runs pyinfra as a child: Ctrl-C reaches apply (started with SIGINT
+    ignored, as a script's background job), which stops its child within the grace period;
+    the helper and its curl on the host stop, the host lock is free, and apply finishes the
+    job when run again."""
+    lab = fleet
+    host = lab.hosts[-1]
+    repository, tag, short = _library_model(lab, host)
+    digest = push_model(
+        REGISTRY, repository, tag, seed=f"issue-18-apply-{time.time()}", size=BIG, chunk_size=None
+    )
+    _, manifest = fetch_manifest(REGISTRY, repository, tag)
+    weights = max(manifest["layers"], key=lambda layer: layer["size"])
+    part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
+    _delete_model(lab, host, repository, tag, short)
+    grace = bounds.get("interrupt", "grace_s")
+    try:
+        _throttle(lab, host, True)
+        try:
+            run = start("apply", str(lab.inventory), "--limit", host, sigint_ignored=True)
+            _wait_for(lambda: _size(lab, host, part) > 4 * 1024 * 1024, 300, "the blob")
+            run.send_signal(signal.SIGINT)
+            pressed = time.monotonic()
+            code, _, err = finish(run, timeout=120)
+            took = time.monotonic() - pressed
+            assert code == 130, err
+            assert took < grace + 15, took
+            _wait_for(lambda: not _writers(lab, host), 10, "the helper and curl to stop")
+            kept = _size(lab, host, part)
+            assert 0 < kept < weights["size"]
+            print(f"apply stopped {took:.1f} s after Ctrl-C; {kept} bytes kept")
+        finally:
+            _throttle(lab, host, False)
+        code, result, err = provision("apply", str(lab.inventory), "--limit", host)
+        assert code == 0, (result, err)
+        assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
+    finally:
+        _republish(lab, repository, tag)
+    code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
+    assert code == 0, (result, err)
+
+
 def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     lab = fleet
     host, others = lab.hosts[-1], lab.hosts[:-1]
@@ -424,11 +474,7 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
     _, manifest = fetch_manifest(REGISTRY, repository, tag)
     weights = max(manifest["layers"], key=lambda layer: layer["size"])
     part = f"{STORE}/.provisioner-tmp/sha256-{weights['digest'].removeprefix('sha256:')}"
-    # apply does not re-check present tags (ollama_models_refresh): remove the model so that
-    # this apply must fetch it
-    api = "http://127.0.0.1:11434/api/delete"
-    for name in (short, f"{REGISTRY.removeprefix('http://')}/{repository}:{tag}"):
-        lab.ssh(host, f'curl -s -X DELETE {api} -d \'{{"model": "{name}"}}\'', False)
+    _delete_model(lab, host, repository, tag, short)
     _throttle(lab, host, True)
     try:
         run = start("apply", str(lab.inventory))
