@@ -1,7 +1,9 @@
 """Fault injection on the lab, in one go (issue 18): a tampered release, every host failing at
 once, a large blob interrupted by Ctrl-C and resumed with a Range request (bytes counted), two
-runs at once on one host, and a host stopped mid-apply. Each case asserts the exit code, the
-reason in ``--json`` (``hosts.NAME.error``), that nothing was lost, and a clean re-converge.
+runs at once on one host, an apply interrupted by Ctrl-C, a package mirror that fails (once,
+then always), a full model store, and a host stopped mid-apply. Each case asserts the exit
+code, the reason in ``--json`` (``hosts.NAME.error`` / ``errors``), that nothing was lost, and
+a clean re-converge.
 
 A full store: a small tmpfs (``FULL_STORE``) mounted over the victim's model store, so that
 nothing fills this machine's disk; the store's content is copied in first and is back as it was
