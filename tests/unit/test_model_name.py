@@ -131,17 +131,30 @@ def test_fully_qualified_validity_matches_ollama(text, valid):
         ("namespace", "bb", True),
         ("namespace", "a.", False),
         ("model", "-h", False),
+        # a bad character after good ones: every character is checked, not only the first
+        ("model", "llama$3", False),
+        ("tag", "q4_K_M!", False),
+        ("namespace", "team:x", False),
+        ("host", "mirror.example:5000?", False),
     ],
 )
 def test_part_rules_match_is_valid_part(kind, part, valid):
     assert (model_name._part_problem(kind, part) is None) is valid
 
 
+def test_an_empty_promised_part_is_named_empty():
+    # cutPromised: ":7b" promises a model before the ":" and leaves it empty
+    for text in (":7b", "/model", "ns/:7b"):
+        with pytest.raises(ModelNameError, match="is empty"):
+            ModelName.parse(text)
+
+
 @pytest.mark.parametrize(("path", "parts"), sorted(FILEPATHS.items()))
 def test_manifest_paths_parse_as_ollama(path, parts):
     if parts is None:
-        with pytest.raises(ModelNameError):
+        with pytest.raises(ModelNameError) as caught:
             ModelName.from_manifest_path(path)
+        assert repr(path) in str(caught.value)  # the message names the file
     else:
         name = ModelName.from_manifest_path(path)
         assert (name.host, name.namespace, name.model, name.tag) == parts
@@ -185,6 +198,7 @@ def test_names_ollama_refuses_say_why(text, why):
     with pytest.raises(ModelNameError, match="not a valid Ollama model name") as caught:
         ModelName.parse(text)
     assert why in str(caught.value)
+    assert repr(text) in str(caught.value)  # the message names what was written
     assert not model_name.is_valid(text)
 
 
