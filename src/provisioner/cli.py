@@ -427,12 +427,13 @@ def _use_lock(source: str) -> None:
 
 @contextlib.contextmanager
 def _interruptible(what: str) -> Iterator[None]:
-    """Ctrl-C: the run stops what it started on the hosts (see provisioner.interrupts), then
-    ``provision`` says so and exits 130."""
-    from provisioner.interrupts import EXIT_INTERRUPTED, message
+    """Ctrl-C (or SIGTERM): the run stops what it started on the hosts (see
+    provisioner.interrupts), then ``provision`` says so and exits 130."""
+    from provisioner.interrupts import EXIT_INTERRUPTED, delivered_to_main, message
 
     try:
-        yield
+        with delivered_to_main():
+            yield
     except KeyboardInterrupt:
         click.echo(message(what), err=True)
         sys.exit(EXIT_INTERRUPTED)

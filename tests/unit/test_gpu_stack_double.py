@@ -10,6 +10,11 @@ Debian's driver without ``contrib``, a key that fails its pin, Fabric Manager at
 than the driver, a service started without its kernel module, a reboot without headers (DKMS had
 nothing to build) all fail as they would on a host.
 
+apt and dnf take the bound options of ``data/bounds.toml`` (timeouts, download retries, a lock
+wait) and the package lists' refresh runs inside a bounded retry loop; neither changes what a
+command installs, so the double reads each command without them (:func:`unbound`;
+tests/unit/test_package_bounds.py checks that the deploys give them).
+
 This module also holds the double's own tests.
 """
 
@@ -181,6 +186,24 @@ class ServedKey:
     fingerprint: str
     sha256: str
     sha256_stripped: str
+
+
+_RETRIED = re.compile(r"until timeout -k \d+ \d+ sh -c ('(?:[^']|'\"'\"')*') >\"\$log\" 2>&1; do")
+
+
+def unbound(command: str) -> str:
+    """``command`` without what :mod:`provisioner.bounds` adds: the retry loop of
+    :func:`~provisioner.bounds.retried` (the command it runs) and each family's bound options."""
+    from provisioner import bounds
+
+    loop = _RETRIED.search(command)
+    if loop:
+        command = shlex.split(loop.group(1))[0]
+    for spec in bounds.bounds()["packages"]["options"].values():
+        for options in ([*spec["options"], *spec.get("update_options", [])], spec["options"]):
+            joined = " ".join(options)
+            command = command.replace(f"{spec['after']} {joined} ", f"{spec['after']} ")
+    return command
 
 
 @dataclass
@@ -697,6 +720,7 @@ class GpuHostDouble:
     # --- commands --------------------------------------------------------------------------
 
     def run(self, command: str) -> tuple[bool, list[str]]:
+        command = unbound(command)
         try:
             out = self._fact(command)
             if out is not None:

@@ -4,6 +4,7 @@ what happened and exits 130."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,3 +67,70 @@ def test_the_cli_says_it_was_interrupted_and_exits_130(monkeypatch, tmp_path, co
     assert result.exit_code == EXIT_INTERRUPTED, result.output
     assert f"provision: {' '.join(command)} interrupted" in result.output
     assert "Re-run the same command" in result.output
+
+
+# --- the signal reaches the main greenlet ------------------------------------------------------
+
+_BUSY_THREAD = """
+import os, signal, sys, threading, time
+import pyinfra_cli  # noqa: F401  (gevent's monkey patching, as provision has it)
+import gevent
+from provisioner.interrupts import delivered_to_main
+
+def busy():  # a thread (a greenlet under gevent) that runs Python code most of the time
+    while True:
+        sum(range(20000))
+        gevent.sleep(0)
+
+threading.Thread(target=busy, daemon=True).start()
+mode = sys.argv[1]
+if mode == "ignored":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a shell script
+print("ready", flush=True)
+try:
+    if mode == "plain":
+        gevent.sleep(8)
+    else:
+        with delivered_to_main():
+            gevent.sleep(8)
+except KeyboardInterrupt:
+    print("interrupted in main", flush=True)
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+def _signalled(mode: str, signum: int) -> tuple[int, str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BUSY_THREAD, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    sent = time.monotonic()
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out, time.monotonic() - sent
+
+
+@pytest.mark.parametrize(
+    ("mode", "signum"),
+    [("handled", signal.SIGINT), ("ignored", signal.SIGINT), ("handled", signal.SIGTERM)],
+)
+def test_ctrl_c_and_sigterm_reach_the_main_greenlet_whatever_greenlet_runs(mode, signum):
+    """A thread turned greenlet runs when the signal comes, or the process started with SIGINT
+    ignored: the main greenlet still gets KeyboardInterrupt, at once."""
+    code, out, took = _signalled(mode, signum)
+    assert (code, out.strip()) == (130, "interrupted in main")
+    assert took < 5
+
+
+def test_without_it_python_loses_ctrl_c_in_a_thread_greenlet():
+    """Why delivered_to_main exists: Python's own handler raises where the busy thread runs,
+    threading's hook swallows it, and the main greenlet sleeps on (the run would finish)."""
+    code, out, took = _signalled("plain", signal.SIGINT)
+    assert "interrupted in main" not in out
+    assert code == 0 and took > 5

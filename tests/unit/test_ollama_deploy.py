@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioner import bounds
 from provisioner.deploys import ollama as deploy
 from provisioner.deploys.ollama import check_settings, settings_from
 from provisioner.operations import ollama as ops
@@ -463,7 +464,9 @@ def test_a_refused_release_fails_its_host_only_and_downloads_nothing():
         assert "ollama-linux-amd64" not in commands[f"@fake/{name}"]
     good = commands["@fake/good"]
     assert hosts["@fake/good"] not in state.failed_hosts
-    assert "install curl ca-certificates tar gzip zstd" in good
+    # apt with its bound options (data/bounds.toml [packages.options.apt])
+    bounded = " ".join(bounds.package_options("apt"))
+    assert f"install {bounded} curl ca-certificates tar gzip zstd" in good
     download = good.index("curl -fsSL --retry 3")
     assert "v0.32.15/ollama-linux-amd64.tar.zst" in good
     assert good.index("sha256sum", download) < good.index("zstd -dcq", download)

@@ -702,3 +702,66 @@ def test_ctrl_c_stops_the_sync_and_its_curl_and_the_next_run_resumes(registry, s
         assert weights.size - kept <= link.sent < weights.size - kept + 64 * 1024
     finally:
         link.stop()
+
+
+def test_provision_models_sync_stops_on_ctrl_c_even_when_started_with_it_ignored(
+    registry, server, tmp_path
+):
+    """``provision models sync`` as the operator runs it (a process of its own), started as a
+    shell script's background job starts it (SIGINT ignored): Ctrl-C still stops it within
+    seconds with exit 130, its helper and curl stop, and the bytes that arrived stay."""
+    size = 4 * 1024 * 1024
+    registry_double.push_model(
+        registry.url, "site/big", "1b", seed="interrupt-cli", size=size, chunk_size=None
+    )
+    link = SlowLink(registry.url)
+    try:
+        manifest = Registry(link.url).manifest("site/big", "1b")
+        weights = max(manifest.layers, key=lambda b: b.size)
+        part = server.models / ".provisioner-tmp" / weights.file_name
+        inventory = tmp_path / "inventory.py"
+        inventory.write_text(
+            f"hosts = [('@local', {_host_data(server, link.url, ['big:1b'])!r})]\n"
+        )
+        # the as_root fixture's patches, in the child: this user owns the files, the helper copy
+        bootstrap = (
+            "import provisioner.operations.ollama as o; "
+            f"o.SERVICE_USER = {ollama_ops.SERVICE_USER!r}; "
+            f"o.FETCH_HELPER = {ollama_ops.FETCH_HELPER!r}; "
+            "from provisioner.cli import main; main()"
+        )
+        sync = subprocess.Popen(
+            [sys.executable, "-c", bootstrap, "models", "sync", str(inventory), "--json"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # a lock of its own: this pytest process holds the unit tests' lock on @local
+            env=dict(os.environ, PROVISIONER_HOST_LOCK_PATH=str(tmp_path / "provisioner.lock")),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        deadline = time.monotonic() + 60
+        while not part.exists() or part.stat().st_size < weights.size // 4:
+            assert sync.poll() is None and time.monotonic() < deadline, sync.communicate()
+            time.sleep(0.1)
+        sync.send_signal(signal.SIGINT)
+        pressed = time.monotonic()
+        out, err = sync.communicate(timeout=60)
+        assert sync.returncode == 130, err
+        assert time.monotonic() - pressed < 15
+        assert "provision: models sync interrupted" in err
+
+        def writers() -> list[str]:
+            ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True)
+            return [line for line in ps.stdout.splitlines() if str(part) in line]
+
+        deadline = time.monotonic() + 5
+        while writers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not writers()
+        kept = part.stat().st_size
+        time.sleep(1)
+        assert part.stat().st_size == kept < weights.size
+        assert "big:1b" not in server.tags()
+    finally:
+        link.stop()

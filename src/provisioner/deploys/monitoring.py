@@ -28,11 +28,12 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.facts.files import Sha1File
-from pyinfra.operations import apt, dnf, files, server, systemd
+from pyinfra.operations import files, server, systemd
 
 from provisioner import addresses, gpu_stack, rendering, settings
 from provisioner import lock as fleet_lock
 from provisioner.facts.system import OsInfo
+from provisioner.operations import system
 
 __all__ = [
     "DEFAULTS",
@@ -307,14 +308,12 @@ def _install_exporter(cfg: MonitoringSettings, exporter: Exporter) -> None:
         mode="644",
     )
     firewall = _firewall(cfg, exporter)
-    if _distro_family() == "apt":
-        apt.packages(
-            name=f"Install {exporter.package}",
-            packages=[exporter.package],
-            no_recommends=True,
-        )
-    else:
-        dnf.packages(name=f"Install {exporter.package}", packages=[exporter.package])
+    system.packages(
+        name=f"Install {exporter.package}",
+        packages=[exporter.package],
+        no_recommends=True,
+        family=_distro_family(),
+    )
     files.directory(
         name="node_exporter's textfile directory", path=exporter.textfile_dir, mode="755"
     )

@@ -38,7 +38,7 @@ from provisioner import addresses, ollama_release, rendering, settings
 from provisioner import lock as fleet_lock
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
-from provisioner.operations import exposure, ollama
+from provisioner.operations import exposure, ollama, system
 from provisioner.web_server import web_server
 
 __all__ = [
@@ -466,7 +466,7 @@ def install_ollama() -> None:
         dest=NGINX_OURS,
         mode="644",
     )
-    server.packages(name="Install Ollama's tools", packages=packages)
+    system.packages(name="Install Ollama's tools", packages=packages)
 
     server.group(name="Create the ollama group", group=USER, system=True)
     groups = [g for g in ("video", "render") if g in (host.get_fact(Groups) or [])]

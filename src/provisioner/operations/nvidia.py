@@ -29,7 +29,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack, next_boot, rendering, run_events
+from provisioner import bounds, fact_cache, gpu_stack, next_boot, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
 from provisioner.facts.nvidia import (
     KERNEL_HOLD_RECORD,
@@ -64,19 +64,26 @@ def _render(template: str, **values: Any) -> str:
     return rendering.render(f"gpu/{template}", **values)
 
 
-def _command(parts: Sequence[str], *args: str) -> StringCommand:
-    return StringCommand(*parts, *(QuoteString(arg) for arg in args))
+def _command(family: gpu_stack.Family, parts: Sequence[str], *args: str) -> StringCommand:
+    """A package-manager command of ``family`` (distros.toml), with its bound options
+    (``data/bounds.toml`` ``[packages.options.<family>]``) and ``args`` quoted."""
+    bounded = bounds.with_options(parts, family.name)
+    return StringCommand(*bounded, *(QuoteString(arg) for arg in args))
 
 
 def _install(
     target: gpu_stack.Distro, packages: Sequence[str], replace_held: bool = False
 ) -> Iterator[StringCommand]:
-    """Refresh the package lists (apt), then install ``packages``."""
+    """Refresh the package lists (apt; each attempt bounded, a transient mirror error retried:
+    :func:`provisioner.bounds.retried`), then install ``packages`` (the package manager's own
+    bounded retries of a download; a missing package fails at once)."""
     family = target.family
     if family.update:
-        yield _command(family.update)
+        update = shlex.join(bounds.with_options(family.update, family.name, refresh=True))
+        step = f"the package lists refresh ({shlex.join(family.update)})"
+        yield StringCommand(bounds.retried(update, step))
     flags = family.replace_held if replace_held else ()
-    yield _command((*family.install, *flags), *packages)
+    yield _command(family, (*family.install, *flags), *packages)
 
 
 def _versioned(target: gpu_stack.Distro, package: str, version: str | None) -> str:
@@ -500,8 +507,8 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
             host.noop(f"dnf module stream {stream} is enabled")
             return
         if current:
-            yield _command(target.family.module_reset, module)
-        yield _command(target.family.module_enable, stream)
+            yield _command(target.family, target.family.module_reset, module)
+        yield _command(target.family, target.family.module_enable, stream)
         return
     wanted = target.pinning(branch)
     others = [
@@ -513,7 +520,7 @@ def branch_lock(distro: str, branch: str, flavour: str, skip: str | None = None)
         host.noop(f"{wanted} is installed")
         return
     if others:  # another branch was pinned: the caller allowed the change
-        yield _command(target.family.remove, *others)
+        yield _command(target.family, target.family.remove, *others)
     if not gpu_stack.is_installed(installed, wanted):
         yield from _install(target, [wanted])
 
@@ -565,7 +572,7 @@ def driver(
         # the kernel module is there without its meta package: add it at the same version
         version = current.version.split(":", 1)[-1]
     if target.family.unhold_before_replace and installed_fact.get("locks"):
-        yield _command(target.family.unhold, *installed_fact["locks"])
+        yield _command(target.family, target.family.unhold, *installed_fact["locks"])
     pinned = [_versioned(target, m, version) for m in metas]
     yield from _install(target, pinned, replace_held=True)
 
@@ -616,7 +623,7 @@ def fabricmanager(
         return
     locks = installed_fact.get("locks", [])
     if present and target.family.unhold_before_replace and package in locks:
-        yield _command(target.family.unhold, package)
+        yield _command(target.family, target.family.unhold, package)
     spec = package
     if upstream:
         spec = f"{package}{target.family.version_separator}{target.fabricmanager_version(upstream)}"
@@ -650,8 +657,8 @@ def hold(distro: str, skip: str | None = None):
         return
     stale = [name for name in unheld if name in installed_fact.get("locks", [])]
     if stale:  # a versionlock for another version of these packages
-        yield _command(target.family.unhold, *stale)
-    yield _command(target.family.hold, *unheld)
+        yield _command(target.family, target.family.unhold, *stale)
+    yield _command(target.family, target.family.hold, *unheld)
 
 
 @operation()
@@ -750,7 +757,7 @@ def kernel_hold(distro: str, kernel: str, hold: bool, skip: str | None = None):
         return
     release = [name for name in recorded if held.get(name)]
     if release:
-        yield _command(target.family.unhold, *release)
+        yield _command(target.family, target.family.unhold, *release)
     if recorded:
         yield from files.file._inner(path=KERNEL_HOLD_RECORD, present=False)
     elif not release:
@@ -762,7 +769,7 @@ def _hold_kernel(
 ) -> Iterator[Any]:
     unheld = [name for name in present if not held[name]]
     if unheld:
-        yield _command(target.family.hold, *unheld)
+        yield _command(target.family, target.family.hold, *unheld)
     want = sorted({*recorded, *unheld})
     if want != sorted(recorded):
         directory = KERNEL_HOLD_RECORD.rsplit("/", 1)[0]

@@ -1,5 +1,5 @@
-"""Operations on the host itself (the run's lock, reboot, refusing it), paired with
-``provisioner.facts.system``."""
+"""Operations on the host itself (the run's lock, reboot, refusing it, system packages with
+bounded package-manager calls), paired with ``provisioner.facts.system``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from gevent import sleep
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
+from pyinfra.facts.server import Which
+from pyinfra.operations import apt, dnf, server
 
-from provisioner import host_lock
+from provisioner import bounds, host_lock
 from provisioner.facts.system import BootId, HostLock
 
 
@@ -42,6 +44,42 @@ def run_lock():
         yield FunctionCommand(fail_host, (problem,), {})
     else:
         host.noop(f"this run holds the provisioner lock ({host_lock.owner()})")
+
+
+@operation()
+def packages(packages: list[str], no_recommends: bool = False, family: str | None = None):
+    """
+    Install system packages with the host's package manager, as pyinfra's
+    ``server.packages`` does, but with apt's and dnf's bound options of ``data/bounds.toml``
+    (``[packages.options.<family>]``: connection timeouts, retries of a transient download
+    error, a bounded wait for the package manager's lock). A missing package still fails at
+    once: only downloads are retried, a bounded number of times.
+
+    + packages: the packages
+    + no_recommends: apt only, leave recommended packages out
+    + family: ``apt`` or ``dnf`` when the caller knows it (distros.toml); else the host's
+      package manager is looked for as pyinfra's ``server.packages`` does
+
+    **Example:**
+
+    .. code:: python
+
+        system.packages(name="Install Ollama's tools", packages=["curl", "zstd"])
+    """
+    if family is None:
+        family = next((f for f in ("apt", "dnf") if host.get_fact(Which, command=f)), "")
+    if family == "apt":
+        yield from apt.packages._inner(
+            packages=packages,
+            no_recommends=no_recommends,
+            extra_install_args=" ".join(bounds.package_options("apt")),
+        )
+    elif family == "dnf":
+        yield from dnf.packages._inner(
+            packages=packages, extra_install_args=" ".join(bounds.package_options("dnf"))
+        )
+    else:  # another package manager: pyinfra's own choice, without bounds of ours
+        yield from server.packages._inner(packages=packages)
 
 
 #: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
