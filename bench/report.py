@@ -142,6 +142,29 @@ def _baseline(conv: dict[str, Any]) -> list[str]:
     ]
 
 
+def _layers(layers: dict[str, Any] | None) -> list[str]:
+    """Remote commands of one converged run on 1 host per layer and phase (bench/layers.py)."""
+    if not layers or not layers.get("by_layer"):
+        return []
+    by_layer = layers["by_layer"]
+    total = sum(by_layer.values())
+    out = [
+        "",
+        "Remote commands of one converged `provision apply` on 1 host, per layer, counted on "
+        "the controller (`bench/layers.py`; *plan*: pyinfra preparing the operations, "
+        "*execute*: running them):",
+        "",
+        "| phase | layer | commands |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in by_layer.items():
+        phase, _, layer = key.partition(" ")
+        out.append(f"| {phase} | {layer} | {value} |")
+    sshd = (layers.get("sshd") or {}).get("commands")
+    out.append(f"| | **total** | **{total}** (the host's sshd counted {sshd}) |")
+    return out
+
+
 def _converged(results: dict[str, Any]) -> list[str]:
     conv = results.get("converged")
     if not conv:
@@ -162,6 +185,7 @@ def _converged(results: dict[str, Any]) -> list[str]:
         for n, row in (conv.get(who) or {}).items():
             out.append(_converged_row(conv, who, n, row, cpu))
     out += _baseline(conv)
+    out += _layers(conv.get("layers"))
     versus = conv.get("ours_over_ansible")
     if versus:
         out += ["", "| hosts | ours / Ansible |", "| --- | --- |"]

@@ -220,6 +220,28 @@ class LabRun:
             "sessions": sessions,
         }
 
+    def layers(self, label: str) -> dict[str, Any]:
+        """One converged run on 1 host through ``bench.layers``: the remote commands per layer
+        and phase counted on the controller, beside the sshd count of the same run."""
+        names = lab_bench.host_names(1)
+        assert self.sessions is not None
+        out = self.work / f"{label}.json"
+        self.sessions.start(names)
+        run = lab_bench.run_timed(
+            [sys.executable, "-m", "bench.layers", str(self.inventories[1])],
+            log=self.logs / f"{label}.log",
+            parse_json=False,
+            env={"BENCH_LAYERS_OUT": str(out)},
+        )
+        sessions = self.sessions.stop()
+        by_layer = json.loads(out.read_text()) if out.exists() else {}
+        return {
+            "wall_s": round(run.wall_s, 3),
+            "exit_code": run.returncode,
+            "by_layer": next(iter(by_layer.values()), {}),
+            "sshd": sessions.get(names[0], {}),
+        }
+
     def baseline(self, label: str) -> dict[str, Any]:
         """A bare pyinfra run on one host: ``pyinfra INVENTORY exec -- true`` (interpreter,
         inventory, one SSH connection, one command): the fixed cost under every apply."""
@@ -670,6 +692,7 @@ def run_lab(options: Options, results: dict[str, Any]) -> None:
             if "converged" in options.parts or with_ansible:
                 options.say("converged re-runs")
                 results["converged"] = lab.converged(with_ansible)
+                results["converged"]["layers"] = lab.layers("ours-layers")
             if "models" in options.parts:
                 options.say("model distribution")
                 results["models"] = lab.models()
