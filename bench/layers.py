@@ -3,7 +3,8 @@
 ``python -m bench.layers INVENTORY [ENTRYPOINT]`` runs pyinfra's CLI exactly as ``provision
 apply`` does (``provisioner.run_outcome``, the site entrypoint) with a counter around
 ``Host.run_shell_command``, the one call every fact and every shell command of an operation goes
-through, and prints a JSON object ``{host: {"PHASE LAYER": count}}``:
+through (with ``BENCH_LAYERS_COMMANDS=FILE`` every command is written there too, by
+layer), and prints a JSON object ``{host: {"PHASE LAYER": count}}``:
 
 * phase: ``plan`` (pyinfra preparing the operations: the deploys' own facts and every
   operation's body run once to see what it would do) or ``execute``;
@@ -46,11 +47,17 @@ def count(argv: list[str]) -> dict[str, dict[str, int]]:
     from provisioner import run_outcome
 
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    trail = os.environ.get("BENCH_LAYERS_COMMANDS")  # a file: every command, by layer
     original = Host.run_shell_command
 
     def counting(self: Host, *args: Any, **kwargs: Any) -> Any:
         phase, layer = layer_of(self)
         counts[self.name][f"{phase} {layer}"] += 1
+        if trail:
+            command = args[0] if args else kwargs.get("command")
+            text = command if isinstance(command, str) else command.get_masked_value()
+            with open(trail, "a") as out:
+                out.write(f"{self.name}\t{phase} {layer}\t{text[:300]!r}\n")
         return original(self, *args, **kwargs)
 
     Host.run_shell_command = counting  # type: ignore[method-assign]

@@ -231,7 +231,10 @@ class LabRun:
             [sys.executable, "-m", "bench.layers", str(self.inventories[1])],
             log=self.logs / f"{label}.log",
             parse_json=False,
-            env={"BENCH_LAYERS_OUT": str(out)},
+            env={
+                "BENCH_LAYERS_OUT": str(out),
+                "BENCH_LAYERS_COMMANDS": str(self.work / f"{label}-commands.tsv"),
+            },
         )
         sessions = self.sessions.stop()
         by_layer = json.loads(out.read_text()) if out.exists() else {}
