@@ -33,13 +33,13 @@ def layer_of(host: Any) -> tuple[str, str]:
     if getattr(state, "is_executing", False) and host.current_op_hash:
         meta = state.get_op_meta(host.current_op_hash)
         name = sorted(meta.names)[0] if meta.names else ""
-        return "execute", _layer(name)
-    return "plan", _layer(host.current_deploy_name or "")
+        return "execute", _layer(name, depth=3)  # "provisioner | LAYER | operation"
+    return "plan", _layer(host.current_deploy_name or "", depth=2)  # "provisioner | LAYER"
 
 
-def _layer(name: str) -> str:
+def _layer(name: str, depth: int) -> str:
     parts = [p.strip() for p in name.split("|")]
-    return parts[1] if len(parts) > 2 else "site"
+    return parts[1] if len(parts) >= depth else "site"
 
 
 def count(argv: list[str]) -> dict[str, dict[str, int]]:
