@@ -61,6 +61,8 @@ def count(argv: list[str]) -> dict[str, dict[str, int]]:
         return original(self, *args, **kwargs)
 
     Host.run_shell_command = counting  # type: ignore[method-assign]
+    if trail:
+        _trail_facts(trail)
     sys.argv = ["pyinfra", *argv]
     try:
         run_outcome.main()
@@ -69,6 +71,23 @@ def count(argv: list[str]) -> dict[str, dict[str, int]]:
     finally:
         Host.run_shell_command = original  # type: ignore[method-assign]
     return {name: dict(sorted(c.items())) for name, c in counts.items()}
+
+
+def _trail_facts(trail: str) -> None:
+    """Write every fact read from a host (class and arguments) to ``trail`` too: wraps the
+    ``get_fact`` that ``Host.get_fact`` calls, before ``provisioner.fact_cache`` takes it."""
+    from pyinfra.api import host as pyinfra_host
+
+    original = pyinfra_host.get_fact
+
+    def reading(state: Any, host: Any, cls: Any, args: Any = None, kwargs: Any = None, **more):
+        phase, layer = layer_of(host)
+        with open(trail, "a") as out:
+            out.write(f"{host.name}\t{phase} {layer}\tFACT {cls.__module__}.{cls.__name__}")
+            out.write(f"\t{kwargs!r}\n")
+        return original(state, host, cls, args=args, kwargs=kwargs, **more)
+
+    pyinfra_host.get_fact = reading
 
 
 def main() -> int:
