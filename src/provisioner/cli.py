@@ -263,11 +263,153 @@ def apply(
     if batch:
         override["nvidia_reboot_batch"] = batch
     loaded = _load(inventory, limit, override or None)
+    _use_lock(loaded.source)
     with _interruptible("apply"):
         result = run_deploy(
             loaded, "site", limit=limit, dry=dry, serial=serial, batch=batch, data=override
         )
     _report_run(result, as_json)
+
+
+@main.command("lock")
+@click.argument("inventory")
+@click.argument("components", nargs=-1, metavar="[COMPONENT...]")
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Re-resolve the COMPONENTs given (driver, fabricmanager, toolkit, ollama, torch, "
+    "model), every kind when none is given, and print what moved (old -> new).",
+)
+@limit_option
+@json_option
+def lock_command(
+    inventory: str,
+    components: tuple[str, ...],
+    upgrade: bool,
+    limit: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Resolve every moving part of the fleet and write INVENTORY's lock (X.py -> X.lock.toml).
+
+    A lock that exists keeps every answer it holds (a second run changes nothing); only
+    --upgrade moves them. The format is in docs/lock.md.
+    """
+    from provisioner import lock as lockfile
+
+    if components and not upgrade:
+        _fail_input("COMPONENTs are only given with --upgrade (provision lock INV --upgrade model)")
+    unknown = sorted(set(components) - set(lockfile.KINDS))
+    if unknown:
+        _fail_input(f"--upgrade {unknown[0]!r}: not a component ({', '.join(lockfile.KINDS)})")
+    loaded = _load(inventory, limit)
+    result = _write_lock(loaded, list(components) if upgrade else None)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _show_lock(result)
+    sys.exit(result.exit_code)
+
+
+def _write_lock(loaded, upgrade: list[str] | None):
+    from provisioner import lock as lockfile
+    from provisioner import lock_resolve
+
+    try:
+        with _interruptible("lock"):
+            return lock_resolve.run(loaded, upgrade)
+    except lockfile.LockError as exc:
+        _fail_input(str(exc))
+
+
+def _show_lock(result) -> None:
+    what = "wrote" if result.written else "unchanged:"
+    click.echo(f"{what} {result.path} ({len(result.lock.items)} items)")
+    for change in result.changes:
+        click.echo(f"  {change.line()}")
+    for host, why in result.errors.items():
+        click.echo(f"provision: host {host}: {why}", err=True)
+
+
+@main.group()
+def bundle() -> None:
+    """The fleet's locked artefacts in one archive, for a site that reaches no source."""
+
+
+@bundle.command("export")
+@click.argument("inventory")
+@click.option("-o", "--output", "output", required=True, metavar="FILE", help="The bundle (tar).")
+@json_option
+def bundle_export(inventory: str, output: str, as_json: bool) -> None:
+    """Fetch every artefact INVENTORY's lock names, each checked, into one archive FILE."""
+    from pathlib import Path
+
+    from provisioner import bundle as bundle_lib
+    from provisioner import lock as lockfile
+
+    path = lockfile.path_for(inventory)
+    if path is None or not path.exists():
+        _fail_input(f"{inventory}: no lock next to it; `provision lock {inventory}` writes one")
+    try:
+        result = bundle_lib.export(path, Path(output))
+    except lockfile.LockError as exc:
+        _fail_input(str(exc))
+    except bundle_lib.BundleError as exc:
+        click.echo(f"provision: bundle: {exc}", err=True)
+        sys.exit(EXIT_HOST_FAILED)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        click.echo(f"wrote {result.path}: {len(result.entries)} files, {result.size} bytes, "
+                   f"sha256 {result.sha256}")  # fmt: skip
+    sys.exit(EXIT_OK)
+
+
+@bundle.command("import")
+@click.argument("file")
+@click.option("--to", "site", required=True, metavar="SITE", help="The site mirror's folder.")
+@click.option("--registry", metavar="URL", help="The site's OCI registry, for the models.")
+@json_option
+def bundle_import(file: str, site: str, registry: str | None, as_json: bool) -> None:
+    """Check FILE and load it into the site mirror SITE and the site registry."""
+    from pathlib import Path
+
+    from provisioner import bundle as bundle_lib
+
+    if not Path(file).is_file():
+        _fail_input(f"{file}: no such bundle")
+    try:
+        result = bundle_lib.import_bundle(Path(file), Path(site), registry)
+    except bundle_lib.BundleError as exc:
+        click.echo(f"provision: bundle: {exc}", err=True)
+        sys.exit(EXIT_HOST_FAILED)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        click.echo(f"{site}: {len(result.files)} files; registry: {len(result.models)} models")
+    sys.exit(EXIT_OK)
+
+
+def _use_lock(source: str) -> None:
+    """Name this run's lock (next to the inventory ``source``) to the deploys
+    (``$PROVISIONER_LOCK``), or say once, on stderr, that the fleet is not locked. A lock that
+    cannot be used is bad input (exit 2)."""
+    import os
+
+    from provisioner import lock as lockfile
+
+    path = lockfile.path_for(source)
+    try:
+        found = lockfile.read(path) if path else None
+    except lockfile.LockError as exc:
+        _fail_input(f"{exc}; nothing was changed and no host was contacted")
+    os.environ[lockfile.ENV] = str(path) if found is not None else ""
+    if found is None:
+        where = f" (no {path})" if path else ""
+        click.echo(
+            f"provision: the fleet is not locked{where}: versions, sums and model digests are "
+            "resolved anew on this run; `provision lock INVENTORY` records them.",
+            err=True,
+        )
 
 
 @contextlib.contextmanager
@@ -366,6 +508,7 @@ def _verify_and_repair(inventory, report, as_json: bool, batch, workers) -> None
 
     if not as_json:
         _show_verify(report)
+    _use_lock(inventory)  # the repair's apply honours the fleet's lock
     fixed = repair(lambda hosts: _load(inventory, hosts), report, batch=batch, workers=workers)
     if as_json:
         _print_json({**report.to_json(), "repair": fixed.to_json()})
@@ -412,6 +555,7 @@ def models_sync(
 ) -> None:
     """Pull the planned models that are missing (or changed) on each host."""
     loaded = _load(inventory, limit)
+    _use_lock(loaded.source)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models sync"):
@@ -430,10 +574,28 @@ def models_sync(
     default=None,
     help="Hosts updated at once (default: all).",
 )
+@click.option(
+    "--upgrade-lock",
+    is_flag=True,
+    help="First move the lock's model digests to what the registries serve now "
+    "(provision lock --upgrade model), then update to them: commit the lock it writes.",
+)
 @json_option
-def models_update(inventory: str, limit: tuple[str, ...], batch: int | None, as_json: bool) -> None:
-    """Re-pull every planned tag whose registry digest changed, then check each host's models."""
+def models_update(
+    inventory: str, limit: tuple[str, ...], batch: int | None, upgrade_lock: bool, as_json: bool
+) -> None:
+    """Re-pull every planned tag whose registry digest changed, then check each host's models.
+
+    With a lock, the lock's digests are installed; --upgrade-lock moves them first.
+    """
     loaded = _load(inventory, limit)
+    if upgrade_lock:
+        moved = _write_lock(loaded, ["model"])
+        for change in moved.changes:
+            click.echo(f"provision: lock: {change.line()}", err=True)
+        for host, why in moved.errors.items():
+            click.echo(f"provision: host {host}: {why}", err=True)
+    _use_lock(loaded.source)
     from provisioner import models_sync as sync_lib
 
     with _interruptible("models update"):

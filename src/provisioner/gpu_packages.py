@@ -31,11 +31,12 @@ def find_packages(
 
 
 def is_installed(packages_fact: Mapping[str, Any] | None, spec: str) -> bool:
-    """True when ``spec`` names an installed package: by name, or by ``name-version[.arch]``
-    as ``kernel-devel-$(uname -r)`` does on EL."""
+    """True when ``spec`` names an installed package: by name, by ``name-version[.arch]``
+    as ``kernel-devel-$(uname -r)`` does on EL, or by apt's ``name=version``."""
     for p in installed_packages(packages_fact):
         plain = p["version"].split(":", 1)[-1]
-        if spec in (p["name"], f"{p['name']}-{plain}", f"{p['name']}-{plain}.{p.get('arch')}"):
+        forms = (p["name"], f"{p['name']}-{plain}", f"{p['name']}-{plain}.{p.get('arch')}")
+        if spec in forms or spec in (f"{p['name']}={plain}", f"{p['name']}={p['version']}"):
             return True
     return False
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyinfra.api.state import BaseStateCallback
 
+from provisioner import lock as fleet_lock
 from provisioner.fleet import in_context
 from provisioner.ollama_api import (
     Blob,
@@ -273,12 +274,16 @@ def _check(state: State, target: Host, after: Mapping[str, Any]) -> list[str]:
 
     data = host_settings(target.data)
     src = source_settings(data)
+    locked = fleet_lock.locked_models(fleet_lock.current(), target.name)
     planned = in_context(state, target, planned_models, target)
     problems = []
     for name in wanted_models(planned, data.list_of("models_pinned")):
         have = after.get(name)
         if not have or not have.get("complete"):
             problems.append(f"{name} is missing" if not have else f"{name} is incomplete")
+            continue
+        if locked is not None:  # a locked fleet is checked against its lock, not the tag
+            problems += fleet_lock.model_problems(locked, name, have)
             continue
         source = (
             site_name(name, src["registry"], src["namespace"])

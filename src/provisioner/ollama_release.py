@@ -164,13 +164,23 @@ def known_sha256(version: str, arch: str) -> str | None:
 
 
 def sum_from_lock(lock: Mapping[str, Any] | None, version: str, arch: str) -> str | None:
-    """The archive's sum recorded in a lock file (issue 13), or None.
+    """The archive's sum recorded in a lock file (``provision lock``, docs/lock.md), or None.
 
-    ``lock`` is the parsed lock; the Ollama part is read as
-    ``lock["ollama"][version][arch]`` (a sum) or ``lock["ollama"][version]["sha256"][arch]``.
+    ``lock`` is the parsed lock (or one host's view of it, :func:`provisioner.lock.ollama_view`);
+    the Ollama part is read as the list of ``[[ollama]]`` tables (``version``, ``arch``,
+    ``sha256``), or as ``lock["ollama"][version][arch]`` / ``[version]["sha256"][arch]``.
     A lock that records another version says nothing about this one.
     """
-    entry = ((lock or {}).get("ollama") or {}).get(version)
+    entries = (lock or {}).get("ollama") or {}
+    if isinstance(entries, list):
+        for item in entries:
+            if isinstance(item, Mapping) and (item.get("version"), item.get("arch")) == (
+                version,
+                arch,
+            ):
+                return str(item.get("sha256") or "").strip().lower() or None
+        return None
+    entry = entries.get(version) if isinstance(entries, Mapping) else None
     if not isinstance(entry, Mapping):
         return None
     sums = entry.get("sha256", entry)

@@ -25,6 +25,16 @@ def _private_host_lock(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _no_fleet_lock(monkeypatch):
+    """``provision apply|models`` name the run's lock in ``$PROVISIONER_LOCK`` (in-process for
+    ``models sync``): each unit test starts without one, and what a test sets is undone."""
+    from provisioner import lock
+
+    monkeypatch.delenv(lock.ENV, raising=False)
+    lock._load.cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_caches_under_mutation_testing():
     """Under mutmut (``make mutation``), empty provisioner's ``functools`` caches before each test.
 

@@ -209,3 +209,60 @@ def test_plan_data_needs_what_if(tmp_path, recorder):
     assert result.returncode == 2
     assert "--data applies to --what-if" in result.stderr
     assert recorder.accepted == 0
+
+
+# --- provision lock (docs/lock.md) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["model"], "COMPONENTs are only given with --upgrade"),
+        (["--upgrade", "drivers"], "--upgrade 'drivers': not a component"),
+    ],
+)
+def test_lock_options_are_checked_before_any_host(tmp_path, recorder, args, needle):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["lock", str(inv), *args], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert recorder.accepted == 0
+    assert not inv.with_name("site.lock.toml").exists()
+
+
+def test_lock_of_a_host_string_has_no_file_to_go_next_to(tmp_path):
+    result = run(["lock", "@local"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "a lock is written next to an inventory file" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["apply"], ["models", "sync"], ["models", "update"]])
+def test_a_malformed_lock_exits_2_naming_file_and_key(tmp_path, recorder, command):
+    inv = write_inventory(tmp_path, recorder.port)
+    lock = inv.with_name("site.lock.toml")
+    lock.write_text(
+        'lock_version = 1\n\n[[model]]\nname = "llama3.2:3b"\nversion = "3b"\n'
+        'digest = "md5:abc"\nsource = "http://r/v2/library/llama3.2/manifests/3b"\nhosts = []\n'
+    )
+    result = run([*command, str(inv)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{lock}: model[0]: key 'digest'" in result.stderr
+    assert recorder.accepted == 0
+
+
+def test_without_a_lock_apply_says_once_that_the_fleet_is_not_locked(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["apply", str(inv), "--json"], tmp_path)
+    assert result.stderr.count("the fleet is not locked") == 1, result.stderr
+    assert "not locked" not in result.stdout
+
+
+def test_bundle_export_without_a_lock_and_import_of_no_file_exit_2(tmp_path, recorder):
+    inv = write_inventory(tmp_path, recorder.port)
+    result = run(["bundle", "export", str(inv), "-o", str(tmp_path / "b.tar")], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{inv}: no lock next to it" in result.stderr
+    assert not (tmp_path / "b.tar").exists()
+    result = run(["bundle", "import", str(tmp_path / "none.tar"), "--to", str(tmp_path)], tmp_path)
+    assert result.returncode == 2 and "no such bundle" in result.stderr
+    assert recorder.accepted == 0

@@ -714,3 +714,52 @@ def test_local_connector_never_reboots(monkeypatch):
         commands = list(nvidia.reboot_if_needed._inner(distro="debian12"))
     assert [type(c).__name__ for c in commands] == ["FileUploadCommand", "StringCommand"]
     assert str(commands[1]) == "chmod 644 /var/lib/provisioner/reboot-required"
+
+
+# --- a locked fleet (provision lock, docs/lock.md) ---------------------------------------------
+
+
+def test_a_locked_host_installs_the_locked_toolkit_version_and_torch_wheel(
+    doubles, tmp_path, monkeypatch
+):
+    from provisioner import lock
+
+    wheel = "https://download.pytorch.org/whl/cu130/torch-2.9.1%2Bcu130-cp311-cp311-linux.whl"
+    items = [
+        lock.Item(
+            "toolkit",
+            {"name": "cuda-toolkit-13-0", "version": "13.0.1-1", "distro": "ubuntu2404",
+             "source": "https://example/Packages.gz"},
+            ["@fake/a"],
+        ),
+        lock.Item(
+            "torch",
+            {"name": "torch-2.9.1+cu130-cp311-cp311-linux.whl", "version": "2.9.1",
+             "python": "cp311", "arch": "x86_64", "url": wheel, "sha256": "ab" * 32,
+             "source": "https://download.pytorch.org/whl/cu130/torch/"},
+            ["@fake/a"],
+        ),
+    ]  # fmt: skip
+    path = tmp_path / "fleet.lock.toml"
+    path.write_text(lock.render(lock.Lock(items)))
+    monkeypatch.setenv(lock.ENV, str(path))
+    lock._load.cache_clear()
+    host = GpuHostDouble(distro="ubuntu2404", gpus=("2330",))
+    apply(doubles, {"a": host}, {"a": TOOLKIT}, deploy=nvidia_driver)
+    apply(doubles, {"a": host}, {"a": TOOLKIT}, deploy=cuda_toolkit)  # 13.0.1-1 is offered
+    assert f"{APT_INSTALL} cuda-toolkit-13-0=13.0.1-1" in host.changes
+    apply(doubles, {"a": host}, {"a": TOOLKIT}, deploy=pytorch)
+    assert (
+        pip("cu130").replace("torch==2.9.1+cu130", f"'torch @ {wheel}#sha256={'ab' * 32}'")
+        in host.changes
+    )
+    # a lock naming a version the repository does not offer fails the host at the install
+    path.write_text(path.read_text().replace("13.0.1-1", "13.0.9-1"))
+    lock._load.cache_clear()
+    fresh_host, other = (GpuHostDouble(distro="ubuntu2404", gpus=("2330",)) for _ in "ab")
+    hosts, data = {"a": fresh_host, "b": other}, {"a": TOOLKIT, "b": TOOLKIT}
+    apply(doubles, hosts, data, deploy=nvidia_driver)
+    state = apply(doubles, hosts, data, deploy=cuda_toolkit)
+    assert failed(state) == {"a"}
+    assert "cuda-toolkit-13-0=13.0.9-1" in fresh_host.changes[-1]
+    assert f"{APT_INSTALL} cuda-toolkit-13-0" in other.changes  # not locked: as before

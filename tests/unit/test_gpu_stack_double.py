@@ -20,6 +20,7 @@ import hashlib
 import re
 import shlex
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -980,7 +981,15 @@ class GpuHostDouble:
             venv = argv[0].rsplit("/bin/pip", 1)[0]
             index = argv[argv.index("--index-url") + 1]
             spec = argv[-1]
-            version = spec.split("==", 1)[1]
+            if spec.startswith("torch @ "):  # a direct reference: pip's PEP 440 `name @ URL`
+                url, _, fragment = spec.removeprefix("torch @ ").partition("#")
+                if not fragment.startswith("sha256="):
+                    raise DoubleError(f"{spec}: the lock's wheel comes with its sha256")
+                # the version is the wheel file name's second part (PEP 427); the hash is
+                # pip's to check, not the double's (it downloads nothing)
+                version = urllib.parse.unquote(url.rsplit("/", 1)[1]).split("-")[1]
+            else:
+                version = spec.split("==", 1)[1]
             if not version.endswith("+" + index.rsplit("/", 1)[1]):
                 raise DoubleError(f"{spec} is not on {index}")
             self._check_python(venv, version)

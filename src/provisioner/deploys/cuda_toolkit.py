@@ -6,9 +6,11 @@ Keys: ``data/keys/cuda_toolkit.toml``.
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 
 from provisioner import gpu_stack
+from provisioner import lock as fleet_lock
 from provisioner.deploys import _gpu_plan
 from provisioner.operations import nvidia
 
@@ -27,7 +29,7 @@ def install_toolkit(plan: gpu_stack.ToolkitPlan, driver: gpu_stack.DriverPlan) -
     nvidia.packages(
         name="Install the CUDA toolkit",
         distro=driver.distro_key,
-        packages=[plan.package] if plan.package else [],
+        packages=[_locked(plan.package, driver)] if plan.package else [],
         skip=skip,
     )
     nvidia.toolkit_path(
@@ -36,6 +38,15 @@ def install_toolkit(plan: gpu_stack.ToolkitPlan, driver: gpu_stack.DriverPlan) -
         bin_dir=plan.bin_dir,
         skip=skip,
     )
+
+
+def _locked(package: str, driver: gpu_stack.DriverPlan) -> str:
+    """``package`` at the version the fleet's lock holds for this host (``name=version`` on
+    apt, ``name-version`` on dnf), or as it is without a lock."""
+    version = fleet_lock.package_version(fleet_lock.current(), host.name, "toolkit", package)
+    if not version or driver.distro is None:
+        return package
+    return f"{package}{driver.distro.family.version_separator}{version.split(':', 1)[-1]}"
 
 
 @deploy(COMPONENT, data_defaults=DEFAULTS)

@@ -13,6 +13,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
+from provisioner import lock as fleet_lock
 from provisioner import settings
 from provisioner.deploys.ollama import settings_from
 from provisioner.operations import ollama, system
@@ -69,5 +70,6 @@ def ollama_models(
         pinned=h.list_of("models_pinned"),
         prune=h.flag("ollama_models_prune") if prune is None else bool(prune),
         refresh=h.flag("ollama_models_refresh") if refresh is None else bool(refresh),
+        locked=fleet_lock.locked_models(fleet_lock.current(), host.name),
         **source_settings(h),
     )

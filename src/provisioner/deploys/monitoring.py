@@ -31,6 +31,7 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import apt, dnf, files, server, systemd
 
 from provisioner import addresses, gpu_stack, rendering, settings
+from provisioner import lock as fleet_lock
 from provisioner.facts.system import OsInfo
 
 __all__ = [
@@ -214,14 +215,15 @@ def collector_config(target: Any, exporter: Exporter, wanted: list[str]) -> dict
     h = settings.host_settings(target.data)
     source = source_settings(h)  # the API the model sync uses (Ollama's default if invalid)
     valid = ollama_settings(h)[0] is not None
+    locked = fleet_lock.locked_models(fleet_lock.current(), target.name)
     return {
         "textfile_dir": exporter.textfile_dir,
         "ollama_api": source["api"],
         "models_dir": source["models_dir"] if valid else None,
         "gpu": h.optional_flag("gpu") is not False,
         "reboot_marker": gpu_stack.REBOOT_MARKER,
-        # digest: filled from the lock file once there is one (issue 13); None: not checked
-        "models": [{"name": name, "digest": None} for name in wanted],
+        # digest: the fleet lock's (provision lock, docs/lock.md); None: not checked
+        "models": [{"name": name, "digest": (locked or {}).get(name)} for name in wanted],
     }
 
 

@@ -35,6 +35,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 
 from provisioner import addresses, ollama_release, rendering, settings
+from provisioner import lock as fleet_lock
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import exposure, ollama
@@ -430,6 +431,7 @@ def install_ollama() -> None:
         )
         return
     os_info = host.get_fact(OsInfo)
+    locked = fleet_lock.ollama_view(fleet_lock.current(), host.name)
     try:
         release = ollama_release.resolve(
             cfg.version,
@@ -438,9 +440,14 @@ def install_ollama() -> None:
             _pinned_sum(cfg),
             cfg.allow_vulnerable,
             sums_url_template=cfg.sha256sum_url,
+            lock=locked,
         )
     except ollama_release.ReleaseError as exc:
         ollama.refuse(name="Check the Ollama release", reason=str(exc))
+        return
+    unlocked = fleet_lock.ollama_problem(locked, release)
+    if unlocked:
+        ollama.refuse(name="Check the Ollama release", reason=unlocked)
         return
     _log_release(cfg, release)
 

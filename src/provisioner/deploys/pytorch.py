@@ -5,9 +5,11 @@ at a pinned version. Keys: ``data/keys/pytorch.toml``.
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 
 from provisioner import gpu_stack
+from provisioner import lock as fleet_lock
 from provisioner.deploys import _gpu_plan
 from provisioner.operations import nvidia
 from provisioner.operations import pytorch as pytorch_ops
@@ -44,6 +46,7 @@ def install_pytorch(plan: gpu_stack.TorchPlan) -> None:
         index_url=plan.index_url,
         user=plan.user,
         trusted_host=plan.trusted_host,
+        wheel=fleet_lock.torch_wheel(fleet_lock.current(), host.name, plan.index_url, plan.version),
     )
 
 

@@ -530,6 +530,7 @@ def models(
     models_dir: str = MODELS_DIR,
     user: str | None = None,
     fetch_helper: str | None = None,
+    locked: dict[str, str] | None = None,
 ):
     """
     Make the host hold exactly the planned models: pull what is missing, re-pull what changed
@@ -553,6 +554,9 @@ def models(
     + user: the owner of placed files (default: the service user, ``ollama``)
     + fetch_helper: the helper the Ollama deploy installs for ``place`` (default
       ``/usr/local/lib/provisioner/ollama-fetch-model``)
+    + locked: the fleet's lock for this host (model -> manifest digest, ``provisioner.lock``):
+      each model is held at that digest, placed from the registry by digest (which keeps it
+      after its tag moved), and the host fails when a source offers another; None: no lock
 
     **Example:**
 
@@ -577,6 +581,7 @@ def models(
         user or SERVICE_USER,
         fetch_helper,
         _site_host(registry, namespace),
+        locked,
     )
     try:
         planned = models() if callable(models) else list(models)
@@ -613,6 +618,7 @@ class _Options:
     user: str
     fetch_helper: str | None
     site_host: str  # the site registry's host:port, lower case ("" without one)
+    locked: dict[str, str] | None = None  # the fleet lock's digests (None: not locked)
 
 
 @dataclass
@@ -650,16 +656,11 @@ def _sync_model(
     have = installed.get(name)
     present = bool(have and have.get("complete"))
     place = source.canonical != name and options.transport == "place"
-    remote: dict[str, Any] | None = None
-    if options.refresh or (place and not present):
-        remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
-        if "error" in remote:
-            verb = "check" if present else "fetch"
-            yield system.refusal(
-                f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
-            )
-            run.refused = True
-            return
+    remote, problem = _remote(name, source, options, have if present else None, place)
+    if problem:
+        yield system.refusal(problem)
+        run.refused = True
+        return
     if present and (remote is None or have["content"] == remote["content"]):
         run.current.append(name)
         return
@@ -667,6 +668,55 @@ def _sync_model(
         new = set(remote["content"]) if remote else set()
         run.replaced[name] = [digest for digest in have["content"] if digest not in new]
     yield from _transfer(name, source, installed.get(source.canonical), remote, place, options)
+
+
+def _remote(
+    name: str,
+    source: ModelName,
+    options: _Options,
+    have: dict[str, Any] | None,
+    place: bool,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The registry manifest to compare ``name`` with or fetch it by (None: not needed), or
+    why the host fails. ``have``: the store's complete copy, or None."""
+    if options.locked is not None:
+        return _locked_remote(name, source, options.locked, have, place)
+    if not (options.refresh or (place and have is None)):
+        return None, None
+    remote = host.get_fact(OllamaRegistryManifest, url=source.manifest_url)
+    if "error" in remote:
+        verb = "check" if have is not None else "fetch"
+        return None, f"cannot {verb} {name} against {source.manifest_url}: {remote['error']}"
+    return remote, None
+
+
+def _locked_remote(
+    name: str, source: ModelName, locked: dict[str, str], have: dict[str, Any] | None, place: bool
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The registry manifest to hold ``name`` at its locked digest (None: the store already
+    holds it), or why the host fails: the model is not in the lock, or its source offers
+    another manifest. Placed models are fetched by digest; pulled ones by their tag, which
+    must still name the locked digest."""
+    digest = locked.get(name)
+    if digest is None:
+        return None, (
+            f"model {name} is planned but not in the lock: run `provision lock INVENTORY` "
+            "and review the lock"
+        )
+    if have is not None and have.get("digest") == digest:
+        return None, None
+    url = source.manifest_url
+    if place:
+        url = f"{source.registry_url}/v2/{source.repository}/manifests/{digest}"
+    remote = host.get_fact(OllamaRegistryManifest, url=url)
+    if "error" in remote:
+        return None, f"model {name}: cannot fetch its locked manifest {url}: {remote['error']}"
+    if remote["digest"] != digest:
+        return None, (
+            f"model {name}: {url} offers {remote['digest']}, the lock holds {digest}; "
+            "`provision lock INVENTORY --upgrade model` moves the lock (review it)"
+        )
+    return {**remote, "url": url}, None
 
 
 def _transfer(
@@ -709,7 +759,7 @@ def _fetch_command(
         options.user,
         base,
         remote["digest"],
-        source.manifest_url,  # fetched by the helper: a manifest is never an argument
+        remote.get("url") or source.manifest_url,  # fetched by the helper, never an argument
         source.manifest_path,
         *blobs,
     ]

@@ -82,7 +82,13 @@ def venv(path: str, user: str, python: str = "python3"):
 
 @operation()
 def torch(
-    venv: str, version: str, tag: str, index_url: str, user: str, trusted_host: str | None = None
+    venv: str,
+    version: str,
+    tag: str,
+    index_url: str,
+    user: str,
+    trusted_host: str | None = None,
+    wheel: str | None = None,
 ):
     """
     Install ``torch==<version>+<tag>`` into a virtual environment from one wheel index
@@ -95,6 +101,8 @@ def torch(
     + index_url: the index, e.g. ``https://download.pytorch.org/whl/cu130``
     + user: the venv's owner
     + trusted_host: host of a plain-HTTP index on a trusted network (pip's ``--trusted-host``)
+    + wheel: the fleet lock's wheel, ``torch @ URL#sha256=…`` (pip checks the sum); its
+      dependencies still come from the index. None: ``torch==<version>+<tag>`` from the index
 
     **Example:**
 
@@ -127,5 +135,5 @@ def torch(
         "--index-url",
         QuoteString(index_url),
         *(["--trusted-host", QuoteString(trusted_host)] if trusted_host else []),
-        QuoteString(f"torch=={wanted}"),
+        QuoteString(wheel or f"torch=={wanted}"),
     )
