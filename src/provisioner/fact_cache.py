@@ -13,11 +13,13 @@ each read twice. Two tools here:
   by our operations or by pyinfra's own (``files.put``, ``systemd.service``, ...), is answered
   from the values read.
 
-Nothing stale: values are kept per *generation*, the phase of the run (planning or executing)
-and the number of completed operations that changed the host. When the run starts executing,
-and again after any operation changed the host, the values are dropped; the next read of a
-registered key reads every registered key again, in one command (a change made between
-planning and executing, or by an earlier operation, is seen). Use it only for reads at the top
+Nothing stale: values are kept per *generation*: the phase of the run (planning or
+executing), the number of completed operations that changed the host, and the number of
+commands and uploads run on it outside fact reads (an operation that runs ``mkdir`` and then
+reads the folder inside the same operation sees it). When the run starts executing, and again
+after anything ran on the host, the values are dropped; the next read of a registered key
+reads every registered key again, in one command (a change made between planning and
+executing, or by an earlier command, is seen). Use it only for reads at the top
 of an operation (before it yields), never to poll inside one: ``fresh`` reads the host now
 (the module after a reboot), and ``BootId``, which the reboot wait polls, is never registered.
 
@@ -29,7 +31,8 @@ host exactly as before.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -47,6 +50,25 @@ _REGISTERED: WeakKeyDictionary[Host, dict[Any, Key]] = WeakKeyDictionary()
 _TRIED = object()  # the values' entry: keys a probe already tried in this generation
 PROBE_MARK = "##provisioner-probe"
 _pyinfra_get_fact = pyinfra_host.get_fact
+# per host: fact reads in progress, and commands or uploads run outside them (see _install)
+_READING: WeakKeyDictionary[Host, int] = WeakKeyDictionary()
+_EXECUTED: WeakKeyDictionary[Host, int] = WeakKeyDictionary()
+
+
+@contextmanager
+def _reading(host: Host) -> Iterator[None]:
+    """A fact read: the commands it runs do not count as changes to the host."""
+    _READING[host] = _READING.get(host, 0) + 1
+    try:
+        yield
+    finally:
+        _READING[host] -= 1
+
+
+def _remote(state: State, host: Host, cls: Any, args: Any = None, kwargs: Any = None, **more: Any):
+    """pyinfra's own fact read (one remote command)."""
+    with _reading(host):
+        return _pyinfra_get_fact(state, host, cls, args=args, kwargs=kwargs, **more)
 
 
 def changes_so_far(state: State, host: Host) -> int:
@@ -74,7 +96,7 @@ def cache_key(cls: type[FactBase], kwargs: dict[str, Any] | None) -> Any:
 def _values(state: State, host: Host) -> dict[Any, Any]:
     """This host's cached values, emptied when the run started executing or an operation
     changed the host since they were read."""
-    generation = (bool(state.is_executing), changes_so_far(state, host))
+    generation = (bool(state.is_executing), changes_so_far(state, host), _EXECUTED.get(host, 0))
     cached_generation, values = _CACHE.get(host, (None, {}))
     if cached_generation != generation:
         values = {_TRIED: set()}
@@ -97,7 +119,7 @@ def _read(state: State, host: Host, cls: type[FactBase], kwargs: dict[str, Any])
     if key in registered and key not in values[_TRIED]:
         _fetch(state, host, values, registered)
     if key not in values:
-        values[key] = _pyinfra_get_fact(state, host, cls, kwargs=kwargs)
+        values[key] = _remote(state, host, cls, kwargs=kwargs)
     return values[key]
 
 
@@ -115,7 +137,7 @@ def fresh(cls: type[FactBase], **kwargs: Any) -> Any:
     for a state that a command of the running operation may have changed (the module after
     a reboot); the value read replaces the cached one."""
     host, state = ctx_host.get(), ctx_state.get()
-    value = _pyinfra_get_fact(state, host, cls, kwargs=kwargs)
+    value = _remote(state, host, cls, kwargs=kwargs)
     if _following(state):
         _values(state, host)[cache_key(cls, kwargs)] = value
     return value
@@ -128,16 +150,34 @@ def _cached_get_fact(
     for the keys the probes registered (see the module docstring)."""
     registered = _REGISTERED.get(host)
     if registered is None or args or more or not _following(state):
-        return _pyinfra_get_fact(state, host, cls, args=args, kwargs=kwargs, **more)
+        return _remote(state, host, cls, args=args, kwargs=kwargs, **more)
     if cache_key(cls, kwargs) not in registered:
-        return _pyinfra_get_fact(state, host, cls, args=args, kwargs=kwargs)
+        return _remote(state, host, cls, args=args, kwargs=kwargs)
     return _read(state, host, cls, kwargs or {})
 
 
+def _counted(method: Any) -> Any:
+    """``Host.run_shell_command``/``put_file`` that count what runs outside a fact read: an
+    operation's command may change what the next read inside the same operation sees."""
+
+    def run(self: Host, *args: Any, **kwargs: Any) -> Any:
+        if not _READING.get(self):
+            _EXECUTED[self] = _EXECUTED.get(self, 0) + 1
+        return method(self, *args, **kwargs)
+
+    run.counted = True  # type: ignore[attr-defined]
+    return run
+
+
 def _install() -> None:
-    """Route ``Host.get_fact`` through the probes' values (once per process)."""
+    """Route ``Host.get_fact`` through the probes' values, and count the commands and uploads
+    operations run (once per process)."""
     if pyinfra_host.get_fact is not _cached_get_fact:
         pyinfra_host.get_fact = _cached_get_fact
+    for name in ("run_shell_command", "put_file"):
+        method = getattr(Host, name)
+        if not getattr(method, "counted", False):
+            setattr(Host, name, _counted(method))
 
 
 def _part_command(fact: FactBase, kwargs: dict[str, Any]) -> Any:
@@ -228,12 +268,13 @@ def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key
     nonce = secrets.token_hex(6)
     _, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, type(todo[0][1]), None, {})
     executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
-    ok, output = host.run_shell_command(
-        probe_command([item[2] for item in todo], nonce),
-        print_output=state.print_fact_output,
-        print_input=state.print_fact_input,
-        **executor,
-    )
+    with _reading(host):
+        ok, output = host.run_shell_command(
+            probe_command([item[2] for item in todo], nonce),
+            print_output=state.print_fact_output,
+            print_input=state.print_fact_input,
+            **executor,
+        )
     parts = split_output(output.stdout_lines, nonce) if ok else {}
     kept = 0
     for index, (key, fact, _) in enumerate(todo):

@@ -130,3 +130,15 @@ def test_a_part_that_fails_is_read_alone_as_pyinfra_would(doubles):
     assert not failed(state) and host.changes == []
     alone = [c for c in commands_of(state) if c == "uname -r"]
     assert answered and alone == ["uname -r"]
+
+
+def test_a_read_after_a_command_of_the_same_operation_sees_the_host_anew(doubles):
+    """Ubuntu's nvidia-persistenced drop-in: the operation makes the folder, then pyinfra's
+    files.put reads it inside the same operation: it must see the folder, not the probe's
+    "missing" (a second mkdir would follow)."""
+    host = GpuHostDouble(distro="ubuntu2204", gpus=("2684",))
+    state = apply(doubles, {"a": host}, {"a": TOOLKIT})
+    assert not failed(state)
+    folder = "/etc/systemd/system/nvidia-persistenced.service.d"
+    assert host.changes.count(f"mkdir -p {folder}") == 1
+    assert host.changes.count(f"upload {folder}/provisioner.conf") == 1
