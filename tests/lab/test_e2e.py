@@ -144,10 +144,11 @@ MAX_CONVERGED_COMMANDS = 12
 def test_a_converged_re_run_changes_nothing_in_few_remote_commands(lab, applied):
     from bench import lab_bench
 
-    for name in lab.names:
+    names = lab.host_names
+    for name in names:
         lab.ssh(name, lab_bench.SSHD_SETUP)
-    sessions = lab_bench.SessionLog({n: lab.fleet.root(lab.host(n)) for n in lab.names})
-    sessions.start(lab.names)
+    sessions = lab_bench.SessionLog({n: lab.fleet.root(lab.host(n)) for n in names})
+    sessions.start(names)
     code, result, err = provision("apply", str(lab.inventory))
     seen = sessions.stop(settle=1.0)
     assert code == 0, err
