@@ -144,7 +144,7 @@ MAX_CONVERGED_COMMANDS = 12
 def test_a_converged_re_run_changes_nothing_in_few_remote_commands(lab, applied):
     from bench import lab_bench
 
-    names = lab.host_names
+    names = lab.hosts
     for name in names:
         lab.ssh(name, lab_bench.SSHD_SETUP)
     sessions = lab_bench.SessionLog({n: lab.fleet.root(lab.host(n)) for n in names})
