@@ -1,7 +1,10 @@
 """GpuHostDouble: a TEST DOUBLE of a GPU server, as the GPU stack's deploys see it through pyinfra.
 
 The deploy tests run the real deploys (API mode, ``@fake`` hosts) against this double: it answers
-every fact command the stack uses from its state, applies the changing commands to that state
+every fact command the stack uses from its state (also inside a state probe: our own format,
+``fact_cache.probe_command``, whose shell behaviour tests/unit/test_state_probe.py checks against
+the real /bin/sh; the double answers each part as that fact alone), applies the changing
+commands to that state
 (package installs with apt/dnf rules, holds, files, services, a reboot that loads the installed
 module) and refuses, loudly, any command it does not know. It is strict where the real thing is:
 a driver installed before its branch pinning, a held package replaced without
