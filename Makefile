@@ -19,11 +19,14 @@ venv: $(PY)
 
 # The whole test suite: unit tests, then the lab (real SSH hosts; needs root on Linux), then the
 # real driver packages (Debian's DKMS build, cuda-keyring reuse) in a two-host lab of their own:
-# they change their hosts in ways the end-to-end flow does not expect (tests/lab/test_real_driver.py).
+# they change their hosts in ways the end-to-end flow does not expect (tests/lab/test_real_driver.py),
+# then the bundle round trip in another (it wipes the mirrors: tests/lab/test_bundle_lab.py).
 test: deps venv lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 	LAB_REAL_DRIVER=1 LAB_HOSTS=gpu3,cpu1 $(PY) -m pytest -q -ra $(PYTEST_ARGS) -m lab \
 		tests/lab/test_real_driver.py
+	LAB_BUNDLE=1 LAB_HOSTS=gpu3,cpu1 $(PY) -m pytest -q -ra $(PYTEST_ARGS) -m lab \
+		tests/lab/test_bundle_lab.py
 
 # Fast unit tests only (no root, no lab).
 test-unit: venv

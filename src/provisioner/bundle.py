@@ -16,12 +16,15 @@ kind and source), the lock, and the files themselves under ``sha256/<hex>`` (one
 each content). An import checks every file against the manifest, then lays them out as a site
 mirror (``cuda/<distro>/x86_64/`` with a ``Packages`` index, ``ollama/v<version>/`` with a
 ``sha256sum.txt``, ``whl/<tag>/`` with a PEP 503 page) and pushes the models to the site's
-registry. The apt index is unsigned: sign its ``Release`` with the site's key (docs/lock.md).
+registry. Each apt folder gets a ``Release`` (the SHA256 of its indexes); with ``sign_key`` the
+import signs it with that GnuPG key of the site (``InRelease``, ``Release.gpg``) and publishes the
+public key next to it as ``<last 8 hex of the fingerprint>.pub``, NVIDIA's layout (docs/lock.md).
 Secrets never enter a bundle (the lock holds none; sources are fetched with the URLs it holds).
 """
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import hashlib
 import html
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import urllib.parse
@@ -41,7 +45,17 @@ from typing import Any
 from provisioner import lock as lockfile
 from provisioner import lock_sources as src
 
-__all__ = ["BundleError", "Export", "Import", "apt_stanzas", "export", "import_bundle"]
+__all__ = [
+    "BundleError",
+    "Export",
+    "Import",
+    "SigningKeyError",
+    "apt_release",
+    "apt_stanzas",
+    "companions",
+    "export",
+    "import_bundle",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,6 +65,10 @@ _CHUNK = 1 << 20
 
 class BundleError(RuntimeError):
     """An artefact that could not be fetched, or does not match its sum; names what and where."""
+
+
+class SigningKeyError(BundleError):
+    """The site's signing key cannot be used (bad input: nothing was written)."""
 
 
 @dataclass
@@ -97,9 +115,11 @@ class Import:
     site: str
     files: list[str]
     models: list[str]
+    signed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"site": self.site, "files": self.files, "models": self.models}
+        out = {"site": self.site, "files": self.files, "models": self.models}
+        return {**out, "signed_by": self.signed_by}
 
 
 # --- fetching, checked ------------------------------------------------------------------------
@@ -221,6 +241,32 @@ def package_closure(
     return [chosen[k] for k in sorted(chosen)]
 
 
+def companions(
+    items: Iterable[lockfile.Item], stanzas: Iterable[Mapping[str, str]]
+) -> list[tuple[str, str]]:
+    """The packages the driver deploy installs beside a locked driver that no ``Depends`` names:
+    the branch's pinning package (``pinning_package`` of ``data/distros.toml``, apt), at the
+    driver's version when the index has it (NVIDIA's repository versions it so), else the
+    newest (the deploy installs it unversioned); none when the index does not offer it."""
+    from provisioner.gpu_data import distro
+
+    offered: dict[str, set[str]] = {}
+    for stanza in stanzas:
+        offered.setdefault(stanza.get("Package", ""), set()).add(stanza.get("Version", ""))
+    found = []
+    for item in items:
+        if item.kind != "driver":
+            continue
+        try:
+            pin = distro(str(item.fields.get("distro"))).pinning(str(item.fields.get("branch")))
+        except KeyError:
+            continue
+        if pin and pin in offered:
+            version = str(item.fields["version"])
+            found.append((pin, version if version in offered[pin] else ""))
+    return found
+
+
 def _export_packages(items: list[lockfile.Item], staging: Staging, fetch: Callable) -> None:
     by_source: dict[str, list[lockfile.Item]] = {}
     for item in items:
@@ -230,6 +276,7 @@ def _export_packages(items: list[lockfile.Item], staging: Staging, fetch: Callab
             raise BundleError(f"{source}: only apt repositories can be bundled yet (not dnf)")
         stanzas = apt_stanzas(fetch(source).decode("utf-8", "replace"))
         wanted = [(str(i.fields["name"]), str(i.fields["version"])) for i in group]
+        wanted += companions(group, stanzas)
         base = source.rsplit("/", 1)[0] + "/"
         distro = str(group[0].fields.get("distro", "repo"))
         for stanza in package_closure(stanzas, wanted):
@@ -343,6 +390,63 @@ def _read_bundle(bundle: Path, into: Path) -> list[Entry]:
     return entries
 
 
+def apt_release(folder: Path, date: str | None = None) -> str:
+    """The ``Release`` of a flat apt repository folder: the SHA256 and size of its ``Packages``
+    and ``Packages.gz`` (the fields ``apt-ftparchive release`` writes that apt checks)."""
+    lines = [
+        "Origin: provisioner bundle",
+        "Label: provisioner bundle (site mirror)",
+        "Architectures: amd64 all",
+        f"Date: {date or email.utils.formatdate(usegmt=True)}",
+        "SHA256:",
+    ]
+    for name in ("Packages", "Packages.gz"):
+        data = (folder / name).read_bytes()
+        lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data):>16} {name}")
+    return "\n".join(lines) + "\n"
+
+
+def _gpg(*args: str | Path, what: str) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(
+            ["gpg", "--batch", "--yes", *map(str, args)], capture_output=True, text=True
+        )
+    except OSError as exc:
+        raise BundleError(f"{what}: gpg: {exc}") from None
+    if proc.returncode != 0:
+        raise BundleError(f"{what}: gpg: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def signing_fingerprint(key: str) -> str:
+    """The fingerprint of the secret key ``key`` (an id, fingerprint or user id) in the
+    caller's GnuPG home (``$GNUPGHOME``); :class:`SigningKeyError` when there is none or many."""
+    try:
+        listing = _gpg("--with-colons", "--list-secret-keys", "--", key, what=f"--sign-key {key}")
+    except BundleError as exc:
+        raise SigningKeyError(str(exc)) from None
+    lines = listing.stdout.splitlines()
+    fingerprints = [
+        line.split(":")[9]
+        for previous, line in zip(["", *lines], lines, strict=False)
+        if line.startswith("fpr:") and previous.startswith("sec:")
+    ]
+    if len(fingerprints) != 1:
+        raise SigningKeyError(f"--sign-key {key}: {len(fingerprints)} secret keys match, not one")
+    return fingerprints[0]
+
+
+def _sign(folder: Path, fingerprint: str) -> None:
+    """``InRelease`` and ``Release.gpg`` of ``folder``'s Release, and the public key beside it."""
+    what = f"signing {folder}/Release"
+    user = ("--local-user", fingerprint)
+    _gpg(*user, "--clearsign", "-o", folder / "InRelease", folder / "Release", what=what)
+    _gpg(*user, "--armor", "--detach-sign", "-o", folder / "Release.gpg", folder / "Release",
+         what=what)  # fmt: skip
+    public = _gpg("--armor", "--export", fingerprint, what=what).stdout
+    (folder / f"{fingerprint[-8:].lower()}.pub").write_text(public)
+
+
 def _lay_out(entries: list[Entry], store: Path, site: Path) -> list[str]:
     placed = []
     for entry in entries:
@@ -372,6 +476,7 @@ def _indexes(entries: list[Entry], site: Path) -> None:
             )
             (where / "Packages").write_text(text)
             (where / "Packages.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+            (where / "Release").write_text(apt_release(where))
         elif kind == "ollama":
             (where / "sha256sum.txt").write_text("".join(f"{e.sha256}  ./{n}\n" for e, n in names))
         elif kind == "torch":
@@ -405,9 +510,14 @@ def _push_models(entries: list[Entry], store: Path, registry_url: str) -> list[s
     return pushed
 
 
-def import_bundle(bundle: Path, site: Path, registry_url: str | None) -> Import:
+def import_bundle(
+    bundle: Path, site: Path, registry_url: str | None, sign_key: str | None = None
+) -> Import:
     """Check ``bundle`` and load it into the site mirror folder ``site`` (served over HTTP by
-    the site) and, for the models, the registry ``registry_url``."""
+    the site) and, for the models, the registry ``registry_url``; with ``sign_key`` (a GnuPG
+    secret key of the site, ``$GNUPGHOME``) each apt folder's ``Release`` is signed."""
+    fingerprint = signing_fingerprint(sign_key) if sign_key else None
+    site.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=site.parent) as folder:
         store = Path(folder)
         entries = _read_bundle(bundle, store)
@@ -415,5 +525,10 @@ def import_bundle(bundle: Path, site: Path, registry_url: str | None) -> Import:
             raise BundleError(f"{bundle} holds models: give the site registry (--registry URL)")
         site.mkdir(parents=True, exist_ok=True)
         placed = _lay_out(entries, store / "sha256", site)
+        if fingerprint:
+            for folder_name in sorted(
+                {e.path.rsplit("/", 1)[0] for e in entries if e.kind == "deb"}
+            ):
+                _sign(site / folder_name, fingerprint)
         models = _push_models(entries, store / "sha256", registry_url) if registry_url else []
-    return Import(str(site), placed, models)
+    return Import(str(site), placed, models, fingerprint)

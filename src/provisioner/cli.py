@@ -368,8 +368,16 @@ def bundle_export(inventory: str, output: str, as_json: bool) -> None:
 @click.argument("file")
 @click.option("--to", "site", required=True, metavar="SITE", help="The site mirror's folder.")
 @click.option("--registry", metavar="URL", help="The site's OCI registry, for the models.")
+@click.option(
+    "--sign-key",
+    metavar="KEY",
+    help="Sign each apt Release with this GnuPG secret key of the site ($GNUPGHOME); its "
+    "public key is written beside it as <last 8 hex of the fingerprint>.pub.",
+)
 @json_option
-def bundle_import(file: str, site: str, registry: str | None, as_json: bool) -> None:
+def bundle_import(
+    file: str, site: str, registry: str | None, sign_key: str | None, as_json: bool
+) -> None:
     """Check FILE and load it into the site mirror SITE and the site registry."""
     from pathlib import Path
 
@@ -378,14 +386,19 @@ def bundle_import(file: str, site: str, registry: str | None, as_json: bool) -> 
     if not Path(file).is_file():
         _fail_input(f"{file}: no such bundle")
     try:
-        result = bundle_lib.import_bundle(Path(file), Path(site), registry)
+        result = bundle_lib.import_bundle(Path(file), Path(site), registry, sign_key)
+    except bundle_lib.SigningKeyError as exc:
+        _fail_input(str(exc))
     except bundle_lib.BundleError as exc:
         click.echo(f"provision: bundle: {exc}", err=True)
         sys.exit(EXIT_HOST_FAILED)
     if as_json:
         _print_json(result.to_json())
     else:
-        click.echo(f"{site}: {len(result.files)} files; registry: {len(result.models)} models")
+        signed = f"; apt Release signed by {result.signed_by}" if result.signed_by else ""
+        click.echo(
+            f"{site}: {len(result.files)} files; registry: {len(result.models)} models{signed}"
+        )
     sys.exit(EXIT_OK)
 
 

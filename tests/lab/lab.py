@@ -97,6 +97,7 @@ class Lab:
         self.fleet = Fleet(specs, self.cache, self.run, self.config)
         self.mirrors = Mirrors(self.config, self.cache, self.run)
         self.info: dict = {}
+        self.attached = False  # True: brought up by someone else (the `lab` fixture sets it)
 
     # ---- a running lab -------------------------------------------------------------------------
     @property

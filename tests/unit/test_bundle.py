@@ -169,3 +169,96 @@ def test_package_closure_takes_exact_versions_and_first_present_alternative():
     assert got == [("a", "2"), ("b", "1"), ("b", "2"), ("d", "5"), ("e", "3")]
     with pytest.raises(bundle.BundleError, match="no a 9"):
         bundle.package_closure(stanzas, [("a", "9")])
+
+
+@pytest.fixture
+def site_key(tmp_path, monkeypatch):
+    """A throwaway ed25519 signing key of the "site" in its own GnuPG home ($GNUPGHOME); yields
+    its fingerprint and stops the home's gpg-agent afterwards."""
+    import subprocess
+
+    home = tmp_path / "gnupg"
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    yield _site_key(home)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+
+
+def _site_key(home: Path) -> str:
+    import subprocess
+
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--quiet", "--homedir", str(home)]
+    subprocess.run([*gpg, "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
+                    "site key (TEST ONLY) <site@provisioner.invalid>", "ed25519", "sign", "never"],
+                   check=True)  # fmt: skip
+    listing = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
+def test_import_writes_a_release_and_signs_it_with_the_sites_key(
+    tmp_path, registry, site_registry, site_key
+):
+    import subprocess
+
+    lock, _ = _source_site(tmp_path / "src", registry)
+    out = tmp_path / "fleet.bundle"
+    bundle.export(lock, out)
+    fingerprint = site_key
+    result = bundle.import_bundle(out, tmp_path / "site", site_registry.url, fingerprint[-16:])
+    assert result.signed_by == fingerprint
+    repo = tmp_path / "site/cuda/debian12/x86_64"
+    release = (repo / "Release").read_text()
+    for name in ("Packages", "Packages.gz"):
+        data = (repo / name).read_bytes()
+        assert f" {_sha(data)} {len(data):>16} {name}\n" in release
+    public = repo / f"{fingerprint[-8:].lower()}.pub"
+    keyring = tmp_path / "site.gpg"
+    subprocess.run(["gpg", "--batch", "--homedir", str(tmp_path / "gnupg"), "--dearmor",
+                    "-o", str(keyring), str(public)], check=True)  # fmt: skip
+    for args in (["InRelease"], ["Release.gpg", "Release"]):  # what apt checks, with gpgv
+        files = [str(repo / a) for a in args]
+        checked = subprocess.run(["gpgv", "--keyring", str(keyring), *files],
+                                 capture_output=True, text=True)  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+    assert "site key (TEST ONLY)" in checked.stderr
+    # a Release altered after signing fails gpgv
+    (repo / "Release").write_text(release.replace("amd64 all", "amd64"))
+    altered = subprocess.run(["gpgv", "--keyring", str(keyring), str(repo / "Release.gpg"),
+                              str(repo / "Release")], capture_output=True)  # fmt: skip
+    assert altered.returncode != 0
+
+
+def test_an_unknown_signing_key_is_refused_before_anything_is_written(tmp_path, registry, site_key):
+    lock, _ = _source_site(tmp_path / "src", registry)
+    out = tmp_path / "fleet.bundle"
+    bundle.export(lock, out)
+    with pytest.raises(bundle.SigningKeyError, match="--sign-key nobody@nowhere"):
+        bundle.import_bundle(out, tmp_path / "site", None, "nobody@nowhere")
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_branch_pinning_package_goes_with_a_locked_driver():
+    """The driver deploy installs ``nvidia-driver-pinning-<branch>`` (data/distros.toml) before
+    the driver, unversioned, and nothing depends on it: the bundle takes it at the driver's
+    version where the index has that, else the newest; an index without it gives nothing."""
+    fields = {"version": "580.126.09-1", "distro": "debian12", "branch": "580", "source": "x"}
+    driver = lockfile.Item("driver", {"name": "nvidia-open", **fields})
+    toolkit = lockfile.Item("toolkit", {"name": "cuda-toolkit-13-0", **fields})
+
+    def pins(*versions: str) -> list[dict[str, str]]:
+        return [{"Package": "nvidia-driver-pinning-580", "Version": v} for v in versions]
+
+    other = [{"Package": "nvidia-driver-pinning-575", "Version": "575.64.05-1"}]
+    # the driver's own version, though a newer one is offered
+    index = pins("580.126.09-1", "580.130.01-1") + other
+    wanted = bundle.companions([driver, toolkit], index)
+    assert wanted == [("nvidia-driver-pinning-580", "580.126.09-1")]
+    assert [s["Version"] for s in bundle.package_closure(index, wanted)] == ["580.126.09-1"]
+    # not at the driver's version: the newest, as the deploy's unversioned install takes
+    index = pins("580.105.08-1", "580.130.01-1")
+    wanted = bundle.companions([driver], index)
+    assert wanted == [("nvidia-driver-pinning-580", "")]
+    assert [s["Version"] for s in bundle.package_closure(index, wanted)] == ["580.130.01-1"]
+    assert bundle.companions([driver], other) == []
+    assert bundle.companions([toolkit], index) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -266,3 +267,23 @@ def test_bundle_export_without_a_lock_and_import_of_no_file_exit_2(tmp_path, rec
     result = run(["bundle", "import", str(tmp_path / "none.tar"), "--to", str(tmp_path)], tmp_path)
     assert result.returncode == 2 and "no such bundle" in result.stderr
     assert recorder.accepted == 0
+
+
+def test_bundle_import_with_an_unknown_signing_key_exits_2_and_writes_nothing(tmp_path):
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    bundle_file = tmp_path / "b.tar"
+    bundle_file.write_bytes(b"not read: the key is checked first")
+    args = ["bundle", "import", str(bundle_file), "--to", str(tmp_path / "site")]
+    result = subprocess.run(
+        [*PROVISION, *args, "--sign-key", "nobody@site.invalid"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GNUPGHOME": str(home)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--sign-key nobody@site.invalid" in result.stderr
+    assert not (tmp_path / "site").exists()
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
