@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Family:
     repo_preference: str = ""
     module_reset: tuple[str, ...] = ()
     module_enable: tuple[str, ...] = ()
+    auto_upgrades_dropin: str = ""  # apt.conf.d file that keeps unattended-upgrades off
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Distro:
     pythons: tuple[Mapping[str, Any], ...] = ()
     offered: tuple[str, ...] = ()  # the distribution's own driver: the branches it ships
     headers_vault: str = ""  # where an older minor release's kernel headers stay
+    kernel_hold: tuple[str, ...] = ()  # nvidia_hold_kernel: {kernel}, {flavour} filled in
 
     @property
     def distribution_driver(self) -> bool:
@@ -101,6 +104,15 @@ class Distro:
         kernel_flavour = kernel.split("-")[-1] if kernel else ""
         text = self.driver_meta[flavour].format(branch=branch, flavour=kernel_flavour)
         return text.split()
+
+    def kernel_packages(self, kernel: str) -> list[str]:
+        """The packages ``nvidia_hold_kernel`` holds for the running ``kernel``: its image and
+        headers, and the metapackages of its flavour (``6.1.0-28-cloud-amd64``: cloud-amd64)
+        that would pull a newer kernel in."""
+        match = re.match(r"^\d+(?:\.\d+)*-\d+(?:\.\d+)*-(.+)$", kernel)
+        flavour = match.group(1) if match else kernel.rsplit("-", 1)[-1]
+        names = (name.format(kernel=kernel, flavour=flavour) for name in self.kernel_hold)
+        return list(dict.fromkeys(names))
 
     def matches(self, os_id: str | None, version_id: str | None, codename: str | None) -> bool:
         for rule in self.match:
@@ -165,6 +177,7 @@ def families() -> dict[str, Family]:
             repo_preference=spec.get("repo_preference", ""),
             module_reset=_tuple(spec.get("module_reset")),
             module_enable=_tuple(spec.get("module_enable")),
+            auto_upgrades_dropin=spec.get("auto_upgrades_dropin", ""),
         )
         for name, spec in table.items()
     }
@@ -253,6 +266,7 @@ def _distro(key: str, spec: dict[str, Any]) -> Distro:
         pythons=_tuple(spec.get("pythons")),
         offered=_tuple(spec.get("offered")),
         headers_vault=spec.get("headers_vault", ""),
+        kernel_hold=_tuple(spec.get("kernel_hold")),
     )
 
 

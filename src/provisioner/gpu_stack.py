@@ -163,6 +163,7 @@ class DriverPlan:
     extra_components: tuple[str, ...] = ()
     reboot: bool = True
     reboot_timeout: int = 900
+    hold_kernel: bool = False  # nvidia_hold_kernel
     headers: str = ""  # the kernel headers package DKMS builds against
     mok_key: str | None = None  # Secure Boot: DKMS signs the module with this MOK
     mok_cert: str | None = None
@@ -558,6 +559,7 @@ def plan_driver(data: Any, facts: Mapping[str, Any]) -> DriverPlan:
         extra_components=_extra_components(data, target),
         reboot=bool(_data(data, "nvidia_reboot")),
         reboot_timeout=int(_data(data, "nvidia_reboot_timeout")),
+        hold_kernel=bool(_data(data, "nvidia_hold_kernel")),
         headers=_headers(data, target, kernel),
         mok_key=mok_key,
         mok_cert=mok_cert,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 
 import pytest
 from pyinfra.api import Config, Inventory, State
@@ -15,6 +16,7 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
 from test_gpu_stack_double import GpuHostDouble, ServedKey, install_doubles, library_family
 
+from provisioner import run_events
 from provisioner.deploys.cuda_toolkit import cuda_toolkit
 from provisioner.deploys.gpu import gpu_stack
 from provisioner.deploys.nvidia_driver import nvidia_driver
@@ -29,6 +31,10 @@ APT_INSTALL = (
     "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
 REBOOT = "( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &"
+UNATTENDED_DROPIN = [
+    "upload /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+    "chmod 644 /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+]
 VENV = "/opt/provisioner/torch-venv"
 TORCH_SETUP = [
     "useradd -d /home/provisioner -s /usr/sbin/nologin -r -M provisioner",
@@ -104,6 +110,9 @@ FRESH_DEBIAN12 = [
     f"{APT_INSTALL} nvidia-open",
     "apt-mark hold libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-driver "
     "nvidia-kernel-open-dkms nvidia-open",
+    # unattended-upgrades leaves the driver packages alone (issue 16)
+    "upload /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+    "chmod 644 /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
     "upload /etc/modprobe.d/blacklist-nouveau.conf",
     "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
     "update-initramfs -u",
@@ -182,7 +191,7 @@ def fresh(
         if fabricmanager:
             # NVIDIA's driver container matches Fabric Manager's version by prefix
             out += ["apt-get update", f"{APT_INSTALL} '{fm}=580.126.09*'"]
-        out += [f"apt-mark hold {' '.join(held)}"]
+        out += [f"apt-mark hold {' '.join(held)}", *UNATTENDED_DROPIN]
         initramfs = "update-initramfs -u"
     else:
         kmod = {"open": "kmod-nvidia-open-dkms", "proprietary": "kmod-nvidia-latest-dkms"}[flavour]
@@ -442,6 +451,52 @@ def test_no_reboot_reports_pending_then_converges_after_a_manual_reboot(doubles,
         "rm -f /var/lib/provisioner/reboot-required",
         "systemctl start nvidia-persistenced.service",
     ]
+
+
+@pytest.mark.parametrize("distro", ["debian12", "rhel9"])
+def test_no_reboot_into_a_kernel_without_the_module_until_it_is_built(
+    doubles, monkeypatch, tmp_path, caplog, distro
+):
+    """A kernel update installed without its headers: DKMS built nothing for the kernel the
+    host boots next. The host is not rebooted but reported pending with the reason and the
+    next step; the other host reboots; once the module is built, the reboot goes ahead."""
+    caplog.set_level(logging.INFO)
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv(run_events.ENV, str(events))
+    stuck = GpuHostDouble(distro=distro, gpus=("2684",))
+    other = GpuHostDouble(distro=distro, gpus=("2684",))
+    apply(doubles, {"stuck": stuck, "other": other})
+    new = "6.1.0-29-amd64" if distro == "debian12" else "5.14.0-503.el9.x86_64"
+    headers = f"linux-headers-{new}" if distro == "debian12" else f"kernel-devel-{new}"
+    for host in (stuck, other):
+        host.module = "580.105.08"  # an out-of-band driver upgrade: the old module still runs
+    stuck.next_kernel = new
+    state = apply(doubles, {"stuck": stuck, "other": other})
+    assert not failed(state)
+    assert REBOOT not in stuck.changes and stuck.boots == 1
+    assert other.changes == [REBOOT] and other.boots == 2
+    marker = stuck.files["/var/lib/provisioner/reboot-required"]["content"]
+    why = (
+        f"not rebooting: kernel {new}, which the host boots next, has no NVIDIA module (a "
+        f"reboot would come up without the driver); next: install the kernel headers {headers}"
+        f", then build it: dkms autoinstall -k {new}, then run provision apply again"
+    )
+    assert why in marker
+    mismatch = "nvidia-smi reports a driver/library version mismatch (installed 580.126.09)"
+    assert mismatch in marker
+    pending = run_events.pending_reboots(run_events.read(events))
+    assert list(pending) == ["@fake/stuck"]
+    assert pending["@fake/stuck"].startswith(f"({why}): {mismatch}")
+    assert f"PENDING REBOOT ({why})" in caplog.text
+    # still not built: nothing changes, the marker stays
+    apply(doubles, {"stuck": stuck})
+    assert stuck.changes == [] and stuck.boots == 1
+    # the operator builds it (dkms autoinstall -k NEW): the reboot goes ahead, the marker goes
+    stuck.modules_built.add(new)
+    state = apply(doubles, {"stuck": stuck})
+    assert not failed(state)
+    assert stuck.changes == [REBOOT, "rm -f /var/lib/provisioner/reboot-required"]
+    assert stuck.boots == 2 and stuck.module == "580.126.09"
 
 
 def test_host_fails_with_the_reason_when_the_module_does_not_load(doubles, monkeypatch, caplog):
@@ -714,6 +769,80 @@ def test_local_connector_never_reboots(monkeypatch):
         commands = list(nvidia.reboot_if_needed._inner(distro="debian12"))
     assert [type(c).__name__ for c in commands] == ["FileUploadCommand", "StringCommand"]
     assert str(commands[1]) == "chmod 644 /var/lib/provisioner/reboot-required"
+
+
+# --- day 2: unattended-upgrades and the kernel hold (issue 16) -------------------------------
+
+
+def test_unattended_upgrades_blacklist_names_exactly_the_driver_packages(doubles):
+    """The drop-in's entries, matched as unattended-upgrades matches them (``re.match`` of
+    each entry against the package name, ``is_pkgname_in_blacklist``), cover every held driver
+    package and nothing else of the stack."""
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host})
+    text = host.files["/etc/apt/apt.conf.d/51provisioner-nvidia-driver"]["content"]
+    assert "Unattended-Upgrade::Package-Blacklist {" in text
+    patterns = re.findall(r'^\s+"(.+)";$', text, re.M)
+
+    def blacklisted(name: str) -> bool:
+        return any(re.match(p, name) for p in patterns)
+
+    held = {name for name, p in host.packages.items() if p["held"]}
+    assert held and all(blacklisted(name) for name in held)
+    for other in ("nvidia-driver-pinning-580", "cuda-toolkit-13-0", "linux-image-amd64"):
+        assert not blacklisted(other), other
+    assert not blacklisted("nvidia-driver-libs")  # "nvidia-driver$" ends at the name
+    # converged: nothing changes
+    apply(doubles, {"a": host})
+    assert host.changes == []
+
+
+def test_the_unattended_upgrades_dropin_is_removed_when_no_driver_is_managed(doubles):
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host})
+    assert "/etc/apt/apt.conf.d/51provisioner-nvidia-driver" in host.files
+    apply(doubles, {"a": host}, {"a": {"gpu": False}})
+    assert "rm -f /etc/apt/apt.conf.d/51provisioner-nvidia-driver" in host.changes
+    assert "/etc/apt/apt.conf.d/51provisioner-nvidia-driver" not in host.files
+
+
+def test_no_unattended_upgrades_dropin_on_el(doubles):
+    host = GpuHostDouble(distro="rhel9", gpus=("2684",))
+    apply(doubles, {"a": host})
+    assert not [path for path in host.files if "apt.conf.d" in path]
+
+
+@pytest.mark.parametrize("distro", ["debian12", "ubuntu2404", "rhel9"])
+def test_kernel_hold_holds_the_running_kernel_and_releases_only_its_own(doubles, distro):
+    host = GpuHostDouble(distro=distro, gpus=("2684",))
+    own = "linux-image-6.1.0-28-amd64" if host.family == "apt" else "kernel-modules-core"
+    host.kernel_packages[own]["held"] = True  # the operator's own hold
+    if host.family == "dnf":
+        host.locks[own] = host.kernel_packages[own]["version"]
+    data = {"a": {"nvidia_hold_kernel": True}}
+    apply(doubles, {"a": host}, data)
+    expected = {
+        "debian12": "apt-mark hold linux-headers-6.1.0-28-amd64 linux-image-amd64",
+        "ubuntu2404": "apt-mark hold linux-headers-6.1.0-28-amd64 linux-image-amd64 linux-amd64",
+        "rhel9": "dnf versionlock add kernel kernel-core kernel-modules kernel-devel",
+    }[distro]
+    assert expected in host.changes
+    assert all(p["held"] for p in host.kernel_packages.values())
+    record = host.files["/var/lib/provisioner/kernel-hold"]["content"].split()
+    assert own not in record and sorted(record) == sorted(
+        expected.split()[2 + (distro == "rhel9") :]
+    )
+    apply(doubles, {"a": host}, data)
+    assert host.changes == []  # idempotent
+    # set back to false: the provisioner's holds go, the operator's stays
+    apply(doubles, {"a": host})
+    unhold = "apt-mark unhold" if host.family == "apt" else "dnf versionlock delete"
+    release = f"{unhold} {' '.join(sorted(record))}"
+    assert host.changes == [release, "rm -f /var/lib/provisioner/kernel-hold"]
+    assert host.kernel_packages[own]["held"] is True
+    assert not any(p["held"] for n, p in host.kernel_packages.items() if n != own)
+    apply(doubles, {"a": host})
+    assert host.changes == []
 
 
 # --- a locked fleet (provision lock, docs/lock.md) ---------------------------------------------

@@ -32,9 +32,14 @@ import pytest
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from provisioner import fact_cache, gpu_stack, nvidia_smi
+from provisioner import fact_cache, gpu_stack, next_boot, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
-from provisioner.facts.nvidia import GpuStackPackages, NvidiaKernelModule, SecureBoot
+from provisioner.facts.nvidia import (
+    KERNEL_HOLD_RECORD,
+    GpuStackPackages,
+    NvidiaKernelModule,
+    SecureBoot,
+)
 from provisioner.facts.system import BootId, OsInfo
 
 NVIDIA_FINGERPRINT = "eb693b3035cd5710e231e123a4b469963bf863cc"
@@ -66,6 +71,18 @@ OS_RELEASE = {
     "rhel9": ['ID="rhel"', 'VERSION_ID="9.4"', 'ID_LIKE="fedora"'],
     "rocky9": ['ID="rocky"', 'VERSION_ID="9.4"', 'ID_LIKE="rhel centos fedora"'],
 }
+# what a stock install has of the kernel's packages (Debian: linux-image-<kernel> and
+# linux-image-amd64; Ubuntu: its flavour's linux-image-<flavour> and linux-<flavour>; EL:
+# kernel, kernel-core, kernel-modules, kernel-modules-core): typical names, not recorded from a
+# real host (unverified)
+KERNEL_PACKAGES = {
+    "debian": ["linux-image-{kernel}", "linux-image-amd64"],
+    # the double's apt kernel is 6.1.0-28-amd64 on Ubuntu too: its flavour is amd64
+    "ubuntu": ["linux-image-{kernel}", "linux-image-amd64", "linux-amd64"],
+    "rhel": ["kernel", "kernel-core", "kernel-modules", "kernel-modules-core"],
+    "rocky": ["kernel", "kernel-core", "kernel-modules", "kernel-modules-core"],
+}
+KERNEL_PACKAGE_VERSION = {"apt": "6.1.123-1", "dnf": "5.14.0-427.13.1.el9_4"}
 KERNELS = {
     "apt": "6.1.0-28-amd64",
     "dnf": "5.14.0-427.13.1.el9_4.x86_64",
@@ -110,6 +127,7 @@ GPU_CATALOGUE = {  # device id -> (nvidia-smi name, memory MiB, compute capabili
     "1db4": ("Tesla V100-PCIE-16GB", 16160, "7.0"),
 }
 DEFAULT_DIRS = {
+    "/etc/apt/apt.conf.d",
     "/etc/apt/sources.list.d",
     "/etc/apt/keyrings",
     "/etc/modprobe.d",
@@ -198,6 +216,14 @@ class GpuHostDouble:
     headers_offered: bool = True  # False: an older minor's kernel-devel left the repositories
     initramfs_tool: bool = True
     nouveau_loaded: bool = False
+    # the kernel the host boots next (newest /boot/vmlinuz-*), None: the running one; a kernel
+    # update installed without its headers leaves DKMS nothing to build for it
+    next_kernel: str | None = None
+    next_kernel_headers: bool = False
+    modules_built: set[str] = field(default_factory=set)  # kernels DKMS built a module for
+    # the kernel's own packages (image, metapackages): name -> {"version", "held"}; the
+    # headers are in ``packages`` (the driver deploy installs them)
+    kernel_packages: dict[str, dict[str, Any]] = field(default_factory=dict)
     served_keys: dict[str, ServedKey] = field(default_factory=dict)
     # state
     packages: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -222,6 +248,14 @@ class GpuHostDouble:
         self.target = gpu_stack.distro(self.distro)
         self.family = self.target.family.name
         self.kernel = KERNELS[self.family]
+        if not self.kernel_packages:
+            names = KERNEL_PACKAGES[self.distro.rstrip("0123456789")]
+            self.kernel_packages = {
+                n.format(kernel=self.kernel): {"version": KERNEL_PACKAGE_VERSION[self.family]}
+                for n in names
+            }
+            for package in self.kernel_packages.values():
+                package["held"] = False
         key_url_file = self.target.key_file
         default_key = ServedKey(SERVED_FINGERPRINTS[key_url_file], "0" * 64, EL_KEY_SHA256_STRIPPED)
         for arch in ("x86_64", "sbsa"):
@@ -801,6 +835,10 @@ class GpuHostDouble:
 
     def _stack_fact(self, command: str) -> list[str] | None:
         """Secure Boot, MOK, the repository's index, the apt sources naming a URI."""
+        if command == next_boot.FACT_SCRIPT:
+            return self.fact_next_boot()
+        if command.startswith("set -- ") and KERNEL_HOLD_RECORD in command:
+            return self.fact_kernel_packages(command)
         if command == SecureBoot().command():
             # mokutil --sb-state's two answers (mokutil src/mokutil.c)
             return [f"mokutil|SecureBoot {'enabled' if self.secure_boot else 'disabled'}"]
@@ -847,15 +885,19 @@ class GpuHostDouble:
         elif argv[: len(t.family.remove)] == list(t.family.remove):
             for name in argv[len(t.family.remove) :]:
                 self.packages.pop(name, None)
-        elif argv[:2] == ["apt-mark", "hold"]:
+        elif argv[:2] in (["apt-mark", "hold"], ["apt-mark", "unhold"]):
             for name in argv[2:]:
-                self.packages[name]["held"] = True
+                (self.kernel_packages.get(name) or self.packages[name])["held"] = argv[1] == "hold"
         elif argv[:3] == ["dnf", "versionlock", "add"]:
             for name in argv[3:]:
-                self.locks[name] = self.packages[name]["version"]
+                package = self.kernel_packages.get(name) or self.packages[name]
+                self.locks[name] = package["version"]
+                package["held"] = True
         elif argv[:3] == ["dnf", "versionlock", "delete"]:
             for name in argv[3:]:
                 self.locks.pop(name)
+                if name in self.kernel_packages:
+                    self.kernel_packages[name]["held"] = False
         elif argv[:4] == ["dnf", "module", "enable", "-y"]:
             module, _, stream = argv[4].partition(":")
             if self.stream and self.stream != stream:
@@ -999,6 +1041,44 @@ class GpuHostDouble:
             self.torch[venv] = version
             return
         raise DoubleError(f"unexpected runuser command {argv}")
+
+    def _headers_installed(self) -> bool:
+        headers = f"linux-headers-{self.kernel}" if self.family == "apt" else "kernel-devel"
+        return headers in self.packages
+
+    def fact_kernel_packages(self, command: str) -> list[str]:
+        """KernelPackages: the asked and the recorded names that are installed, held or not."""
+        words = shlex.split(command[len("set -- ") :].split("$(cat", 1)[0])
+        record = self.files.get(KERNEL_HOLD_RECORD, {}).get("content", "")
+        recorded = record.split()
+        names = set(words) | set(recorded)
+        out = [f"##manager {'dpkg' if self.family == 'apt' else 'rpm'}"] if names else []
+        arch = "amd64" if self.family == "apt" else "x86_64"
+        for name in sorted(names):
+            p = self.kernel_packages.get(name) or self.packages.get(name)
+            if p is None:
+                continue
+            status = "hi " if p["held"] and self.family == "apt" else "ii "
+            out.append(f"pkg|{status}|{name}|{p['version']}|{arch}")
+        if names and self.family == "dnf":
+            out += [f"lock|{n}-{v}.*" for n, v in sorted(self.locks.items())]
+        return out + [f"recorded|{name}" for name in recorded]
+
+    def fact_next_boot(self) -> list[str]:
+        """next_boot.FACT_SCRIPT's lines: the next kernel, its module (DKMS builds one for the
+        running kernel at install when its headers are there), Secure Boot."""
+        kernel = self.next_kernel or self.kernel
+        running = kernel == self.kernel
+        headers = self._headers_installed() if running else self.next_kernel_headers
+        out = [f"kernel|{kernel}", *(["headers|yes"] if headers else []), "modinfo|yes"]
+        version, _ = self.installed_driver()
+        built = (running and headers) or kernel in self.modules_built
+        if version and built:
+            where = "updates/dkms" if self.family == "apt" else "extra"
+            signature = "PKCS#7" if self._module_signed() else ""
+            out.append(f"module|/lib/modules/{kernel}/{where}/nvidia.ko.xz|{version}|{signature}")
+        state = "enabled" if self.secure_boot else "disabled"
+        return [*out, f"mokutil|SecureBoot {state}"]
 
     def _module_signed(self) -> bool:
         conf = self.files.get("/etc/dkms/framework.conf.d/provisioner-mok.conf")

@@ -106,6 +106,9 @@ def test_debians_driver_deploys_with_its_real_names_holds_and_no_nvidia_reposito
         "apt-get update",
         f"{APT_INSTALL} nvidia-driver nvidia-smi nvidia-persistenced nvidia-kernel-dkms",
         f"apt-mark hold {' '.join(held)}",
+        # unattended-upgrades leaves the driver packages alone (issue 16)
+        "upload /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
+        "chmod 644 /etc/apt/apt.conf.d/51provisioner-nvidia-driver",
         "upload /etc/modprobe.d/blacklist-nouveau.conf",
         "chmod 644 /etc/modprobe.d/blacklist-nouveau.conf",
         "update-initramfs -u",

@@ -154,3 +154,24 @@ def test_one_answer_to_a_gpu_on_the_pci_bus():
     no_smi = {"state": "no-driver", "error": None}
     assert gather.shape(no_smi, bus, {}, None)["gpu_state"] == "no-driver"
     assert gather.shape(no_smi, switch_only, {}, None)["gpu_state"] == "no-gpu"
+
+
+def test_next_boot_without_the_module_agrees(converged):
+    """A kernel update without its headers: apply does not reboot into it (pending, with the
+    reason) and verify fails the next-boot check with the same reason and next step."""
+    host = converged
+    ctx = DoubleContext(host, {})
+    assert verdict(checks.test_next_boot_has_the_module, ctx) is None
+    host.next_kernel = "6.1.0-29-amd64"
+    failure = verdict(checks.test_next_boot_has_the_module, DoubleContext(host, {}))
+    reason = "kernel 6.1.0-29-amd64, which the host boots next, has no NVIDIA module"
+    step = "install the kernel headers linux-headers-6.1.0-29-amd64"
+    assert failure is not None and reason in failure and step in failure
+    host.module = "580.95.05"  # and a reboot is due
+    registry = install_doubles(pytest.MonkeyPatch())
+    apply(registry, {"a": host}, {"a": {"nvidia_driver_version": "580.105.08-1"}})
+    assert host.boots == 1  # no reboot into it
+    marker = host.files["/var/lib/provisioner/reboot-required"]["content"]
+    assert reason in marker and step in marker
+    host.modules_built.add("6.1.0-29-amd64")  # dkms autoinstall -k 6.1.0-29-amd64
+    assert verdict(checks.test_next_boot_has_the_module, DoubleContext(host, {})) is None

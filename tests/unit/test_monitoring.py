@@ -109,6 +109,7 @@ def _collect(tmp_path: Path, config: dict, env: dict[str, str]) -> str:
     lib.mkdir(exist_ok=True)
     shutil.copy(COLLECTOR, lib / "provisioner_metrics.py")
     shutil.copy(PKG / "nvidia_smi.py", lib / "nvidia_smi.py")
+    shutil.copy(PKG / "next_boot.py", lib / "next_boot.py")
     path = tmp_path / "monitoring.json"
     path.write_text(json.dumps({"textfile_dir": str(tmp_path / "textfile"), **config}))
     proc = subprocess.run(

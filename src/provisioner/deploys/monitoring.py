@@ -363,12 +363,13 @@ def _install_collector(cfg: MonitoringSettings, exporter: Exporter) -> None:
         dest=COLLECTOR,
         mode="755",
     )
-    files.put(
-        name="Health collector: nvidia-smi parser",
-        src=str(resources.files("provisioner") / "nvidia_smi.py"),
-        dest=f"{LIB_DIR}/nvidia_smi.py",
-        mode="644",
-    )
+    for module, what in (("nvidia_smi", "nvidia-smi parser"), ("next_boot", "next boot's module")):
+        files.put(
+            name=f"Health collector: {what}",
+            src=str(resources.files("provisioner") / f"{module}.py"),
+            dest=f"{LIB_DIR}/{module}.py",
+            mode="644",
+        )
     files.directory(name="/etc/provisioner", path="/etc/provisioner", mode="755")
     config_file(
         name="Health collector configuration",

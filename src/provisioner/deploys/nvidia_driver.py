@@ -117,6 +117,16 @@ def install_driver(plan: gpu_stack.DriverPlan) -> None:
         skip=skip,
     )
     nvidia.hold(name="Hold the driver packages", distro=distro, skip=skip)
+    nvidia.auto_upgrades_exclude(
+        name="Keep unattended upgrades off the driver packages", distro=distro, skip=skip
+    )
+    nvidia.kernel_hold(
+        name="Hold the running kernel's packages (nvidia_hold_kernel)",
+        distro=distro,
+        kernel=plan.kernel,
+        hold=plan.hold_kernel,
+        skip=skip,
+    )
     nvidia.blacklist_nouveau(name="Blacklist nouveau", distro=distro, skip=skip)
     nvidia.reboot_if_needed(
         name="Reboot into the installed driver when needed",

@@ -26,6 +26,7 @@ from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
 from provisioner.facts.nvidia import (
     AptSourcesFor,
     GpuStackPackages,
+    KernelPackages,
     NvidiaKernelModule,
     RepoKey,
     SecureBoot,
@@ -92,6 +93,10 @@ def _driver_keys(driver: gpu_stack.DriverPlan) -> list[Key]:
     ]
     if target.persistenced_dropin:
         keys += _put(PERSISTENCED_DROPIN)
+    if target.family.auto_upgrades_dropin:  # nvidia.auto_upgrades_exclude
+        keys += _put(target.family.auto_upgrades_dropin)
+    names = target.kernel_packages(driver.kernel) if driver.hold_kernel else []
+    keys.append((KernelPackages, {"names": names}))  # nvidia.kernel_hold
     if target.family.name == "apt":
         keys.append((AptSources, {}))
     return keys

@@ -14,14 +14,18 @@ from typing import Any
 
 from pyinfra.api import FactBase
 
+from provisioner import next_boot
+
 __all__ = [
     "AptSourcesFor",
     "GpuStackPackages",
+    "KernelPackages",
     "NvidiaKernelModule",
     "RepoDriverBranches",
     "RepoKey",
     "STACK_PACKAGE_GLOBS",
     "MokEnrolled",
+    "NextBootModule",
     "PackageAvailable",
     "SecureBoot",
 ]
@@ -95,15 +99,7 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
         return {"manager": None, "packages": [], "locks": [], "stream": None}
 
     def command(self) -> str:
-        return (
-            "if command -v dpkg-query >/dev/null 2>&1; then echo '##manager dpkg'; "
-            f"dpkg-query -W -f={_DPKG_FORMAT} {_GLOBS} 2>/dev/null; "
-            "elif command -v rpm >/dev/null 2>&1; then echo '##manager rpm'; "
-            f"rpm -qa --qf {_RPM_FORMAT} {_GLOBS} 2>/dev/null; "
-            f"if [ -r {VERSIONLOCK_LIST} ]; then sed 's/^/lock|/' {VERSIONLOCK_LIST}; fi; "
-            f"if [ -r {DNF_MODULE_FILE} ]; then sed 's/^/module|/' {DNF_MODULE_FILE}; fi; "
-            "fi; true"
-        )
+        return _package_query(_GLOBS)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         result = self.default()
@@ -126,6 +122,56 @@ class GpuStackPackages(FactBase[dict[str, Any]]):
                 result["stream"] = module["stream"]
         except Exception:  # a fact must never abort the run
             return self.default()
+        return result
+
+
+def _package_query(names: str) -> str:
+    """The shell query of GpuStackPackages for ``names`` (shell words: globs or names)."""
+    return (
+        "if command -v dpkg-query >/dev/null 2>&1; then echo '##manager dpkg'; "
+        f"dpkg-query -W -f={_DPKG_FORMAT} {names} 2>/dev/null; "
+        "elif command -v rpm >/dev/null 2>&1; then echo '##manager rpm'; "
+        f"rpm -qa --qf {_RPM_FORMAT} {names} 2>/dev/null; "
+        f"if [ -r {VERSIONLOCK_LIST} ]; then sed 's/^/lock|/' {VERSIONLOCK_LIST}; fi; "
+        f"if [ -r {DNF_MODULE_FILE} ]; then sed 's/^/module|/' {DNF_MODULE_FILE}; fi; "
+        "fi; true"
+    )
+
+
+KERNEL_HOLD_RECORD = "/var/lib/provisioner/kernel-hold"
+
+
+class KernelPackages(GpuStackPackages):
+    """
+    Returns which of the packages ``names`` and of the recorded ones are installed and held,
+    in GpuStackPackages' shape, plus ``recorded``: the packages ``nvidia_hold_kernel`` held on
+    this host (the record ``/var/lib/provisioner/kernel-hold``, one name a line), so that
+    turning the key off releases exactly those and never a hold the operator made:
+
+    .. code:: python
+
+        {"manager": "dpkg", "packages": [{"name": "linux-image-amd64", ..., "held": True}],
+         "locks": [], "stream": None, "recorded": ["linux-image-amd64"]}
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {**GpuStackPackages.default(), "recorded": []}
+
+    def command(self, names: list[str]) -> str:  # type: ignore[override]
+        # the recorded names are queried too (package names: no blanks to split on)
+        words = " ".join(shlex.quote(name) for name in names)
+        return (
+            f"set -- {words} $(cat {KERNEL_HOLD_RECORD} 2>/dev/null); "
+            f"if [ $# -gt 0 ]; then {_package_query(chr(34) + '$@' + chr(34))}; fi; "
+            f"if [ -r {KERNEL_HOLD_RECORD} ]; then "
+            f"sed 's/^/recorded|/' {KERNEL_HOLD_RECORD}; fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        recorded = [line[9:].strip() for line in output if line.startswith("recorded|")]
+        result = super().process([line for line in output if not line.startswith("recorded|")])
+        result["recorded"] = sorted({name for name in recorded if name})
         return result
 
 
@@ -277,8 +323,7 @@ class RepoKey(FactBase[dict[str, Any]]):
         return result
 
 
-# the SecureBoot EFI variable: 4 attribute bytes, then 1 (enforcing) or 0
-SECURE_BOOT_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_EFIVAR = next_boot.SECURE_BOOT_EFIVAR
 
 
 class SecureBoot(FactBase[dict[str, Any]]):
@@ -292,7 +337,8 @@ class SecureBoot(FactBase[dict[str, Any]]):
 
     ``enabled`` is False on a legacy-BIOS host or a container without EFI variables, None when
     neither source answers. Under Secure Boot the kernel rejects an unsigned DKMS module
-    (``Key was rejected by service``) after the reboot.
+    (``Key was rejected by service``) after the reboot. The script and its parser are
+    :mod:`provisioner.next_boot`'s (the health collector runs the same).
     """
 
     @staticmethod
@@ -300,33 +346,44 @@ class SecureBoot(FactBase[dict[str, Any]]):
         return {"enabled": None, "source": None, "detail": None}
 
     def command(self) -> str:
-        return (
-            'PATH="$PATH:/usr/sbin:/sbin:/usr/bin"; '
-            "if command -v mokutil >/dev/null 2>&1; then "
-            "mokutil --sb-state 2>&1 | sed 's/^/mokutil|/'; fi; "
-            f"if [ -r {SECURE_BOOT_EFIVAR} ]; then "
-            f"printf 'efivar|%s\\n' \"$(od -An -tu1 -j4 -N1 {SECURE_BOOT_EFIVAR} | tr -d ' ')\"; "
-            "elif [ ! -d /sys/firmware/efi ]; then echo 'efivar|no-efi'; fi; true"
-        )
+        return next_boot.SECURE_BOOT_SCRIPT
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        result = self.default()
         try:
-            for line in output:
-                kind, _, value = line.partition("|")
-                value = value.strip()
-                if kind == "mokutil" and "SecureBoot" in value:
-                    enabled = value.split()[-1].lower() == "enabled"
-                    result.update(enabled=enabled, source="mokutil", detail=value)
-                elif kind == "mokutil" and "not supported" in value and result["source"] is None:
-                    result.update(enabled=False, source="mokutil", detail=value)
-                elif kind == "efivar" and result["source"] is None and value:
-                    enabled = value == "1"
-                    detail = "no EFI firmware" if value == "no-efi" else f"SecureBoot={value}"
-                    result.update(enabled=enabled, source="efivars", detail=detail)
+            return next_boot.parse_secure_boot(output)
         except Exception:  # a fact must never abort the run
             return self.default()
-        return result
+
+
+class NextBootModule(FactBase[dict[str, Any]]):
+    """
+    Returns the kernel the host boots next (the newest ``/boot/vmlinuz-*``), its NVIDIA
+    modules with their versions and signatures, and Secure Boot
+    (:func:`provisioner.next_boot.parse_fact_output`, the same script and parser the health
+    collector runs):
+
+    .. code:: python
+
+        {"kernel": "6.1.0-29-amd64", "headers": True, "modinfo": True,
+         "modules": [{"path": "/lib/modules/6.1.0-29-amd64/updates/dkms/nvidia.ko.xz",
+                      "version": "580.126.09", "signature": ""}],
+         "secure_boot": {"enabled": False, "source": "mokutil", "detail": "SecureBoot disabled"}}
+
+    ``kernel`` is None when ``/boot`` has no kernel image (a container).
+    """
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return next_boot.parse_fact_output([])
+
+    def command(self) -> str:
+        return next_boot.FACT_SCRIPT
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        try:
+            return next_boot.parse_fact_output(output)
+        except Exception:  # a fact must never abort the run
+            return self.default()
 
 
 class AptSourcesFor(FactBase[list[str]]):

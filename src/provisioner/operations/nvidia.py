@@ -12,6 +12,7 @@ API mode pairs operations across hosts by their order).
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import time
 from collections.abc import Iterator, Sequence
@@ -28,9 +29,17 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
-from provisioner import fact_cache, gpu_stack, rendering, run_events
+from provisioner import fact_cache, gpu_stack, next_boot, rendering, run_events
 from provisioner.facts.gpu import NvidiaSmi
-from provisioner.facts.nvidia import AptSourcesFor, GpuStackPackages, NvidiaKernelModule, RepoKey
+from provisioner.facts.nvidia import (
+    KERNEL_HOLD_RECORD,
+    AptSourcesFor,
+    GpuStackPackages,
+    KernelPackages,
+    NextBootModule,
+    NvidiaKernelModule,
+    RepoKey,
+)
 from provisioner.operations import system
 
 NOUVEAU_BLACKLIST = "/etc/modprobe.d/blacklist-nouveau.conf"
@@ -650,6 +659,125 @@ def hold(distro: str, skip: str | None = None):
     yield _command(target.family.hold, *unheld)
 
 
+@operation()
+def auto_upgrades_exclude(distro: str, skip: str | None = None):
+    """
+    Keep unattended-upgrades off the driver: an apt.conf.d drop-in (the family's
+    ``auto_upgrades_dropin``) that lists every installed driver package in
+    ``Unattended-Upgrade::Package-Blacklist``, as the exact name (each entry is a Python
+    regular expression matched at the start of the name: escaped, ending with ``$``). Removed
+    when no driver package is installed or the host has no driver to manage (``skip``). The
+    holds already stop the upgrade; the drop-in keeps it off even where a hold is lifted by
+    hand. dnf has no such file: dnf-automatic runs dnf with its plugins, versionlock included.
+
+    + distro: distro key of ``data/distros.toml``
+    + skip: reason to manage no driver here (the drop-in is removed)
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.auto_upgrades_exclude(name="Keep unattended upgrades off", distro="debian12")
+    """
+    paths = _auto_upgrades_dropins(distro)
+    if not paths:
+        host.noop(f"{distro}: no unattended-upgrades drop-in (dnf-automatic honours versionlock)")
+        return
+    names = [] if skip else _driver_package_names(gpu_stack.distro(distro))
+    if not names:  # no driver managed here: no drop-in (wherever a package family puts it)
+        for path in paths:
+            yield from files.file._inner(path=path, present=False)
+        return
+    text = _render("unattended-upgrades.conf.j2", patterns=[_exact_name(n) for n in names])
+    yield from files.put._inner(src=StringIO(text), dest=paths[0], mode="644")
+
+
+def _auto_upgrades_dropins(distro: str) -> list[str]:
+    """The distro family's drop-in path; without a distro (a skipped host), every family's."""
+    if distro:
+        path = gpu_stack.distro(distro).family.auto_upgrades_dropin
+        return [path] if path else []
+    return sorted({f.auto_upgrades_dropin for f in gpu_stack.families().values()} - {""})
+
+
+def _exact_name(name: str) -> str:
+    """A package name as an unattended-upgrades entry (a Python regular expression matched at
+    the start of the name): Debian package names are ``[a-z0-9.+-]``, of which ``.`` and ``+``
+    are special; ``$`` ends the match at the name's end."""
+    return re.sub(r"([.+])", r"\\\1", name) + "$"
+
+
+def _driver_package_names(target: gpu_stack.Distro) -> list[str]:
+    """The installed driver packages, as the holds see them (``hold_globs`` less
+    ``hold_exclude``)."""
+    installed = fact_cache.get_fact(GpuStackPackages)
+    return sorted(
+        {
+            p["name"]
+            for p in gpu_stack.find_packages(installed, target.hold_globs)
+            if not gpu_stack.name_matches(p["name"], target.hold_exclude)
+        }
+    )
+
+
+@operation()
+def kernel_hold(distro: str, kernel: str, hold: bool, skip: str | None = None):
+    """
+    ``nvidia_hold_kernel``: hold the running kernel's installed packages (the distro's
+    ``kernel_hold`` names: its image and headers, its flavour's metapackages) with the
+    family's hold command, and record them in ``/var/lib/provisioner/kernel-hold``; with
+    ``hold=False``, release what that record names (never a hold made by someone else) and
+    remove it.
+
+    + distro: distro key of ``data/distros.toml``
+    + kernel: the running kernel (``uname -r``)
+    + hold: hold (True) or release the provisioner's holds (False)
+    + skip: reason to do nothing
+
+    **Example:**
+
+    .. code:: python
+
+        nvidia.kernel_hold(
+            name="Hold the kernel", distro="debian12", kernel="6.1.0-28-amd64", hold=True
+        )
+    """
+    if skip:
+        host.noop(f"kernel hold: skipped, {skip}")
+        return
+    target = gpu_stack.distro(distro)
+    names = target.kernel_packages(kernel) if hold else []
+    fact = host.get_fact(KernelPackages, names=names)
+    held = {p["name"]: bool(p.get("held")) for p in fact["packages"]}
+    recorded = list(fact.get("recorded") or [])
+    if hold:
+        yield from _hold_kernel(target, [n for n in names if n in held], held, recorded)
+        return
+    release = [name for name in recorded if held.get(name)]
+    if release:
+        yield _command(target.family.unhold, *release)
+    if recorded:
+        yield from files.file._inner(path=KERNEL_HOLD_RECORD, present=False)
+    elif not release:
+        host.noop("kernel hold: nvidia_hold_kernel is false and nothing was held by it")
+
+
+def _hold_kernel(
+    target: gpu_stack.Distro, present: list[str], held: dict[str, bool], recorded: list[str]
+) -> Iterator[Any]:
+    unheld = [name for name in present if not held[name]]
+    if unheld:
+        yield _command(target.family.hold, *unheld)
+    want = sorted({*recorded, *unheld})
+    if want != sorted(recorded):
+        directory = KERNEL_HOLD_RECORD.rsplit("/", 1)[0]
+        yield from files.directory._inner(path=directory, present=True)
+        record = "".join(f"{name}\n" for name in want)
+        yield from files.put._inner(src=StringIO(record), dest=KERNEL_HOLD_RECORD, mode="644")
+    if not unheld:
+        host.noop(f"kernel hold: {', '.join(present) or 'no kernel package'} held")
+
+
 # --- kernel module ---------------------------------------------------------------------------
 
 
@@ -710,6 +838,22 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
         gevent.sleep(MODULE_SETTLE_INTERVAL)
 
 
+def _next_boot_blocker(
+    target: gpu_stack.Distro, installed: gpu_stack.InstalledDriver
+) -> str | None:
+    """Why a reboot now could brick the host: the kernel it boots next has no (fitting,
+    signed where Secure Boot enforces) NVIDIA module for the installed driver, with the
+    operator's next step (:func:`provisioner.next_boot.problem`); None: the reboot may go."""
+    fact = fact_cache.get_fact(NextBootModule)
+    kernel = fact.get("kernel")
+    headers = target.headers.format(kernel=kernel) if kernel else None
+    found = next_boot.problem(fact, installed.driver_version, headers)
+    if found is None:
+        return None
+    reason, step = found
+    return f"not rebooting: {reason}; next: {step}, then run provision apply again"
+
+
 @operation()
 def reboot_if_needed(
     distro: str,
@@ -727,8 +871,11 @@ def reboot_if_needed(
     loaded. After the reboot the module is checked again and the host fails with the reason if
     it is still wrong. With ``reboot=False`` the host is reported as pending reboot instead: a
     warning and the marker file ``/var/lib/provisioner/reboot-required`` with the reasons; the
-    same on ``@local`` (pyinfra cannot reboot the machine it runs on). Batches follow pyinfra's
-    ``--serial`` / ``--parallel N``.
+    same on ``@local`` (pyinfra cannot reboot the machine it runs on), and when the kernel the
+    host boots next has no NVIDIA module for the installed driver (or an unsigned one under
+    Secure Boot): a reboot would come up without the driver, so the reason names that kernel
+    and the operator's next step (:mod:`provisioner.next_boot`, the ``NextBootModule`` fact).
+    Batches follow pyinfra's ``--serial`` / ``--parallel N``.
 
     + distro: distro key of ``data/distros.toml``
     + reboot: whether rebooting is allowed
@@ -765,13 +912,14 @@ def reboot_if_needed(
     why_not = None if reboot else "nvidia_reboot is false"
     if isinstance(getattr(host, "connector", None), LocalConnector):
         why_not = "pyinfra runs on this machine (@local): it cannot reboot itself"
+    why_not = why_not or _next_boot_blocker(target, installed)
     if why_not:
         if _executing():
             why = f"({why_not}): {'; '.join(reasons)}"
             host.log_styled(f"PENDING REBOOT {why}", fg="yellow", log_func=logger.warning)
             run_events.record(host.name, run_events.PENDING_REBOOT, reason=why)
         # what the host itself shows, so that the marker stays the same until the reboot
-        text = _render("reboot-required.j2", reasons=found or reasons)
+        text = _render("reboot-required.j2", reasons=found or reasons, why_not=why_not)
         yield from files.put._inner(src=StringIO(text), dest=marker, mode="644")
         return
     if _executing():

@@ -3,9 +3,10 @@
 
 Installed by ``provisioner.deploys.monitoring`` as
 ``/usr/local/lib/provisioner/monitoring/provisioner_metrics.py`` (with ``nvidia_smi.py``, the
-same parser the control side's ``NvidiaSmi`` fact uses) and run every minute by
-``provisioner-metrics.timer``. It writes ``provisioner.prom`` into node_exporter's textfile
-directory, atomically (a temporary file renamed over the old one), so node_exporter never
+same parser the control side's ``NvidiaSmi`` fact uses, and ``next_boot.py``, the same check of
+the next boot's NVIDIA module that runs before any reboot the provisioner makes) and run every
+minute by ``provisioner-metrics.timer``. It writes ``provisioner.prom`` into node_exporter's
+textfile directory, atomically (a temporary file renamed over the old one), so node_exporter never
 serves a half-written file.
 
 Cheap by design: one ``nvidia-smi`` run (the fact's own command), ``dpkg-query``/``apt-mark``
@@ -21,7 +22,6 @@ Usage: ``provisioner_metrics.py [--config PATH] [--stdout]``.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -33,6 +33,7 @@ import urllib.request
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import next_boot  # noqa: E402  (shipped next to this file)
 import nvidia_smi  # noqa: E402  (shipped next to this file)
 
 CONFIG = "/etc/provisioner/monitoring.json"
@@ -136,7 +137,8 @@ METRICS = (
     (
         "provisioner_next_boot_module",
         "gauge",
-        "1 when the kernel the host boots next has an NVIDIA module, 0 when it has none.",
+        "1 when the kernel the host boots next has an NVIDIA module it can load (the driver's"
+        " version; signed under Secure Boot), 0 when a reboot would come up without one.",
     ),
     ("provisioner_ollama_up", "gauge", "1 when the local Ollama API answers."),
     ("provisioner_ollama_info", "gauge", "1, with the Ollama version that answers."),
@@ -167,6 +169,7 @@ class Collector:
     def __init__(self, config: dict[str, Any], metrics: Metrics) -> None:
         self.config = config
         self.m = metrics
+        self.driver_version: str | None = None  # what nvidia-smi reports, once it answers
         for name, kind, text in METRICS:
             self.m.declare(name, kind, text)
 
@@ -200,6 +203,7 @@ class Collector:
             fact.get("error") or state,
         )
         if fact.get("driver_version"):
+            self.driver_version = str(fact["driver_version"])
             self.m.add(
                 "provisioner_nvidia_info",
                 1,
@@ -258,20 +262,24 @@ class Collector:
         self.m.add("provisioner_reboot_pending", 1, reason=reason)
 
     def next_boot(self) -> None:
-        kernel = next_boot_kernel()
-        if kernel is None:
-            self.check("driver", "next_boot_module", "skipped", "no kernel image in /boot")
-            return
+        """Whether the kernel the host boots next has a usable NVIDIA module: the same script
+        and decision as the provisioner's check before a reboot (``next_boot.py``)."""
         if not self.config.get("gpu", True):
             self.check("driver", "next_boot_module", "skipped", "not a GPU host")
             return
-        present = bool(glob.glob(f"/lib/modules/{kernel}/**/nvidia.ko*", recursive=True))
-        self.m.add("provisioner_next_boot_module", 1 if present else 0, kernel=kernel)
+        _, out = run(next_boot.FACT_SCRIPT)
+        fact = next_boot.parse_fact_output(out.splitlines())
+        kernel = fact.get("kernel")
+        if kernel is None:
+            self.check("driver", "next_boot_module", "skipped", "no kernel image in /boot")
+            return
+        found = next_boot.problem(fact, self.driver_version)
+        self.m.add("provisioner_next_boot_module", 0 if found else 1, kernel=kernel)
         self.check(
             "driver",
             "next_boot_module",
-            "ok" if present else "failed",
-            f"kernel {kernel} has no NVIDIA module: a reboot would come up without a driver",
+            "failed" if found else "ok",
+            "; next: ".join(found) if found else "",
         )
 
     # --- Ollama and models ---------------------------------------------------------------------
@@ -414,15 +422,6 @@ def installed_nvidia_packages() -> tuple[set[str], set[str]]:
         held = {re.sub(r"-\d.*$", "", re.sub(r"^\d+:", "", item)) for item in locks.split()}
     installed = {name for name in installed if NVIDIA_PACKAGE.match(name)}
     return installed, held & installed
-
-
-def next_boot_kernel() -> str | None:
-    """The kernel release the host boots next: the newest ``/boot/vmlinuz-*``."""
-    images = sorted(
-        glob.glob("/boot/vmlinuz-*"),
-        key=lambda path: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)],
-    )
-    return images[-1].removeprefix("/boot/vmlinuz-") if images else None
 
 
 def write_atomically(directory: str, text: str) -> str:

@@ -1,6 +1,6 @@
 """Driver layer: nvidia-smi answers, the loaded module is the installed driver, the branch is
 the pinned one and locked, the GPUs are those expected, persistence mode, Fabric Manager on
-NVSwitch systems, no nouveau."""
+NVSwitch systems, no nouveau, and the kernel booted next has the driver's module."""
 
 from __future__ import annotations
 
@@ -158,6 +158,29 @@ def test_no_pending_reboot(target: HostContext, request: pytest.FixtureRequest) 
             "reboot", "none pending", f"pending: {reason} ({REBOOT_MARKER})", "reboot the host"
         )
     target.passed(request, "no reboot pending")
+
+
+def test_next_boot_has_the_module(target: HostContext, request: pytest.FixtureRequest) -> None:
+    """The kernel the host boots next has the installed driver's module (signed under Secure
+    Boot): the check ``provision apply`` makes before a reboot (``provisioner.next_boot``)."""
+    from provisioner import next_boot
+    from provisioner.facts.nvidia import NextBootModule
+
+    target.require_gpu()
+    table, packages, _, _ = _stack_facts(target)
+    installed = gpu_stack.installed_driver(table, packages) if table is not None else None
+    if installed is None or not installed.driver_version:
+        target.skip("no NVIDIA driver package installed: no module to look for")
+    fact = target.fact(NextBootModule)
+    kernel = fact.get("kernel")
+    if not kernel:
+        target.skip("no kernel image in /boot (a container?): the next boot is unknown")
+    headers = table.headers.format(kernel=kernel)
+    found = next_boot.problem(fact, installed.driver_version, headers)
+    if found:
+        reason, step = found
+        target.fail("next boot", f"an NVIDIA module in kernel {kernel}", reason, step)
+    target.passed(request, f"kernel {kernel} has the {installed.driver_version} module")
 
 
 def test_gpu_count(target: HostContext, request: pytest.FixtureRequest) -> None:
