@@ -21,6 +21,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _rtts(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or any(v < 0 or v > 1000 for v in values):
+        raise argparse.ArgumentTypeError(f"expected milliseconds such as 0,20,50,100, got {text!r}")
+    return values
+
+
 def _parts(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = [p for p in parts if p not in PARTS]
@@ -51,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=defaults.out, help="report folder")
     parser.add_argument("--work", type=Path, default=defaults.work, help="logs, inventories")
     parser.add_argument(
+        "--rtt",
+        type=_rtts,
+        default=defaults.rtts,
+        help="added round-trip times in ms for the rtt part (0,20,50,100)",
+    )
+    parser.add_argument(
         "--lock-wait", type=float, default=0.0, help="seconds to wait for the lab lock"
     )
     args = parser.parse_args(argv)
@@ -68,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         work=args.work,
         lock_wait_s=args.lock_wait,
+        rtts=args.rtt,
     )
     results = run(options)
     paths = report.write(results, options.out)

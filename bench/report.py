@@ -44,7 +44,7 @@ def target_rows(targets: list[dict[str, Any]]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     """The markdown report of ``results``: one section per part of the run that has results."""
     out = _header(results)
-    for section in (_lab, _converged, _models, _planner, _startup, _notes):
+    for section in (_lab, _converged, _rtt, _models, _planner, _startup, _notes):
         out += section(results)
     return "\n".join(out)
 
@@ -67,7 +67,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         "Figures are medians with (min–max); a ratio is computed run by run from measurements "
         "taken side by side in the same run, then summarised the same way.",
         "",
-        "## Targets (issue 8)",
+        "## Targets (issues 8 and 15)",
         "",
         *target_rows(results.get("targets", [])),
         "",
@@ -142,6 +142,29 @@ def _baseline(conv: dict[str, Any]) -> list[str]:
     ]
 
 
+def _layers(layers: dict[str, Any] | None) -> list[str]:
+    """Remote commands of one converged run on 1 host per layer and phase (bench/layers.py)."""
+    if not layers or not layers.get("by_layer"):
+        return []
+    by_layer = layers["by_layer"]
+    total = sum(by_layer.values())
+    out = [
+        "",
+        "Remote commands of one converged `provision apply` on 1 host, per layer, counted on "
+        "the controller (`bench/layers.py`; *plan*: pyinfra preparing the operations, "
+        "*execute*: running them):",
+        "",
+        "| phase | layer | commands |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in by_layer.items():
+        phase, _, layer = key.partition(" ")
+        out.append(f"| {phase} | {layer} | {value} |")
+    sshd = (layers.get("sshd") or {}).get("commands")
+    out.append(f"| | **total** | **{total}** (the host's sshd counted {sshd}) |")
+    return out
+
+
 def _converged(results: dict[str, Any]) -> list[str]:
     conv = results.get("converged")
     if not conv:
@@ -162,10 +185,39 @@ def _converged(results: dict[str, Any]) -> list[str]:
         for n, row in (conv.get(who) or {}).items():
             out.append(_converged_row(conv, who, n, row, cpu))
     out += _baseline(conv)
+    out += _layers(conv.get("layers"))
     versus = conv.get("ours_over_ansible")
     if versus:
         out += ["", "| hosts | ours / Ansible |", "| --- | --- |"]
         out += [f"| {n} | {_s(v, digits=3)} |" for n, v in versus.items()]
+    out.append("")
+    return out
+
+
+def _rtt(results: dict[str, Any]) -> list[str]:
+    """The converged re-run on 1 host against added round-trip time (bench/relay.py)."""
+    rtt = results.get("rtt")
+    if not rtt:
+        return []
+    out = [
+        "## Round-trip time",
+        "",
+        "The converged re-run on 1 host with a user-space TCP relay in front of its sshd that "
+        "holds every chunk for half the added round-trip time in each direction "
+        "(`bench/relay.py`; this kernel has no netem).",
+        "",
+        "| added RTT (ms) | ours (s) | commands/host | Ansible (s) | commands/host "
+        "| ours / Ansible |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for ms, row in rtt.items():
+        ours, theirs = row.get("ours") or {}, row.get("ansible") or {}
+        out.append(
+            f"| {ms} | {_s(ours.get('wall_s'))} | {_s(ours.get('commands_per_host'), digits=0)} "
+            f"| {_s(theirs.get('wall_s')) if theirs else '–'} "
+            f"| {_s(theirs.get('commands_per_host'), digits=0) if theirs else '–'} "
+            f"| {_s(row.get('ours_over_ansible'), digits=3) if theirs else '–'} |"
+        )
     out.append("")
     return out
 

@@ -20,8 +20,8 @@ from typing import Any
 from bench import lab_bench, models_dist, planner_scale, startup
 from bench.stats import ratio_summary, summarize, versus_target
 
-PARTS = ("startup", "planner", "converged", "ansible", "models")
-LAB_PARTS = ("converged", "ansible", "models")
+PARTS = ("startup", "planner", "converged", "ansible", "rtt", "models")
+LAB_PARTS = ("converged", "ansible", "rtt", "models")
 LOCK = Path("/var/lock/provisioner-lab.lock")
 # issue 8's targets: (goal, how it reads); every one is met at or below the goal
 TARGETS = {
@@ -32,6 +32,11 @@ TARGETS = {
     "plan_10k_s": (2.0, "<"),
     "plan_10k_rss_mib": (500.0, "<"),
     "help_s": (0.3, "<"),
+    # issue 15: converged in one round trip per layer
+    "commands_per_host": (12.0, "≤"),
+    "converged_one_host_s_15": (2.0, "≤"),
+    "ours_over_ansible_15": (0.10, "≤"),
+    "rtt50_one_host_s": (3.0, "≤"),
 }
 
 
@@ -52,6 +57,7 @@ class Options:
     out: Path = Path(__file__).resolve().parent / "results"
     work: Path = Path("/var/tmp/provisioner-bench")
     lock_wait_s: float = 0.0
+    rtts: tuple[int, ...] = (0, 20, 50, 100)  # ms added by bench/relay.py ("rtt" part)
     log: Any = field(default=None, repr=False)  # callable(str) for progress lines
 
     def say(self, message: str) -> None:
@@ -200,12 +206,12 @@ class LabRun:
             raise BenchError(f"sshd's log does not show sessions on {names[0]}: {seen}")
 
     # ---- runs ----------------------------------------------------------------------------------
-    def apply(self, n: int, label: str) -> dict[str, Any]:
+    def apply(self, n: int, label: str, inventory: Path | None = None) -> dict[str, Any]:
         names = lab_bench.host_names(n)
         assert self.sessions is not None
         self.sessions.start(names)
         run = lab_bench.run_timed(
-            [*provision_cmd(), "apply", str(self.inventories[n]), "--json"],
+            [*provision_cmd(), "apply", str(inventory or self.inventories[n]), "--json"],
             log=self.logs / f"{label}.log",
         )
         sessions = self.sessions.stop()
@@ -218,6 +224,31 @@ class LabRun:
             "exit_code": run.returncode,
             "changed": {h: ops for h, ops in changed.items() if ops},
             "sessions": sessions,
+        }
+
+    def layers(self, label: str) -> dict[str, Any]:
+        """One converged run on 1 host through ``bench.layers``: the remote commands per layer
+        and phase counted on the controller, beside the sshd count of the same run."""
+        names = lab_bench.host_names(1)
+        assert self.sessions is not None
+        out = self.work / f"{label}.json"
+        self.sessions.start(names)
+        run = lab_bench.run_timed(
+            [sys.executable, "-m", "bench.layers", str(self.inventories[1])],
+            log=self.logs / f"{label}.log",
+            parse_json=False,
+            env={
+                "BENCH_LAYERS_OUT": str(out),
+                "BENCH_LAYERS_COMMANDS": str(self.work / f"{label}-commands.tsv"),
+            },
+        )
+        sessions = self.sessions.stop()
+        by_layer = json.loads(out.read_text()) if out.exists() else {}
+        return {
+            "wall_s": round(run.wall_s, 3),
+            "exit_code": run.returncode,
+            "by_layer": next(iter(by_layer.values()), {}),
+            "sshd": sessions.get(names[0], {}),
         }
 
     def baseline(self, label: str) -> dict[str, Any]:
@@ -239,7 +270,7 @@ class LabRun:
             "sessions": self.sessions.stop(),
         }
 
-    def ansible(self, n: int, label: str) -> dict[str, Any]:
+    def ansible(self, n: int, label: str, inventory: Path | None = None) -> dict[str, Any]:
         from bench.peers.ansible import runner
 
         names = lab_bench.host_names(n)
@@ -247,7 +278,7 @@ class LabRun:
         self.sessions.start(names)
         run = runner.run_playbook(
             self.ansible_venv,
-            self.ansible_inventories[n],
+            inventory or self.ansible_inventories[n],
             log=self.logs / f"{label}.log",
             work=self.work / "ansible",
         )
@@ -297,6 +328,63 @@ class LabRun:
             path = self.work / "inventories" / f"ansible-{n}.yml"
             path.write_text(json.dumps(doc, indent=2))
             self.ansible_inventories[n] = path
+
+    def relayed_inventories(self, rtt: int, port: int) -> tuple[Path, Path | None]:
+        """Inventories of host 1 reached through a relay on 127.0.0.1:``port``: ours (with a
+        known_hosts naming the relay's port) and Ansible's (when it is set up)."""
+        name = lab_bench.host_names(1)[0]
+        spec = self.lab.info["hosts"][name]
+        known = Path(self.lab.info["known_hosts"]).read_text().splitlines()
+        relay_known = self.work / "inventories" / f"rtt-{rtt}-known_hosts"
+        relay_known.parent.mkdir(parents=True, exist_ok=True)
+        relay_known.write_text(
+            "".join(
+                f"[127.0.0.1]:{port} {line.split(' ', 1)[1]}\n"
+                for line in known
+                if line.split(" ", 1)[0] == spec["address"]
+            )
+        )
+        data = {
+            **lab_bench.host_data(spec),
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": port,
+            "ssh_known_hosts_file": str(relay_known),
+        }
+        ours = lab_bench.write_inventory(self.work / "inventories" / f"rtt-{rtt}", [(name, data)])
+        theirs = None
+        if self.ansible_inventories.get(1):
+            doc = json.loads(self.ansible_inventories[1].read_text())
+            doc["all"]["hosts"][name].update(ansible_host="127.0.0.1", ansible_port=port)
+            theirs = self.work / "inventories" / f"ansible-rtt-{rtt}.yml"
+            theirs.write_text(json.dumps(doc, indent=2))
+        return ours, theirs
+
+    def rtt(self) -> dict[str, Any]:
+        """The converged re-run on 1 host with ``rtts`` ms added to every SSH round trip
+        (bench/relay.py in front of the host's sshd), ours and Ansible side by side."""
+        from bench.relay import DelayRelay
+
+        name = lab_bench.host_names(1)[0]
+        address = self.lab.info["hosts"][name]["address"]
+        out: dict[str, Any] = {}
+        for rtt in self.options.rtts:
+            ours: list[dict[str, Any]] = []
+            theirs: list[dict[str, Any]] = []
+            with DelayRelay(rtt, allowed=[address]) as relay:
+                ours_inv, theirs_inv = self.relayed_inventories(rtt, relay.add(address, 22))
+                for rep in range(self.options.reps):
+                    ours.append(self.apply(1, f"rtt-{rtt}-ours-rep{rep}", ours_inv))
+                    self.options.say(f"  rtt {rtt} ms rep {rep} ours {ours[-1]['wall_s']:.2f} s")
+                    if theirs_inv is not None:
+                        theirs.append(self.ansible(1, f"rtt-{rtt}-ansible-rep{rep}", theirs_inv))
+                        self.options.say(f"  rtt {rtt} ms ansible {theirs[-1]['wall_s']:.2f} s")
+            out[str(rtt)] = {"ours": summarise_runs({1: ours}).get("1")}
+            if theirs:
+                out[str(rtt)]["ansible"] = summarise_runs({1: theirs}).get("1")
+                out[str(rtt)]["ours_over_ansible"] = ratio_summary(
+                    [r["wall_s"] for r in ours], [r["wall_s"] for r in theirs]
+                ).to_json()
+        return out
 
     # ---- the measurements ----------------------------------------------------------------------
     def converged(self, with_ansible: bool) -> dict[str, Any]:
@@ -552,7 +640,23 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     help_s = (results.get("startup") or {}).get("provision_help_s", {}).get("median")
     add("help_s", "provision --help", help_s, "s")
+    _issue15_targets(results, add)
     return rows
+
+
+def _issue15_targets(results: dict[str, Any], add: Any) -> None:
+    """Issue 15's targets: commands per host, 1 host time, ours/Ansible, 50 ms of RTT."""
+    conv = results.get("converged") or {}
+    one = conv.get("ours", {}).get("1", {})
+    commands = one.get("commands_per_host", {}).get("max")
+    add("commands_per_host", "remote commands per host, converged re-run", commands, "")
+    seconds = one.get("wall_s", {}).get("median")
+    add("converged_one_host_s_15", "converged re-run, 1 lab host (issue 15)", seconds, "s")
+    versus = conv.get("ours_over_ansible", {}).get("1", {}).get("median")
+    add("ours_over_ansible_15", "ours / Ansible, converged re-run, 1 host (issue 15)", versus, "x")
+    slow = ((results.get("rtt") or {}).get("50") or {}).get("ours") or {}
+    rtt50 = slow.get("wall_s", {}).get("median")
+    add("rtt50_one_host_s", "converged re-run, 1 host, 50 ms added RTT", rtt50, "s")
 
 
 # --- the whole run ----------------------------------------------------------------------------
@@ -653,7 +757,8 @@ def run_lab(options: Options, results: dict[str, Any]) -> None:
             if with_ansible:
                 options.say("ansible: environment, inventories, first run")
                 lab.setup_ansible()
-                warm = lab.ansible(lab.max_n, "ansible-first")
+                # the hosts Ansible is measured on (--ansible-hosts may be fewer than --hosts)
+                warm = lab.ansible(max(options.ansible_hosts or options.hosts), "ansible-first")
                 results["ansible_first_run"] = {
                     "wall_s": warm["wall_s"],
                     "exit_code": warm["exit_code"],
@@ -670,6 +775,10 @@ def run_lab(options: Options, results: dict[str, Any]) -> None:
             if "converged" in options.parts or with_ansible:
                 options.say("converged re-runs")
                 results["converged"] = lab.converged(with_ansible)
+                results["converged"]["layers"] = lab.layers("ours-layers")
+            if "rtt" in options.parts:
+                options.say(f"round-trip times {options.rtts} ms, 1 host")
+                results["rtt"] = lab.rtt()
             if "models" in options.parts:
                 options.say("model distribution")
                 results["models"] = lab.models()

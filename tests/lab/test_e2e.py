@@ -135,6 +135,30 @@ def test_second_apply_changes_nothing(lab, applied):
     assert changed == {}, changed
 
 
+# issue 15: a converged re-run reads each layer's state in one command; the count is what each
+# host's sshd saw (bench/lab_bench.py's VERBOSE log, the bench's source of truth). Measured
+# 2026-12-06: 62 commands per host before the state probes; the bound is what they reach.
+MAX_CONVERGED_COMMANDS = 12
+
+
+def test_a_converged_re_run_changes_nothing_in_few_remote_commands(lab, applied):
+    from bench import lab_bench
+
+    names = lab.hosts
+    for name in names:
+        lab.ssh(name, lab_bench.SSHD_SETUP)
+    sessions = lab_bench.SessionLog({n: lab.fleet.root(lab.host(n)) for n in names})
+    sessions.start(names)
+    code, result, err = provision("apply", str(lab.inventory))
+    seen = sessions.stop(settle=1.0)
+    assert code == 0, err
+    changed = {h: r["changed"] for h, r in result["hosts"].items() if r["changed"]}
+    assert changed == {}, changed
+    commands = {name: counts["commands"] for name, counts in seen.items()}
+    assert all(0 < n <= MAX_CONVERGED_COMMANDS for n in commands.values()), commands
+    assert all(counts["logins"] == 1 for counts in seen.values()), seen
+
+
 def test_dry_run_shows_no_change_on_a_converged_fleet(lab, applied):
     code, result, err = provision("apply", str(lab.inventory), "--dry")
     assert code == 0, err

@@ -497,3 +497,49 @@ def test_command_line_lists():
 def test_results_folder_keeps_pngs_out_of_git():
     ignore = (Path(__file__).resolve().parents[2] / ".gitignore").read_text()
     assert "bench/results/*.png" in ignore
+
+
+# --- issue 15: round-trip time, layers, targets -------------------------------------------------
+
+
+def _rtt_results() -> dict:
+    results = _results()
+    ours = {1: [_record(2.5, 9), _record(2.7, 9)]}
+    theirs = {1: [_record(30.0, 62), _record(32.0, 62)]}
+    results["rtt"] = {
+        "50": {
+            "ours": summarise_runs(ours)["1"],
+            "ansible": summarise_runs(theirs)["1"],
+            "ours_over_ansible": ratio_summary([2.5, 2.7], [30.0, 32.0]).to_json(),
+        },
+        "0": {"ours": summarise_runs({1: [_record(1.0, 9)]})["1"]},
+    }
+    results["converged"]["layers"] = {
+        "by_layer": {"plan GPU stack": 2, "execute site": 1},
+        "sshd": {"commands": 3, "logins": 1, "sftp": 0},
+    }
+    return results
+
+
+def test_issue15_targets_read_commands_and_the_50ms_run():
+    rows = {row["key"]: row for row in evaluate_targets(_rtt_results())}
+    assert rows["commands_per_host"]["value"] > 12 and rows["commands_per_host"]["met"] is False
+    assert rows["rtt50_one_host_s"]["value"] == 2.6 and rows["rtt50_one_host_s"]["met"] is True
+    assert rows["converged_one_host_s_15"]["met"] is False  # 5.0 > 2.0
+    assert rows["ours_over_ansible_15"]["met"] is False  # 0.2 > 0.1
+
+
+def test_the_report_has_the_rtt_table_and_the_layers():
+    text = report.render(_rtt_results())
+    assert "| 50 | 2.60 (2.50–2.70) | 9 (9–9) | 31.00 (30.00–32.00) | 62 (62–62) |" in text
+    assert "| 0 | 1.00 | 9 | – | – | – |" in text
+    assert "| plan | GPU stack | 2 |" in text
+    assert "**3** (the host's sshd counted 3)" in text
+
+
+def test_rtt_values_outside_the_relay_bounds_are_refused():
+    from bench.__main__ import _rtts
+
+    assert _rtts("0,20,50,100") == (0, 20, 50, 100)
+    with pytest.raises(Exception, match="milliseconds"):
+        _rtts("5000")

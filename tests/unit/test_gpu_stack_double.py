@@ -1,7 +1,10 @@
 """GpuHostDouble: a TEST DOUBLE of a GPU server, as the GPU stack's deploys see it through pyinfra.
 
 The deploy tests run the real deploys (API mode, ``@fake`` hosts) against this double: it answers
-every fact command the stack uses from its state, applies the changing commands to that state
+every fact command the stack uses from its state (also inside a state probe: our own format,
+``fact_cache.probe_command``, whose shell behaviour tests/unit/test_state_probe.py checks against
+the real /bin/sh; the double answers each part as that fact alone), applies the changing
+commands to that state
 (package installs with apt/dnf rules, holds, files, services, a reboot that loads the installed
 module) and refuses, loudly, any command it does not know. It is strict where the real thing is:
 a driver installed before its branch pinning, a held package replaced without
@@ -34,7 +37,7 @@ import pytest
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from provisioner import gpu_stack, next_boot, nvidia_smi
+from provisioner import fact_cache, gpu_stack, next_boot, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
 from provisioner.facts.nvidia import (
     KERNEL_HOLD_RECORD,
@@ -55,6 +58,14 @@ SERVED_FINGERPRINTS = {
     "D42D0685.pub": "",
 }
 EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
+
+# one part of a state probe, as fact_cache.probe_command writes it: "( CMD ); printf ... MARK"
+PROBE_PART = re.compile(
+    r"\( (.*?) \); printf '\\n%s (\d+) %s\\n' '("
+    + re.escape(fact_cache.PROBE_MARK)
+    + r" [0-9a-f]+)' \"\$\?\";",
+    re.S,
+)
 
 OS_RELEASE = {
     "debian11": ["ID=debian", 'VERSION_ID="11"', "VERSION_CODENAME=bullseye"],
@@ -720,6 +731,8 @@ class GpuHostDouble:
     # --- commands --------------------------------------------------------------------------
 
     def run(self, command: str) -> tuple[bool, list[str]]:
+        if fact_cache.PROBE_MARK in command:
+            return True, self._probe(command)
         command = unbound(command)
         try:
             out = self._fact(command)
@@ -730,6 +743,20 @@ class GpuHostDouble:
             return True, []
         except DoubleError as error:
             return False, [f"DOUBLE: {error}"]
+
+    def _probe(self, command: str) -> list[str]:
+        """A state probe (``fact_cache.probe_command``): each part answered as that fact alone
+        would be, followed by the newline and the status line the shell prints."""
+        out: list[str] = []
+        for part, index, mark in PROBE_PART.findall(command):
+            try:
+                lines = self._fact(part)
+            except DoubleError:
+                lines = None
+            out += [*(lines or []), f"{mark} {index} {0 if lines is not None else 1}"]
+            if lines:
+                out.insert(len(out) - 1, "")
+        return out
 
     def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
         stack = self._stack_fact(command)

@@ -8,7 +8,8 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.context import ctx_host, ctx_state
 
-from provisioner import gpu_stack, settings
+from provisioner import fact_cache, gpu_stack, settings
+from provisioner.facts import gpu_state
 from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
 from provisioner.facts.nvidia import (
     GpuStackPackages,
@@ -31,7 +32,9 @@ STACK_DEFAULTS: dict[str, Any] = {
 
 
 def gather_facts() -> dict[str, Any]:
-    """The facts a GPU stack plan is made from (see ``gpu_stack.plan_driver``)."""
+    """The facts a GPU stack plan is made from (see ``gpu_stack.plan_driver``), read in one
+    remote command (``facts/gpu_state.PLAN_FACTS``)."""
+    fact_cache.probe(gpu_state.PLAN_FACTS)
     facts = {
         "os": host.get_fact(OsInfo),
         "kernel": host.get_fact(KernelRelease),
@@ -111,4 +114,6 @@ def plan(component: str, toolkit: bool = False, torch: bool = False) -> gpu_stac
     except gpu_stack.GpuStackError as error:
         refuse(component, error)
         return None
-    return gpu_stack.StackPlan(driver, toolkit_plan, torch_plan)
+    stack = gpu_stack.StackPlan(driver, toolkit_plan, torch_plan)
+    fact_cache.probe(gpu_state.operation_keys(stack))  # what the operations will read
+    return stack

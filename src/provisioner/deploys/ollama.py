@@ -18,6 +18,7 @@ also runs before connecting to anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -34,8 +35,9 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server, systemd
 
-from provisioner import addresses, ollama_release, rendering, settings
+from provisioner import addresses, fact_cache, gpu_stack, ollama_release, rendering, settings
 from provisioner import lock as fleet_lock
+from provisioner.facts import ollama_state
 from provisioner.facts.system import OsInfo
 from provisioner.ollama_api import site_name
 from provisioner.operations import exposure, ollama, system
@@ -450,6 +452,7 @@ def install_ollama() -> None:
         ollama.refuse(name="Check the Ollama release", reason=unlocked)
         return
     _log_release(cfg, release)
+    _probe(cfg, os_info)
 
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
@@ -542,6 +545,30 @@ def install_ollama() -> None:
         before=[f"if [ -e {NGINX_OURS} ]; then systemctl disable --now nginx; fi"],
         after=["systemctl reload nginx 2>/dev/null || true"],
         wanted=cfg.proxy,
+    )
+
+
+def _probe(cfg: OllamaSettings, os_info: dict[str, Any]) -> None:
+    """Read what the operations below will read in one remote command
+    (``facts/ollama_state.py``)."""
+    family = ""
+    with contextlib.suppress(Exception):  # an unknown distro: every fact is read alone
+        family = gpu_stack.find_distro(os_info).family.name
+    serving = [item.dest for item in _serving_change(cfg, "", "")["items"]]
+    fact_cache.probe(
+        ollama_state.operation_keys(
+            family=family,
+            home=HOME,
+            models_dir=cfg.models_dir,
+            install_dir=INSTALL_DIR,
+            service="ollama",
+            fetch_helper=ollama.FETCH_HELPER,
+            serving_files=serving,
+            removable=[
+                [f"/etc/systemd/system/{FIREWALL_UNIT}", FIREWALL_RULES],
+                [NGINX_SITE, NGINX_DIR, NGINX_OURS],
+            ],
+        )
     )
 
 

@@ -94,9 +94,14 @@ def _executing() -> bool:
     return bool(state.is_executing)
 
 
-def _module_state(target: gpu_stack.Distro) -> tuple[gpu_stack.InstalledDriver, Any, Any]:
+def _module_state(
+    target: gpu_stack.Distro, anew: bool = False
+) -> tuple[gpu_stack.InstalledDriver, Any, Any]:
+    """Installed driver, loaded module, nvidia-smi; ``anew``: read from the host now (after a
+    reboot inside the running operation, where the probe's values are the old boot's)."""
     installed = gpu_stack.installed_driver(target, fact_cache.get_fact(GpuStackPackages))
-    return installed, host.get_fact(NvidiaKernelModule), host.get_fact(NvidiaSmi)
+    read = fact_cache.fresh if anew else fact_cache.get_fact
+    return installed, read(NvidiaKernelModule), read(NvidiaSmi)
 
 
 # --- repository ------------------------------------------------------------------------------
@@ -833,7 +838,7 @@ def _wait_for_module(target: gpu_stack.Distro, settle_seconds: int) -> str | Non
     for it to come right (None: all right)."""
     deadline = time.monotonic() + settle_seconds
     while True:
-        installed, module, smi = _module_state(target)
+        installed, module, smi = _module_state(target, anew=True)
         problem = gpu_stack.module_problem(installed, module, smi)
         if problem is None or time.monotonic() >= deadline:
             return problem
