@@ -138,6 +138,19 @@ class Lab:
     def ssh(self, name: str, command: str, check: bool = True, timeout: float = 300):
         return self.fleet.ssh(self.host(name), command, check=check, timeout=timeout)
 
+    def republish_model(self, repository: str, tag: str) -> str:
+        """Push the lab's own model ``repository:tag`` again exactly as the lab pushed it (the
+        seed and trained context recorded in ``lab.json`` ``model_pushes``): how a test that
+        re-pushed a lab model puts it back. Returns the digest, checked against the lab's."""
+        from tests.doubles.ollama.registry import push_model
+
+        key = f"{repository}:{tag}"
+        push = self.info["model_pushes"][key]
+        digest = push_model(self.mirrors.registry, repository, tag, **push)
+        if digest != self.info["models"][key]:
+            raise LabError(f"{key} re-pushed with other bytes than the lab's ({digest})")
+        return digest
+
     # ---- up / down -----------------------------------------------------------------------------
     def up(self, real_torch: bool = False) -> dict[str, float]:
         why = missing_prerequisites()

@@ -108,13 +108,6 @@ def _library_model(lab, host: str) -> tuple[str, str, str]:
     raise AssertionError(f"{host} serves no library model of the lab registry")
 
 
-def _republish(lab, repository: str, tag: str) -> None:
-    """Push the lab's own model again exactly as the lab pushed it (same seed and context)."""
-    key = f"{repository}:{tag}"
-    digest = push_model(REGISTRY, repository, tag, **lab.info["model_pushes"][key])
-    assert digest == lab.info["models"][key], f"{key} re-pushed with other bytes than the lab's"
-
-
 def _throttle(lab, host: str, on: bool) -> None:
     veth = lab.host(host).veth
     subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True)
@@ -199,7 +192,7 @@ def test_a_large_blob_interrupted_by_ctrl_c_resumes_with_a_range_request(fleet):
         _interrupt_and_resume(lab, host, weights, part, digest, short)
     finally:
         _throttle(lab, host, False)
-        _republish(lab, repository, tag)  # back to the lab's own bytes, whatever happened
+        lab.republish_model(repository, tag)  # back to the lab's own bytes, whatever happened
     code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
     assert code == 0, err
     assert _tags(lab, host)[short] == lab.info["models"][f"{repository}:{tag}"].removeprefix(
@@ -409,7 +402,7 @@ def test_a_full_store_fails_its_host_naming_the_bytes_and_a_retry_after_freeing_
         _store_consistent(lab, host)
     finally:
         _unmount_small_store(lab, host)
-        _republish(lab, repository, tag)
+        lab.republish_model(repository, tag)
     code, result, err = provision("models", "sync", str(lab.inventory))
     assert code == 0, (result, err)
     lab_digest = lab.info["models"][f"{repository}:{tag}"].removeprefix("sha256:")
@@ -461,7 +454,7 @@ def test_apply_interrupted_by_ctrl_c_stops_the_fetch_on_the_host_and_reconverges
         assert code == 0, (result, err)
         assert _tags(lab, host)[short] == digest.removeprefix("sha256:")
     finally:
-        _republish(lab, repository, tag)
+        lab.republish_model(repository, tag)
     code, result, err = provision("models", "sync", str(lab.inventory), "--limit", host)
     assert code == 0, (result, err)
 
@@ -485,7 +478,7 @@ def test_a_host_stopped_mid_apply_fails_with_its_reason_and_reconverges(fleet):
         code, result, err = finish(run, timeout=600)
     finally:
         _throttle(lab, host, False)
-        _republish(lab, repository, tag)
+        lab.republish_model(repository, tag)
         if not lab.fleet.running(lab.host(host)):
             lab.fleet.start_host(lab.host(host))
     assert code == 1, err
