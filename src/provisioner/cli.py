@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -349,19 +349,13 @@ def bundle_export(inventory: str, output: str, as_json: bool) -> None:
     path = lockfile.path_for(inventory)
     if path is None or not path.exists():
         _fail_input(f"{inventory}: no lock next to it; `provision lock {inventory}` writes one")
-    try:
-        result = bundle_lib.export(path, Path(output))
-    except lockfile.LockError as exc:
-        _fail_input(str(exc))
-    except bundle_lib.BundleError as exc:
-        click.echo(f"provision: bundle: {exc}", err=True)
-        sys.exit(EXIT_HOST_FAILED)
-    if as_json:
-        _print_json(result.to_json())
-    else:
-        click.echo(f"wrote {result.path}: {len(result.entries)} files, {result.size} bytes, "
-                   f"sha256 {result.sha256}")  # fmt: skip
-    sys.exit(EXIT_OK)
+    result = _bundle_step(lambda: bundle_lib.export(path, Path(output)))
+    _bundle_done(
+        result,
+        as_json,
+        f"wrote {result.path}: {len(result.entries)} files, {result.size} bytes, "
+        f"sha256 {result.sha256}",
+    )
 
 
 @bundle.command("import")
@@ -385,20 +379,38 @@ def bundle_import(
 
     if not Path(file).is_file():
         _fail_input(f"{file}: no such bundle")
+    result = _bundle_step(
+        lambda: bundle_lib.import_bundle(Path(file), Path(site), registry, sign_key)
+    )
+    signed = f"; apt Release signed by {result.signed_by}" if result.signed_by else ""
+    _bundle_done(
+        result,
+        as_json,
+        f"{site}: {len(result.files)} files; registry: {len(result.models)} models{signed}",
+    )
+
+
+def _bundle_step(step: Callable[[], Any]) -> Any:
+    """Run a bundle step: a bad lock or signing key is bad input (exit 2), any other
+    :class:`provisioner.bundle.BundleError` (a source, a file that does not match) exits 1."""
+    from provisioner import bundle as bundle_lib
+    from provisioner import lock as lockfile
+
     try:
-        result = bundle_lib.import_bundle(Path(file), Path(site), registry, sign_key)
-    except bundle_lib.SigningKeyError as exc:
+        return step()
+    except (lockfile.LockError, bundle_lib.SigningKeyError) as exc:
         _fail_input(str(exc))
     except bundle_lib.BundleError as exc:
         click.echo(f"provision: bundle: {exc}", err=True)
         sys.exit(EXIT_HOST_FAILED)
+
+
+def _bundle_done(result: Any, as_json: bool, summary: str) -> None:
+    """Print a bundle step's result (its JSON, or ``summary``) and exit 0."""
     if as_json:
         _print_json(result.to_json())
     else:
-        signed = f"; apt Release signed by {result.signed_by}" if result.signed_by else ""
-        click.echo(
-            f"{site}: {len(result.files)} files; registry: {len(result.models)} models{signed}"
-        )
+        click.echo(summary)
     sys.exit(EXIT_OK)
 
 
