@@ -7,11 +7,20 @@ each read twice. Two tools here:
 
 * ``get_fact(cls, **kwargs)``: ``host.get_fact`` for the current host, re-used while nothing
   changed.
-* ``probe(keys)``: a layer's state probe. It reads every fact of ``keys`` (``(cls, kwargs)``
-  pairs, the facts the layer's operations will read: ``facts/gpu_state.py``) in ONE remote
-  command and registers them for the host; from then on ``host.get_fact`` of a registered key,
-  by our operations or by pyinfra's own (``files.put``, ``systemd.service``, ...), is answered
-  from the values read.
+* ``register(keys)``: a layer's state, registered for the host (``(cls, kwargs)`` pairs, the
+  facts the layer's operations will read: ``facts/gpu_state.py``), read later: the first read
+  of any registered key reads every registered key not read yet, in ONE remote command. From
+  then on ``host.get_fact`` of a registered key, by our operations or by pyinfra's own
+  (``files.put``, ``systemd.service``, ...), is answered from the values read.
+* ``probe(keys)``: ``register(keys)`` and read now (one command): for what a deploy needs to
+  plan. Keys registered before and not read yet come along in the same command, so a site
+  that registers every layer's planning facts first plans a host in one command.
+
+Registered keys are read in the order they were registered: the site registers the host lock
+(``HostLock``, the one fact with an effect) first, so the lock is taken before the state it
+guards is read. When pyinfra does not check operations for changes while planning (``-y``, as
+``provision apply`` runs it), the operations' keys are only read when the run executes: a
+converged run reads each host twice (plan, execute).
 
 Nothing stale: values are kept per *generation*: the phase of the run (planning or
 executing), the number of completed operations that changed the host, and the number of
@@ -236,20 +245,27 @@ def _process(fact: FactBase, status: int, lines: list[str]) -> tuple[bool, Any]:
         return False, None
 
 
+def register(keys: Iterable[Key]) -> None:
+    """Register ``keys`` for the current host, to be read together on the first read of any
+    registered key (see the module docstring); no command now."""
+    host, state = ctx_host.get(), ctx_state.get()
+    if not _following(state):
+        return
+    _install()
+    registered = _REGISTERED.setdefault(host, {})
+    for cls, kwargs in keys:
+        registered.setdefault(cache_key(cls, kwargs), (cls, kwargs))
+
+
 def probe(keys: Iterable[Key]) -> int:
-    """Register ``keys`` for the current host and read those not read yet in this generation
-    in one remote command (see the module docstring); returns how many values were kept."""
+    """Register ``keys`` for the current host and read every registered key not read yet in
+    this generation, ``keys`` included, in one remote command (see the module docstring);
+    returns how many values were kept."""
     host, state = ctx_host.get(), ctx_state.get()
     if not _following(state):
         return 0
-    _install()
-    registered = _REGISTERED.setdefault(host, {})
-    mine: dict[Any, Key] = {}
-    for cls, kwargs in keys:
-        key = cache_key(cls, kwargs)
-        registered.setdefault(key, (cls, kwargs))
-        mine.setdefault(key, (cls, kwargs))
-    return _fetch(state, host, _values(state, host), mine)
+    register(keys)
+    return _fetch(state, host, _values(state, host), _REGISTERED[host])
 
 
 def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key]) -> int:
@@ -268,17 +284,27 @@ def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key
     nonce = secrets.token_hex(6)
     _, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, type(todo[0][1]), None, {})
     executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
+    # facts whose commands are the same text (one fact with a default argument spelled out or
+    # not) run once: each reads that part's output
+    commands: list[Any] = []
+    part_of: dict[str, int] = {}
+    for _, _, command in todo:
+        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+        if text not in part_of:
+            part_of[text] = len(commands)
+            commands.append(command)
     with _reading(host):
         ok, output = host.run_shell_command(
-            probe_command([item[2] for item in todo], nonce),
+            probe_command(commands, nonce),
             print_output=state.print_fact_output,
             print_input=state.print_fact_input,
             **executor,
         )
     parts = split_output(output.stdout_lines, nonce) if ok else {}
     kept = 0
-    for index, (key, fact, _) in enumerate(todo):
-        good, value = _process(fact, *parts.get(index, (1, [])))
+    for key, fact, command in todo:
+        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+        good, value = _process(fact, *parts.get(part_of[text], (1, [])))
         if good:
             values[key] = value
             kept += 1

@@ -174,6 +174,9 @@ def main() -> None:
     from pyinfra.context import ctx_state
     from pyinfra_cli.main import main as pyinfra_main
 
+    from provisioner import pyinfra_speed
+
+    pyinfra_speed.install()
     path = os.environ.get(OUTCOME_ENV)
     log = ErrorLog()
     logging.getLogger("pyinfra").addHandler(log)

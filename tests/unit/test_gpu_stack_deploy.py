@@ -249,15 +249,23 @@ def doubles(monkeypatch):
     return install_doubles(monkeypatch)
 
 
-def apply(registry, hosts: dict[str, GpuHostDouble], data: dict | None = None, deploy=gpu_stack):
-    """Run ``deploy`` on the doubles, in pyinfra's API mode; return the state."""
+def apply(
+    registry,
+    hosts: dict[str, GpuHostDouble],
+    data: dict | None = None,
+    deploy=gpu_stack,
+    check_for_changes: bool = True,
+):
+    """Run ``deploy`` on the doubles, in pyinfra's API mode; return the state.
+    ``check_for_changes=False`` plans as ``pyinfra -y`` (``provision apply``) does: the
+    operations' bodies run only when executing."""
     registry.update(hosts)
     for double in hosts.values():
         double.changes.clear()
     inventory = Inventory(
         ([(f"@fake/{name}", {**FAKE, **(data or {}).get(name, {})}) for name in hosts], {})
     )
-    state = State(inventory=inventory, config=Config())
+    state = State(inventory=inventory, config=Config(), check_for_changes=check_for_changes)
     connect_all(state)
     add_deploy(state, deploy)
     run_ops(state)

@@ -758,6 +758,10 @@ class GpuHostDouble:
                 out.insert(len(out) - 1, "")
         return out
 
+    @staticmethod
+    def _passwd_line(user: str) -> str:
+        return f"{user}:x:{999 if user != 'root' else 0}:0::/home/{user}:/bin/sh|{user}|{user}||"
+
     def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
         stack = self._stack_fact(command)
         if stack is not None:
@@ -837,10 +841,11 @@ class GpuHostDouble:
         if command == "cat /etc/group":
             return [f"{u}:x:{999 if u != 'root' else 0}:" for u in sorted(self.users)]
         if command.startswith("for i in `cat /etc/passwd"):
-            return [
-                f"{u}:x:{999 if u != 'root' else 0}:0::/home/{u}:/bin/sh|{u}|{u}||"
-                for u in sorted(self.users)
-            ]
+            return [self._passwd_line(u) for u in sorted(self.users)]
+        match = re.match(r"e=\$\(awk -F: -v n=(\S+) '\$1 == n", command)
+        if match:  # UserAccount: one user's line, as pyinfra's Users writes it, or nothing
+            user = match[1].strip("'")
+            return [self._passwd_line(user)] if user in self.users else []
         match = re.search(
             r"systemctl show --all --property Id --property (SubState|UnitFileState) (\S+)", command
         )
@@ -851,7 +856,8 @@ class GpuHostDouble:
                 return [f"Id={unit}", f"SubState={state}"]
             state = "enabled" if unit in self.services_enabled else "disabled"
             return [f"Id={unit}", f"UnitFileState={state}"]
-        match = re.match(r"if \[ -x (\S+) \]; then \S+ -c .*importlib\.metadata", command)
+        # TorchVersion: the venv's torch METADATA, else the interpreter's importlib.metadata
+        match = re.match(r"p=(\S+); v=\$\(sed -n 's/\^Version: .*importlib\.metadata", command)
         if match:
             venv = shlex.split(match.group(1))[0].rsplit("/bin/python", 1)[0]
             return [self.torch[venv]] if venv in self.torch else []

@@ -71,6 +71,77 @@ def test_a_converged_gpu_stack_reads_its_state_in_three_commands(doubles, distro
     assert all(fact_cache.PROBE_MARK in c for c in commands)
 
 
+@pytest.mark.parametrize("distro", DISTROS)
+def test_as_provision_apply_plans_a_converged_gpu_stack_reads_its_state_twice(doubles, distro):
+    """``provision apply`` runs pyinfra with ``-y``: operations are not run while planning, so
+    what they read is registered, not read: one probe plans the host, one executes it."""
+    host = GpuHostDouble(distro=distro, gpus=("2684",))
+    apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
+    state = apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
+    assert not failed(state) and host.changes == []
+    commands = commands_of(state)
+    assert len(commands) == 2, commands
+    assert all(fact_cache.PROBE_MARK in c for c in commands)
+    # the execution's probe reads the operations' state too: the torch venv, the profile
+    assert "/etc/profile.d/cuda.sh" not in commands[0] and "/etc/profile.d/cuda.sh" in commands[1]
+
+
+def test_as_provision_apply_plans_a_change_after_planning_is_seen(doubles):
+    """The same as below without checks for changes while planning: the host changes after
+    the one planning probe; the execution reads it again and puts the profile back."""
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
+    profile = "/etc/profile.d/cuda.sh"
+    real_run = host.run
+    probes = []
+
+    def run(command):
+        result = real_run(command)
+        if fact_cache.PROBE_MARK in command:
+            probes.append(command)
+            if len(probes) == 1:  # the planning probe (the only one) has answered
+                host.files.pop(profile)
+        return result
+
+    host.run = run
+    state = apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
+    host.run = real_run
+    assert not failed(state)
+    assert "upload /etc/profile.d/cuda.sh" in host.changes
+    assert profile in host.files
+
+
+def test_keys_registered_first_are_read_first_in_the_same_command(doubles):
+    """What a site registers before the GPU stack plans (the host lock first) is read by the
+    stack's planning probe, in registration order: one command, the lock before the state."""
+    from pyinfra.api import deploy
+
+    from provisioner.deploys.gpu import gpu_stack
+    from provisioner.facts.system import KernelRelease, MemoryTotal
+
+    class KernelAgain(KernelRelease):
+        """Another fact with the same command: the command runs once, both read its output."""
+
+    seen = {}
+
+    @deploy("registers first")
+    def site():
+        fact_cache.register([(MemoryTotal, {}), (KernelRelease, {}), (KernelAgain, {})])
+        gpu_stack()
+        seen["again"] = fact_cache.get_fact(KernelAgain)
+        seen["kernel"] = fact_cache.get_fact(KernelRelease)
+
+    host = GpuHostDouble(distro="debian12", gpus=("2684",))
+    apply(doubles, {"a": host}, {"a": TOOLKIT})  # converged first
+    state = apply(doubles, {"a": host}, {"a": TOOLKIT}, deploy=site, check_for_changes=False)
+    assert not failed(state) and host.changes == []
+    first = commands_of(state)[0]
+    assert first.index("/proc/meminfo") < first.index("cat /etc/os-release")
+    assert first.count("uname -r") == 1  # registered twice, and another fact's same command
+    assert seen["again"] == seen["kernel"] == host.kernel
+    assert len(commands_of(state)) == 2  # no read alone of either
+
+
 def test_a_change_between_planning_and_executing_is_seen(doubles):
     """The probe read at planning time says the profile script is in place; it is removed
     before the operations execute: the execution reads the host again and puts it back."""

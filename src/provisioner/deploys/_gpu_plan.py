@@ -115,5 +115,5 @@ def plan(component: str, toolkit: bool = False, torch: bool = False) -> gpu_stac
         refuse(component, error)
         return None
     stack = gpu_stack.StackPlan(driver, toolkit_plan, torch_plan)
-    fact_cache.probe(gpu_state.operation_keys(stack))  # what the operations will read
+    fact_cache.register(gpu_state.operation_keys(stack))  # what the operations will read
     return stack

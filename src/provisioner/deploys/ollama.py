@@ -452,7 +452,7 @@ def install_ollama() -> None:
         ollama.refuse(name="Check the Ollama release", reason=unlocked)
         return
     _log_release(cfg, release)
-    _probe(cfg, os_info)
+    _register_state(cfg, os_info)
 
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
@@ -473,7 +473,7 @@ def install_ollama() -> None:
 
     server.group(name="Create the ollama group", group=USER, system=True)
     groups = [g for g in ("video", "render") if g in (host.get_fact(Groups) or [])]
-    server.user(
+    system.user(
         name="Create the ollama user",
         user=USER,
         group=USER,
@@ -548,16 +548,17 @@ def install_ollama() -> None:
     )
 
 
-def _probe(cfg: OllamaSettings, os_info: dict[str, Any]) -> None:
-    """Read what the operations below will read in one remote command
+def _register_state(cfg: OllamaSettings, os_info: dict[str, Any]) -> None:
+    """Register what the operations below will read, to be read in one remote command
     (``facts/ollama_state.py``)."""
     family = ""
     with contextlib.suppress(Exception):  # an unknown distro: every fact is read alone
         family = gpu_stack.find_distro(os_info).family.name
     serving = [item.dest for item in _serving_change(cfg, "", "")["items"]]
-    fact_cache.probe(
+    fact_cache.register(
         ollama_state.operation_keys(
             family=family,
+            user=USER,
             home=HOME,
             models_dir=cfg.models_dir,
             install_dir=INSTALL_DIR,

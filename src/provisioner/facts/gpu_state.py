@@ -18,7 +18,6 @@ from typing import Any
 from pyinfra.api import FactBase
 from pyinfra.facts.apt import AptSources
 from pyinfra.facts.files import Directory, File, Sha1File
-from pyinfra.facts.server import Users
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from provisioner import gpu_stack
@@ -32,7 +31,7 @@ from provisioner.facts.nvidia import (
     SecureBoot,
 )
 from provisioner.facts.pytorch import TorchVersion
-from provisioner.facts.system import KernelRelease, OsInfo
+from provisioner.facts.system import KernelRelease, OsInfo, UserAccount
 
 Key = tuple[type[FactBase], dict[str, Any]]
 
@@ -110,7 +109,7 @@ def operation_keys(plan: gpu_stack.StackPlan) -> list[Key]:
     torch = plan.torch
     if torch is not None:
         keys += [
-            (Users, {}),
+            (UserAccount, {"user": torch.user}),
             (Directory, {"path": torch.venv}),
             (File, {"path": posixpath.join(torch.venv, "pyvenv.cfg")}),
             (TorchVersion, {"python": posixpath.join(torch.venv, "bin", "python")}),

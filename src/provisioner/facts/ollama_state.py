@@ -17,11 +17,11 @@ from typing import Any
 from pyinfra.api import FactBase
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory, File, Sha1File
-from pyinfra.facts.server import Groups, Os, Users, Which
+from pyinfra.facts.server import Groups, Os, Which
 
 from provisioner.facts.exposure import InstalledFiles, PresentPaths
 from provisioner.facts.ollama import OllamaInstall, OllamaModels, PathChain
-from provisioner.facts.system import MemoryTotal
+from provisioner.facts.system import MemoryTotal, UserAccount
 
 Key = tuple[type[FactBase], dict[str, Any]]
 
@@ -29,9 +29,16 @@ Key = tuple[type[FactBase], dict[str, Any]]
 PACKAGE_MANAGERS = ("zypper", "apk", "apt")
 
 
+def plan_keys(models_dir: str) -> list[Key]:
+    """What the Ollama and models deploys read while planning (outside their operations): the
+    groups the service user joins, the memory the models are planned for, the model store."""
+    return [(Groups, {}), (MemoryTotal, {}), (OllamaModels, {"models_dir": models_dir})]
+
+
 def operation_keys(
     *,
     family: str,
+    user: str,
     home: str,
     models_dir: str,
     install_dir: str,
@@ -45,9 +52,8 @@ def operation_keys(
     if family == "apt":
         keys.append((DebPackages, {}))
     keys += [
-        (Groups, {}),
         (Os, {}),
-        (Users, {}),
+        (UserAccount, {"user": user}),
         (Directory, {"path": home}),
         (PathChain, {"path": home.rstrip("/") or "/"}),
         (PathChain, {"path": models_dir.rstrip("/") or "/"}),
@@ -59,6 +65,4 @@ def operation_keys(
         (InstalledFiles, {"paths": list(serving_files)}),
     ]
     keys += [(PresentPaths, {"paths": list(paths)}) for paths in removable]
-    # the models deploy: its plan's memory (gather.host_facts) and the store it compares
-    keys += [(MemoryTotal, {}), (OllamaModels, {"models_dir": models_dir})]
-    return keys
+    return [*plan_keys(models_dir), *keys]

@@ -10,10 +10,10 @@ import posixpath
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.facts.files import Directory, File
-from pyinfra.facts.server import Users
 from pyinfra.operations import server
 
 from provisioner.facts.pytorch import TorchVersion
+from provisioner.facts.system import UserAccount
 
 NOLOGIN = "/usr/sbin/nologin"
 
@@ -35,7 +35,7 @@ def service_user(user: str):
     if user == "root":
         host.noop("the virtual environment belongs to root")
         return
-    if user in (host.get_fact(Users) or {}):
+    if host.get_fact(UserAccount, user=user) is not None:
         host.noop(f"user {user} exists")
         return
     yield from server.user._inner(

@@ -10,10 +10,10 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, dnf, server
+from pyinfra.operations import apt, dnf, files, server
 
 from provisioner import bounds, host_lock
-from provisioner.facts.system import BootId, HostLock
+from provisioner.facts.system import BootId, HostLock, UserAccount
 
 
 def _lock_problem(target: Any) -> str | None:
@@ -80,6 +80,71 @@ def packages(packages: list[str], no_recommends: bool = False, family: str | Non
         )
     else:  # another package manager: pyinfra's own choice, without bounds of ours
         yield from server.packages._inner(packages=packages)
+
+
+def account_matches(
+    account: dict[str, Any] | None,
+    home: str | None = None,
+    shell: str | None = None,
+    group: str | None = None,
+    groups: list[str] | None = None,
+) -> bool:
+    """Whether pyinfra's ``server.user`` (``append=False``, no comment, password or keys) would
+    leave ``account`` as it is: the checks of pyinfra 3.10 ``server.user`` for an existing user."""
+    if account is None:
+        return False
+    return (
+        (not home or account["home"] == home)
+        and (not shell or account["shell"] == shell)
+        and (not group or account["group"] == group)
+        and (not groups or set(account["groups"]) == set(groups))
+    )
+
+
+@operation()
+def user(
+    user: str,
+    group: str | None = None,
+    groups: list[str] | None = None,
+    home: str | None = None,
+    shell: str | None = None,
+    system: bool = False,
+    create_home: bool = False,
+    ensure_home: bool = True,
+):
+    """
+    A local user, as pyinfra's ``server.user`` makes it, reading only that user
+    (``UserAccount``): pyinfra's operation reads every user of the host (``Users``, 0.6 s on a
+    Debian host) and runs only when something must change.
+
+    + user: the user name
+    + group: its primary group
+    + groups: its other groups (exactly these)
+    + home: its home directory
+    + shell: its login shell
+    + system: a system user (``useradd -r``) when it is created
+    + create_home: create the home directory with the user
+    + ensure_home: the home directory belongs to the user (pyinfra's ``files.directory``)
+
+    **Example:**
+
+    .. code:: python
+
+        system.user(name="Create the ollama user", user="ollama", group="ollama",
+                    home="/usr/share/ollama", shell="/usr/sbin/nologin", system=True)
+    """
+    wanted = {"home": home, "shell": shell, "group": group, "groups": groups}
+    if not account_matches(host.get_fact(UserAccount, user=user), **wanted):
+        yield from server.user._inner(
+            user=user, system=system, create_home=create_home, ensure_home=ensure_home, **wanted
+        )
+        return
+    if ensure_home and home:
+        yield from files.directory._inner(
+            path=home, user=user, group=group or user, _no_fail_on_link=True
+        )
+    else:
+        host.noop(f"user {user} exists")
 
 
 #: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
