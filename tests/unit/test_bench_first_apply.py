@@ -422,3 +422,55 @@ def test_a_failed_first_apply_misses_its_goal():
     first = {**_first_apply(), "exit_code": 1}
     rows = {r["key"]: r for r in evaluate_targets({"first_apply": first})}
     assert rows["first_apply_by_layer"]["met"] is False
+
+
+def test_the_lab_session_wires_the_timeline_the_logs_and_the_counters(tmp_path, monkeypatch, www):
+    """LabRun.first_apply on a stand-in lab: bench.layers is given the timeline's file, the
+    mirrors' logs are read from where they were before the run, addresses become names."""
+    from types import SimpleNamespace
+
+    from bench import lab_bench, layers
+    from bench.run import LabRun
+
+    services = tmp_path / "services"
+    (services / "acng-log").mkdir(parents=True)
+    acng = services / "acng-log" / "apt-cacher.log"
+    acng.write_text(ACNG)  # before the run: not counted
+    spec = {"bench1": "169.254.101.2", "bench2": "169.254.102.2"}
+    doc = _timeline()
+    for stage in doc["stages"]:
+        stage["bytes"] = {"bench1": stage["bytes"]["a"], "bench2": stage["bytes"]["b"]}
+    doc["ops"] = [
+        _op("GPU stack", 105.0, 115.0, {"bench1": 0, "bench2": 0}, {"bench1": 7, "bench2": 9})
+    ]
+    seen = {}
+
+    def run_timed(command, *, log, env, parse_json):
+        seen.update(command=command, env=env)
+        Path(env[layers.TIMELINE_ENV]).write_text(json.dumps(doc))
+        Path(env["BENCH_LAYERS_OUT"]).write_text('{"bench1": {"execute GPU stack": 3}}')
+        with acng.open("a") as out:
+            out.write("1796583800|O|1000|169.254.102.2|deb.debian.org/debian/pool/a.deb\n")
+        return lab_bench.CliRun(190.0, 0, "", "tail")
+
+    counters = iter([{"bench1": 100, "bench2": None}, {"bench1": 600, "bench2": 5}])
+    monkeypatch.setattr(lab_bench, "run_timed", run_timed)
+    monkeypatch.setattr(layers, "received_bytes", lambda names: next(counters))
+    monkeypatch.setattr(mirror_logs.time, "sleep", lambda s: None)
+    lab = LabRun.__new__(LabRun)
+    lab.max_n, lab.work, lab.logs = 2, tmp_path, tmp_path / "logs"
+    lab.inventories = {2: tmp_path / "lab.py"}
+    lab.lab = SimpleNamespace(
+        info={"hosts": {name: {"address": a} for name, a in spec.items()}},
+        mirrors=SimpleNamespace(services=services, www=www),
+    )
+    first, tail = lab.first_apply()
+    assert seen["command"][1:] == ["-m", "bench.layers", str(tmp_path / "lab.py")]
+    assert tail == "tail" and first["exit_code"] == 0 and first["hosts"] == 2
+    assert first["layers"]["GPU stack"]["bytes"] == {"bench1": 7, "bench2": 9}
+    assert first["mirrors"]["apt-cacher-ng"]["bytes"] == 1000
+    assert first["by_host"] == {
+        "bench1": {"from_mirrors_bytes": 0, "received_bytes": 500},
+        "bench2": {"from_mirrors_bytes": 1000, "received_bytes": None},
+    }
+    assert first["commands"] == {"bench1": {"execute GPU stack": 3}}
