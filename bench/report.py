@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import chart
+from bench.timeline import add
 
 
 def _s(summary: dict[str, Any] | None, unit: str = "", digits: int = 2) -> str:
@@ -142,6 +143,17 @@ def _first_apply_layers(first: dict[str, Any]) -> list[str]:
     rest = phases.get("disconnect")
     if rest:
         out.append(f"| *results, disconnect* | {rest['wall_s']:.1f} | | | | |")
+    if phases:  # the stages in all: the plan stage's bytes (facts) are in no layer's
+        hosts: dict[str, int | None] = {}
+        for phase in phases.values():
+            for name, value in phase["bytes"].items():
+                hosts[name] = add(hosts.get(name, 0), value)
+        wall = sum(phase["wall_s"] for phase in phases.values())
+        plan, execute = phases.get("plan", {}), phases.get("execute", {})
+        out.append(
+            f"| **pyinfra, in all** | **{wall:.1f}** | {plan.get('wall_s', 0):.1f} | "
+            f"{execute.get('wall_s', 0):.1f} | | {_mib_range(list(hosts.values()))} |"
+        )
     return out
 
 
@@ -187,7 +199,8 @@ def _first_apply(results: dict[str, Any]) -> list[str]:
         "the layer's operations (hosts plan side by side; `site` has the rest of the plan "
         "stage); *execute*: the sum of the layer's operations, each from its start on all hosts "
         "to its end on the last. Bytes received: what the machine's end of each host's veth sent "
-        "it during the layer's operations (mirrors and SSH alike); median (min–max) over hosts.",
+        "it during the layer's operations (mirrors and SSH alike; the last row also counts "
+        "what it received while pyinfra planned); median (min–max) over hosts.",
         "",
         *_first_apply_layers(first),
         "",

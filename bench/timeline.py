@@ -17,7 +17,10 @@ Pure functions: the bench's tests feed them a synthetic timeline.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from bench.stats import summarize
@@ -135,3 +138,16 @@ def summarise(doc: Mapping[str, Any]) -> dict[str, Any]:
         site = rows.setdefault(SITE, empty)
         site.update(plan_s=rest, wall_s=round(rest + site["execute_s"], 3))
     return {"phases": stages, "layers": rows}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.timeline FILE``: the summary of a recorded timeline, as JSON."""
+    if len(argv) != 1:
+        print("usage: python -m bench.timeline TIMELINE.json", file=sys.stderr)
+        return 2
+    print(json.dumps(summarise(json.loads(Path(argv[0]).read_text())), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

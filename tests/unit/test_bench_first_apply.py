@@ -210,6 +210,14 @@ def test_phases_are_pyinfras_stages_with_their_bytes():
     assert phases["execute"]["bytes"] == {"a": 9000, "b": None}
 
 
+def test_the_summary_command_reads_a_timeline_file(tmp_path, capsys):
+    path = tmp_path / "timeline.json"
+    path.write_text(json.dumps(_timeline()))
+    assert timeline.main([str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"]["GPU stack"]["wall_s"] == 12.5
+    assert timeline.main([]) == 2
+
+
 def test_a_serial_run_is_read_from_each_hosts_own_span():
     op = {
         "layer": "GPU stack",
@@ -400,6 +408,8 @@ def test_the_report_breaks_the_first_apply_down_by_layer_and_mirror():
     assert "| GPU stack | 12.5 | 1.5 | 11.0 | 2 | 6.0 (5.0–7.0) |" in text
     assert "| Install Ollama | 8.5 | 0.5 | 8.0 | 1 | 3.0 |" in text  # b's counter unknown
     assert "| *results, disconnect* | 0.5 | | | | |" in text
+    # the stages in all: 1 + 3 + 20 + 0.5 s; a received 9110 bytes, b's counter was lost
+    assert "| **pyinfra, in all** | **24.5** | 3.0 | 20.0 | | 0.0 |" in text
     assert "| apt-cacher-ng | 20.0 | 160 | 1.0 |" in text
     assert "| http | 3.0 (1 of unknown size) | 40 | – |" in text
     assert "| **all** | **23.0** | | |" in text
