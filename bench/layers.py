@@ -144,21 +144,21 @@ class Timeline:
         def deploy(host: Any, name: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
             outer = host.current_deploy_name or ""
             full = f"{outer} | {name}" if outer else name
-            layer = name and not getattr(host.state, "is_executing", False)
-            layer = layer and len(full.split("|")) == 2
+            planning = bool(name) and not getattr(host.state, "is_executing", False)
+            is_layer = planning and len(full.split("|")) == 2  # provisioner | LAYER
             started = self.clock()
             try:
                 with original(host, name, *args, **kwargs) as inner:
                     yield inner
             finally:
-                if layer:
+                if is_layer:
                     self.doc["plan"].append(
                         {
                             "host": host.name,
                             "layer": _layer(full, 2),
                             "start": started,
                             "end": self.clock(),
-                        }  # fmt: skip
+                        }
                     )
 
         return deploy
