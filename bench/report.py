@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import chart
+from bench.timeline import add
 
 
 def _s(summary: dict[str, Any] | None, unit: str = "", digits: int = 2) -> str:
@@ -28,12 +29,15 @@ def target_rows(targets: list[dict[str, Any]]) -> list[str]:
     lines = ["| target | goal | measured | verdict |", "| --- | --- | --- | --- |"]
     for row in targets:
         unit = row["unit"]
-        goal = f"{row.get('op', '≤')} {row['target']:g} {unit}"
+        goal = row.get("goal") or f"{row.get('op', '≤')} {row['target']:g} {unit}"
         if row.get("value") is None:
             lines.append(f"| {row['what']} | {goal} | not measured | – |")
             continue
         value = f"{row['value']:.3g} {unit}"
-        if row["met"]:
+        if row.get("goal"):  # a goal without a number: met when measured (see the note)
+            value += f" ({row['note']})" if row.get("note") else ""
+            verdict = "met" if row["met"] else "**missed**: not measured in full"
+        elif row["met"]:
             verdict = "met"
         else:
             verdict = f"**missed by {row.get('miss_percent', 0):g} %** (×{row.get('miss_factor')})"
@@ -44,7 +48,7 @@ def target_rows(targets: list[dict[str, Any]]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     """The markdown report of ``results``: one section per part of the run that has results."""
     out = _header(results)
-    for section in (_lab, _converged, _rtt, _models, _planner, _startup, _notes):
+    for section in (_lab, _first_apply, _converged, _rtt, _models, _planner, _startup, _notes):
         out += section(results)
     return "\n".join(out)
 
@@ -106,6 +110,111 @@ def _lab(results: dict[str, Any]) -> list[str]:
             f"{settle['changed'] or 'none'}."
         )
     out.append("")
+    return out
+
+
+def _mib_range(values: list[int | None]) -> str:
+    """``12.3 (11.0–14.1)`` MiB over hosts: median (min–max); ``–`` when none was read."""
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return "–"
+    mid = len(known) // 2
+    median = known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
+    if len(known) == 1:
+        return f"{median / 2**20:.1f}"
+    return f"{median / 2**20:.1f} ({known[0] / 2**20:.1f}–{known[-1] / 2**20:.1f})"
+
+
+def _first_apply_layers(first: dict[str, Any]) -> list[str]:
+    out = [
+        "| layer | wall s | plan s | execute s | operations | MiB received per host |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    phases = first.get("phases") or {}
+    connect = phases.get("connect")
+    if connect:
+        received = _mib_range(list(connect["bytes"].values()))
+        out.append(f"| *connect* | {connect['wall_s']:.1f} | | | | {received} |")
+    for layer, row in first["layers"].items():
+        out.append(
+            f"| {layer} | {row['wall_s']:.1f} | {row['plan_s']:.1f} | {row['execute_s']:.1f} | "
+            f"{row['ops']} | {_mib_range(list((row.get('bytes') or {}).values()))} |"
+        )
+    rest = phases.get("disconnect")
+    if rest:
+        out.append(f"| *results, disconnect* | {rest['wall_s']:.1f} | | | | |")
+    if phases:  # the stages in all: the plan stage's bytes (facts) are in no layer's
+        hosts: dict[str, int | None] = {}
+        for phase in phases.values():
+            for name, value in phase["bytes"].items():
+                hosts[name] = add(hosts.get(name, 0), value)
+        wall = sum(phase["wall_s"] for phase in phases.values())
+        plan, execute = phases.get("plan", {}), phases.get("execute", {})
+        out.append(
+            f"| **pyinfra, in all** | **{wall:.1f}** | {plan.get('wall_s', 0):.1f} | "
+            f"{execute.get('wall_s', 0):.1f} | | {_mib_range(list(hosts.values()))} |"
+        )
+    return out
+
+
+def _first_apply_mirrors(first: dict[str, Any]) -> list[str]:
+    out = [
+        "| mirror | MiB served | requests | upstream MiB |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, row in first["mirrors"].items():
+        unsized = f" ({row['unsized']} of unknown size)" if row.get("unsized") else ""
+        upstream = f"{row['upstream_bytes'] / 2**20:.1f}" if name == "apt-cacher-ng" else "–"
+        out.append(
+            f"| {name} | {row['bytes'] / 2**20:.1f}{unsized} | {row['requests']} | {upstream} |"
+        )
+    total = sum(row["bytes"] for row in first["mirrors"].values())
+    out.append(f"| **all** | **{total / 2**20:.1f}** | | |")
+    return out
+
+
+def _first_apply_hosts(first: dict[str, Any]) -> list[str]:
+    out = [
+        "| host | MiB downloaded from the mirrors | MiB received on its interface |",
+        "| --- | --- | --- |",
+    ]
+    for name, row in first["by_host"].items():
+        received = row.get("received_bytes")
+        total = "–" if received is None else f"{received / 2**20:.1f}"
+        out.append(f"| {name} | {row['from_mirrors_bytes'] / 2**20:.1f} | {total} |")
+    return out
+
+
+def _first_apply(results: dict[str, Any]) -> list[str]:
+    """The first apply by layer, the bytes the mirrors served and each host received."""
+    first = results.get("first_apply")
+    if not first or not first.get("layers"):
+        return []
+    out = [
+        f"## First apply on {first['hosts']} bare hosts, by layer",
+        "",
+        f"`provision apply` on {first['hosts']} bare hosts (pyinfra's CLI as `provision apply` "
+        f"runs it, through `bench/layers.py` with its timeline on): {first['wall_s']} s, exit "
+        f"{first['exit_code']}. *plan*: the median over hosts of the time each spent preparing "
+        "the layer's operations (hosts plan side by side; `site` has the rest of the plan "
+        "stage); *execute*: the sum of the layer's operations, each from its start on all hosts "
+        "to its end on the last. Bytes received: what the machine's end of each host's veth sent "
+        "it during the layer's operations (mirrors and SSH alike; the last row also counts "
+        "what it received while pyinfra planned); median (min–max) over hosts.",
+        "",
+        *_first_apply_layers(first),
+        "",
+    ]
+    if first.get("mirrors"):
+        out += [
+            "Bytes the site mirrors served during the run, from their own logs (apt-cacher-ng: "
+            "*upstream* is what it fetched from Debian's mirrors for the hosts):",
+            "",
+            *_first_apply_mirrors(first),
+            "",
+        ]
+    if first.get("by_host"):
+        out += [*_first_apply_hosts(first), ""]
     return out
 
 

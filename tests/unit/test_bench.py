@@ -1,4 +1,4 @@
-"""The benchmark's own pure parts (bench/): statistics, reports, the PNG writer, the planner
+"""The benchmark's own pure parts (bench/): statistics, reports, the matplotlib chart, the planner
 fleet, the lab fleet and inventories, sshd session counting, the Ansible peer's inventory and
 recap, the counting registry proxy. Nothing here is timed."""
 
