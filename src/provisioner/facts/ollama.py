@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import posixpath
 import shlex
 from typing import Any
 
@@ -246,10 +247,18 @@ class PathChain(FactBase[list[dict[str, Any]]]):
         return []
 
     def command(self, path: str) -> str:
+        # the directories from the leaf up, named on the control host; one ``stat`` for those
+        # that exist (a missing one is always deeper than one that exists): two processes in
+        # all rather than two per directory
+        levels = [path]
+        while levels[-1] not in ("/", ""):
+            levels.append(posixpath.dirname(levels[-1]))
+        names = " ".join(shlex.quote(level) for level in levels if level)
         return (
-            f"p={shlex.quote(path)}; while :; do "
-            'stat -c \'%a %U %G %n\' "$p" 2>/dev/null || echo "missing - - $p"; '
-            '[ "$p" = / ] && break; p=$(dirname "$p"); done'
+            f"set --; for p in {names}; do "
+            'if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; '
+            'else echo "missing - - $p"; fi; done; '
+            "[ $# -eq 0 ] || stat -c '%a %U %G %n' \"$@\" 2>/dev/null; true"
         )
 
     def process(self, output: list[str]) -> list[dict[str, Any]]:
