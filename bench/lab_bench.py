@@ -142,23 +142,52 @@ def sshd_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def sshd_listener(netns: str) -> int | None:
+    """The PID of the sshd listening in network namespace ``netns`` (a lab host's), or None."""
+    pids = subprocess.run(["pgrep", "-f", "sshd -D"], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        seen = subprocess.run(["ip", "netns", "identify", pid], capture_output=True, text=True)
+        if seen.stdout.strip() == netns:
+            return int(pid)
+    return None
+
+
+def children_cpu_of(pid: int) -> float | None:
+    """User + system CPU seconds of the children ``pid`` has reaped (``cutime`` + ``cstime``
+    of /proc/PID/stat): for a host's sshd listener, every SSH session that ended, with all it
+    ran (login, commands, their processes)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class SessionLog:
-    """What the sshd of each host logged between :meth:`start` and :meth:`stop`."""
+    """What the sshd of each host logged between :meth:`start` and :meth:`stop`, and the CPU
+    its sessions used on the host (``cpu_s``; with ``netns``, each host's network namespace)."""
 
     roots: Mapping[str, Path]  # host name -> its root directory on the machine
     offsets: dict[str, int] = field(default_factory=dict)
+    netns: Mapping[str, str] = field(default_factory=dict)  # host name -> its namespace
+    cpu: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (pid, cpu)
 
     def path(self, name: str) -> Path:
         return self.roots[name] / SSHD_LOG.lstrip("/")
 
     def start(self, names: Sequence[str]) -> None:
         self.offsets = {}
+        self.cpu = {}
         for name in names:
             try:
                 self.offsets[name] = self.path(name).stat().st_size
             except OSError:
                 self.offsets[name] = 0
+            pid = sshd_listener(self.netns[name]) if name in self.netns else None
+            used = children_cpu_of(pid) if pid else None
+            if pid and used is not None:
+                self.cpu[name] = (pid, used)
 
     def stop(self, settle: float = 0.3) -> dict[str, dict[str, int]]:
         time.sleep(settle)  # sshd writes its last lines as the run's connections close
@@ -171,6 +200,11 @@ class SessionLog:
             except OSError:
                 text = ""
             counts[name] = sshd_counts(text)
+            if name in self.cpu:
+                pid, before = self.cpu[name]
+                after = children_cpu_of(pid)
+                if after is not None:
+                    counts[name]["cpu_s"] = round(after - before, 3)
         return counts
 
 

@@ -218,7 +218,9 @@ def _first_apply(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _converged_row(conv: dict[str, Any], who: str, n: str, row: dict[str, Any], cpu: bool) -> str:
+def _converged_row(
+    conv: dict[str, Any], who: str, n: str, row: dict[str, Any], cpu: bool, remote: bool = False
+) -> str:
     ratio = conv.get("fanout_ratio", {}).get(who, {}).get(n)
     name = "provision apply" if who == "ours" else "ansible-playbook"
     return (
@@ -231,6 +233,7 @@ def _converged_row(conv: dict[str, Any], who: str, n: str, row: dict[str, Any], 
         + (f", {row['failed_runs']} failed" if row["failed_runs"] else "")
         + " |"
         + (f" {_s(row.get('controller_cpu_s'))} |" if cpu else "")
+        + (f" {_s(row.get('remote_cpu_s_per_host'))} |" if remote else "")
     )
 
 
@@ -280,19 +283,26 @@ def _converged(results: dict[str, Any]) -> list[str]:
         return []
     rows = [r for who in ("ours", "ansible") for r in (conv.get(who) or {}).values()]
     cpu = any("controller_cpu_s" in r for r in rows)
+    remote = any("remote_cpu_s_per_host" in r for r in rows)
     out = [
         "## Converged re-run, fan-out, against Ansible",
         "",
         "Remote commands per host are `exec` channels seen by the host's sshd (its VERBOSE "
-        "log), the same count for both tools; logins and sftp sessions beside them.",
+        "log), the same count for both tools; logins and sftp sessions beside them. Remote CPU "
+        "is what the host's SSH sessions used (login, commands and all they ran: the children "
+        "CPU its sshd reaped); the lab's hosts share the machine's CPUs with the controller.",
         "",
         "| hosts | tool | wall time (s) | time(N)/time(1) | commands/host | logins/host "
-        "| sftp/host | runs with changes |" + (" controller CPU (s) |" if cpu else ""),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if cpu else ""),
+        "| sftp/host | runs with changes |"
+        + (" controller CPU (s) |" if cpu else "")
+        + (" remote CPU/host (s) |" if remote else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- |" if cpu else "")
+        + (" --- |" if remote else ""),
     ]
     for who in ("ours", "ansible"):
         for n, row in (conv.get(who) or {}).items():
-            out.append(_converged_row(conv, who, n, row, cpu))
+            out.append(_converged_row(conv, who, n, row, cpu, remote))
     out += _baseline(conv)
     out += _layers(conv.get("layers"))
     versus = conv.get("ours_over_ansible")

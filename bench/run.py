@@ -197,7 +197,8 @@ class LabRun:
         for name in names:
             self.lab.ssh(name, lab_bench.SSHD_SETUP)
         roots = {name: self.lab.fleet.root(self.lab.host(name)) for name in names}
-        self.sessions = lab_bench.SessionLog(roots)
+        netns = {name: self.lab.host(name).netns for name in names}
+        self.sessions = lab_bench.SessionLog(roots, netns=netns)
         # prove the counting works before relying on it: one login, one command
         self.sessions.start([names[0]])
         self.lab.ssh(names[0], "true")
@@ -600,6 +601,11 @@ def summarise_runs(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
             **(
                 {"controller_cpu_s": summarize([r["cpu_s"] for r in records]).to_json()}
                 if all("cpu_s" in r for r in records)
+                else {}
+            ),
+            **(
+                {"remote_cpu_s_per_host": summarize([s["cpu_s"] for s in per_host]).to_json()}
+                if per_host and all("cpu_s" in s for s in per_host)
                 else {}
             ),
             "failed_runs": sum(1 for r in records if r["exit_code"] != 0),

@@ -543,3 +543,36 @@ def test_rtt_values_outside_the_relay_bounds_are_refused():
     assert _rtts("0,20,50,100") == (0, 20, 50, 100)
     with pytest.raises(Exception, match="milliseconds"):
         _rtts("5000")
+
+
+def test_remote_cpu_is_what_the_sshd_listeners_children_used(monkeypatch):
+    """children_cpu_of reads a real process's reaped children's CPU; SessionLog reports each
+    host's difference, and the summary and the report carry it per host."""
+    import os
+    import subprocess
+
+    before = lab_bench.children_cpu_of(os.getpid())
+    subprocess.run([sys.executable, "-c", "sum(range(4_000_000))"], check=True)
+    after = lab_bench.children_cpu_of(os.getpid())
+    assert before is not None and after > before
+    assert lab_bench.children_cpu_of(2**22 + 12345) is None  # no such process
+
+    used = iter([10.0, 10.25])
+    monkeypatch.setattr(lab_bench, "sshd_listener", lambda netns: 4242 if netns == "ns1" else None)
+    monkeypatch.setattr(lab_bench, "children_cpu_of", lambda pid: next(used))
+    sessions = lab_bench.SessionLog({"bench1": Path("/nonexistent")}, netns={"bench1": "ns1"})
+    sessions.start(["bench1"])
+    assert sessions.stop(settle=0)["bench1"]["cpu_s"] == 0.25
+
+    records = [_record(1.0, 2) for _ in range(2)]
+    for record, cpu in zip(records, (0.2, 0.4), strict=True):
+        for host in record["sessions"].values():
+            host["cpu_s"] = cpu
+    row = summarise_runs({1: records})["1"]
+    assert row["remote_cpu_s_per_host"]["median"] == pytest.approx(0.3)
+    results = _results()
+    results["converged"]["ours"]["1"] = row
+    text = report.render(results)
+    assert "remote CPU/host (s)" in text
+    line = next(x for x in text.splitlines() if x.startswith("| 1 | provision apply |"))
+    assert line.rstrip(" |").endswith("0.30 (0.20–0.40)")
