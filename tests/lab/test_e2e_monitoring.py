@@ -73,12 +73,25 @@ def test_node_exporter_serves_the_provisioner_metrics_on_loopback_only(lab, moni
     assert other.returncode != 0
 
 
+# A converged host with monitoring: the planning probe, the execution's probe (monitoring's
+# files, units and packages with the other layers' state: deploys/monitoring.state_keys) and
+# the record of the successful run, which writes on every run by nature.
+MAX_MONITORED_COMMANDS = 3
+
+
 def test_a_second_apply_with_monitoring_changes_nothing(lab, monitored):
+    from bench import lab_bench
+
+    lab.ssh(HOST, lab_bench.SSHD_SETUP)
+    sessions = lab_bench.SessionLog({HOST: lab.fleet.root(lab.host(HOST))})
+    sessions.start([HOST])
     code, result, err = provision(
         "apply", str(lab.inventory), "--limit", HOST, "--data", "monitoring=true"
     )
+    seen = sessions.stop(settle=1.0)[HOST]
     assert code == 0, err
     assert result["hosts"][HOST]["status"] == "unchanged", result["hosts"][HOST]
+    assert 0 < seen["commands"] <= MAX_MONITORED_COMMANDS, seen
 
 
 def test_ollama_stopped_shows_within_one_period(lab, monitored):

@@ -267,3 +267,29 @@ def test_exporter_data_covers_every_package_family():
     from provisioner import gpu_stack
 
     assert set(monitoring.exporters()) == set(gpu_stack.families())
+
+
+def test_the_state_keys_are_what_its_operations_read():
+    """Monitoring's files, directories, units and packages are registered for the execution's
+    one probe; the allowlist's only when it listens beyond loopback; dpkg's list only on apt."""
+    from pyinfra.facts.deb import DebPackages
+    from pyinfra.facts.files import Directory, Sha1File
+
+    local, _ = monitoring.settings_from(_resolved())
+    wide, _ = monitoring.settings_from(
+        _resolved(
+            monitoring_listen_address="10.0.0.5:9100", monitoring_allow_networks=["10.0.0.0/24"]
+        )
+    )
+    apt = monitoring.exporters()["apt"]
+    keys = monitoring.state_keys(local, apt, "apt")
+    paths = {kwargs.get("path") for _, kwargs in keys}
+    assert monitoring.COLLECTOR in paths and f"{monitoring.LIB_DIR}/next_boot.py" in paths
+    assert (Sha1File, {"path": monitoring.CONFIG}) in keys
+    assert (Directory, {"path": apt.textfile_dir}) in keys
+    assert (DebPackages, {}) in keys
+    assert monitoring.FIREWALL_RULES not in paths
+    wide_paths = {kwargs.get("path") for _, kwargs in monitoring.state_keys(wide, apt, "apt")}
+    assert monitoring.FIREWALL_RULES in wide_paths
+    dnf = monitoring.state_keys(local, monitoring.exporters()["dnf"], "dnf")
+    assert (DebPackages, {}) not in dnf

@@ -27,11 +27,13 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy, operation
-from pyinfra.facts.files import Sha1File
-from pyinfra.operations import files, server, systemd
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory, Sha1File
+from pyinfra.operations import files, server
 
-from provisioner import addresses, gpu_stack, rendering, settings
+from provisioner import addresses, fact_cache, gpu_stack, rendering, settings
 from provisioner import lock as fleet_lock
+from provisioner.facts.gpu_state import put_keys, service_keys
 from provisioner.facts.system import OsInfo
 from provisioner.operations import system
 
@@ -295,9 +297,38 @@ def monitoring() -> None:
             reason="; ".join(f"{key}: {message}" for key, message in problems),
         )
         return
-    exporter = exporters()[_distro_family()]
+    family = _distro_family()
+    exporter = exporters()[family]
+    fact_cache.register(state_keys(cfg, exporter, family))
     _install_exporter(cfg, exporter)
     _install_collector(cfg, exporter)
+
+
+def state_keys(cfg: MonitoringSettings, exporter: Exporter, family: str) -> list[Any]:
+    """Every fact the operations below read (pyinfra 3.10's ``files.put``, ``files.directory``,
+    ``systemd.service``, ``apt.packages``; ``config_file``), as ``fact_cache`` keys: read with
+    the other layers' state in the execution's one probe (a key spelled otherwise is read
+    alone: one more command, never a stale value)."""
+    etc = "/etc/systemd/system"
+    puts = [
+        f"{etc}/{exporter.service}.service.d/10-provisioner.conf",
+        COLLECTOR,
+        f"{LIB_DIR}/nvidia_smi.py",
+        f"{LIB_DIR}/next_boot.py",
+        f"{etc}/{UNIT}.service",
+        f"{etc}/{UNIT}.timer",
+    ]
+    services = [f"{exporter.service}.service", f"{UNIT}.timer"]
+    if not cfg.loopback:
+        puts += [FIREWALL_RULES, f"{etc}/{FIREWALL_UNIT}.service"]
+        services.append(f"{FIREWALL_UNIT}.service")
+    keys: list[Any] = [key for path in puts for key in put_keys(path)]
+    keys += [key for unit in services for key in service_keys(unit)]
+    keys += [(Directory, {"path": p}) for p in (exporter.textfile_dir, LIB_DIR, "/etc/provisioner")]
+    keys.append((Sha1File, {"path": CONFIG}))
+    if family == "apt":
+        keys.append((DebPackages, {}))
+    return keys
 
 
 def _install_exporter(cfg: MonitoringSettings, exporter: Exporter) -> None:
@@ -317,13 +348,12 @@ def _install_exporter(cfg: MonitoringSettings, exporter: Exporter) -> None:
     files.directory(
         name="node_exporter's textfile directory", path=exporter.textfile_dir, mode="755"
     )
-    systemd.service(
+    system.service(
         name=f"Run {exporter.service}",
         service=f"{exporter.service}.service",
-        running=True,
-        enabled=True,
-        daemon_reload=dropin.will_change or firewall,
-        restarted=dropin.will_change,
+        reload_after=[dropin],
+        restart_after=[dropin],
+        daemon_reload=firewall,
     )
 
 
@@ -342,13 +372,11 @@ def _firewall(cfg: MonitoringSettings, exporter: Exporter) -> bool:
         dest=f"/etc/systemd/system/{FIREWALL_UNIT}.service",
         mode="644",
     )
-    systemd.service(
+    system.service(
         name="Load the node_exporter allowlist",
         service=f"{FIREWALL_UNIT}.service",
-        running=True,
-        enabled=True,
-        daemon_reload=unit.will_change,
-        restarted=rules.will_change or unit.will_change,
+        reload_after=[unit],
+        restart_after=[rules, unit],
     )
     return True
 
@@ -389,13 +417,11 @@ def _install_collector(cfg: MonitoringSettings, exporter: Exporter) -> None:
         dest=f"/etc/systemd/system/{UNIT}.timer",
         mode="644",
     )
-    systemd.service(
+    system.service(
         name="Run the health collector every interval",
         service=f"{UNIT}.timer",
-        running=True,
-        enabled=True,
-        daemon_reload=service.will_change or timer.will_change,
-        restarted=timer.will_change,
+        reload_after=[service, timer],
+        restart_after=[timer],
     )
 
 

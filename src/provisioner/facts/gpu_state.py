@@ -53,7 +53,7 @@ PERSISTENCED_DROPIN = "/etc/systemd/system/nvidia-persistenced.service.d/provisi
 DNF_REPO_FILE = "/etc/yum.repos.d/nvidia-cuda.repo"  # pyinfra's dnf.repo(src="nvidia-cuda")
 
 
-def _put(path: str) -> list[Key]:
+def put_keys(path: str) -> list[Key]:
     """What pyinfra's ``files.put`` reads of a destination (pyinfra 3.10 files.put)."""
     return [
         (File, {"path": path}),
@@ -62,7 +62,7 @@ def _put(path: str) -> list[Key]:
     ]
 
 
-def _service(unit: str) -> list[Key]:
+def service_keys(unit: str) -> list[Key]:
     """What pyinfra's ``systemd.service`` reads of a system unit (pyinfra 3.10)."""
     args = {"user_mode": False, "machine": None, "user_name": None, "services": [unit]}
     return [(SystemdStatus, dict(args)), (SystemdEnabled, dict(args))]
@@ -76,8 +76,8 @@ def _repository_keys(driver: gpu_stack.DriverPlan, target: gpu_stack.Distro) -> 
     if driver.key is not None:
         keys.append((RepoKey, {"path": driver.key.path}))
     if target.family.name == "apt":
-        return [*keys, (AptSourcesFor, {"url": driver.repo_url}), *_put(REPO_PREFERENCE)]
-    return [*keys, *_put(DNF_REPO_FILE)]
+        return [*keys, (AptSourcesFor, {"url": driver.repo_url}), *put_keys(REPO_PREFERENCE)]
+    return [*keys, *put_keys(DNF_REPO_FILE)]
 
 
 def _driver_keys(driver: gpu_stack.DriverPlan) -> list[Key]:
@@ -86,14 +86,14 @@ def _driver_keys(driver: gpu_stack.DriverPlan) -> list[Key]:
         return []
     keys: list[Key] = [
         *_repository_keys(driver, target),
-        *_put(NOUVEAU_BLACKLIST),
+        *put_keys(NOUVEAU_BLACKLIST),
         (File, {"path": gpu_stack.REBOOT_MARKER}),
-        *_service("nvidia-persistenced.service"),
+        *service_keys("nvidia-persistenced.service"),
     ]
     if target.persistenced_dropin:
-        keys += _put(PERSISTENCED_DROPIN)
+        keys += put_keys(PERSISTENCED_DROPIN)
     if target.family.auto_upgrades_dropin:  # nvidia.auto_upgrades_exclude
-        keys += _put(target.family.auto_upgrades_dropin)
+        keys += put_keys(target.family.auto_upgrades_dropin)
     names = target.kernel_packages(driver.kernel) if driver.hold_kernel else []
     keys.append((KernelPackages, {"names": names}))  # nvidia.kernel_hold
     if target.family.name == "apt":
@@ -105,7 +105,7 @@ def operation_keys(plan: gpu_stack.StackPlan) -> list[Key]:
     """Every fact the GPU stack's operations read on a host with this plan."""
     keys = _driver_keys(plan.driver)
     if plan.toolkit is not None and not plan.toolkit.skip:
-        keys += _put(CUDA_PROFILE)
+        keys += put_keys(CUDA_PROFILE)
     torch = plan.torch
     if torch is not None:
         keys += [

@@ -905,7 +905,7 @@ def reboot_if_needed(
         host.noop(f"reboot: skipped, {skip}")
         return
     target = gpu_stack.distro(distro)
-    driver_changed = any(op.did_change() if op.is_complete() else op.will_change for op in changed)
+    driver_changed = system.any_change(changed)
     installed, module, smi = _module_state(target)
     found = gpu_stack.reboot_reasons(installed, module, smi)
     reasons = ([DRIVER_CHANGED] if driver_changed else []) + found

@@ -3,6 +3,7 @@ bounded package-manager calls), paired with ``provisioner.facts.system``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gevent import sleep
@@ -10,7 +11,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.operations import apt, dnf, files, server, systemd
 
 from provisioner import bounds, host_lock
 from provisioner.facts.system import BootId, HostLock, UserAccount
@@ -145,6 +146,48 @@ def user(
         )
     else:
         host.noop(f"user {user} exists")
+
+
+def any_change(ops: Iterable[Any]) -> bool:
+    """Whether any of ``ops`` (operations of this run, before the caller) changed the host:
+    once they ran, what they did; before (planning with checks for changes), what they
+    would do."""
+    return any(op.did_change() if op.is_complete() else op.will_change for op in ops)
+
+
+@operation()
+def service(
+    service: str,
+    reload_after: Sequence[Any] = (),
+    restart_after: Sequence[Any] = (),
+    daemon_reload: bool = False,
+):
+    """
+    A systemd unit running and enabled (pyinfra's ``systemd.service``), reloading systemd when
+    one of ``reload_after`` changed a unit file and restarting the unit when one of
+    ``restart_after`` changed its configuration. The operations are looked at inside this one,
+    when it runs: passed to pyinfra's as ``daemon_reload=op.will_change``, they would run
+    while planning and read their files' state ahead of the execution's one probe.
+
+    + service: the unit
+    + reload_after: operations whose change needs ``systemctl daemon-reload``
+    + restart_after: operations whose change needs a restart
+    + daemon_reload: reload systemd in any case
+
+    **Example:**
+
+    .. code:: python
+
+        unit = files.put(name="Unit", src="x.service", dest="/etc/systemd/system/x.service")
+        system.service(name="Run x", service="x.service", reload_after=[unit], restart_after=[unit])
+    """
+    yield from systemd.service._inner(
+        service=service,
+        running=True,
+        enabled=True,
+        daemon_reload=daemon_reload or any_change(reload_after),
+        restarted=any_change(restart_after),
+    )
 
 
 #: The state callback method told of every refused host: ``host_refused(state, host, reason)``.
