@@ -746,16 +746,16 @@ class GpuHostDouble:
 
     def _probe(self, command: str) -> list[str]:
         """A state probe (``fact_cache.probe_command``): each part answered as that fact alone
-        would be, followed by the newline and the status line the shell prints."""
+        would be, followed by the newline and the status line the shell prints: an empty line
+        after every part, one that printed nothing or failed too (printf's leading newline;
+        tests/conformance/gpu_stack/records.toml, sh.probe_output)."""
         out: list[str] = []
         for part, index, mark in PROBE_PART.findall(command):
             try:
                 lines = self._fact(part)
             except DoubleError:
                 lines = None
-            out += [*(lines or []), f"{mark} {index} {0 if lines is not None else 1}"]
-            if lines:
-                out.insert(len(out) - 1, "")
+            out += [*(lines or []), "", f"{mark} {index} {0 if lines is not None else 1}"]
         return out
 
     def _fact(self, command: str) -> list[str] | None:  # noqa: C901 - one branch per fact
