@@ -229,6 +229,18 @@ def _autoinstall_without_headers(record: dict[str, Any], tmp: Path) -> None:
     assert str(record["conforms"]).startswith("no: ")
 
 
+@check("debian.module_name")
+def _debian_module_name(record: dict[str, Any], tmp: Path) -> None:
+    expect = record["expect"]
+    _kernel(tmp, KERNEL, headers=True)
+    where = tmp / "lib/modules" / KERNEL / "updates/dkms"
+    where.mkdir(parents=True)
+    for name in [*expect["found"], *expect["not_found"]]:
+        (where / name).write_text("version=535.261.03\n")
+    found = sorted(Path(m["path"]).name for m in _next_boot(tmp, KERNEL)["modules"])
+    assert found == sorted(expect["found"]), found
+
+
 def _bounded_apt(parts: list[str], refresh: bool = False) -> list[str]:
     return bounds.with_options(parts, "apt", refresh=refresh)
 
