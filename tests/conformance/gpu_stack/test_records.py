@@ -404,3 +404,72 @@ def test_every_record_is_complete_and_has_one_check():
 @pytest.mark.parametrize("record_id", sorted(r["id"] for r in RECORDS["record"]))
 def test_the_double_follows_the_record(record_id: str, tmp_path: Path) -> None:
     CHECKS[record_id](_record(record_id), tmp_path)
+
+
+# --- the real dkms, where one is at hand --------------------------------------------------------
+
+
+def _real_dkms() -> str | None:
+    """Debian's dkms script: $PROVISIONER_DKMS (e.g. usr/sbin/dkms of an unpacked
+    dkms_3.0.10-8+deb12u1_all.deb), else an installed /usr/sbin/dkms."""
+    found = os.environ.get("PROVISIONER_DKMS") or shutil.which("dkms", path="/usr/sbin")
+    return found if found and Path(found).is_file() else None
+
+
+@pytest.mark.skipif(_real_dkms() is None, reason="no dkms here (set PROVISIONER_DKMS)")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="dkms is a bash script")
+def test_the_real_dkms_does_what_the_records_say(tmp_path: Path) -> None:
+    """Debian's dkms itself, on throw-away trees (--dkmstree, --sourcetree, --installtree; a
+    fake depmod): a module whose dkms.conf asks for /kernel/drivers/video lands in
+    updates/dkms/ under its DEST_MODULE_NAME (dkms.module_dir, debian.module_name), and
+    `dkms autoinstall -k K` for a kernel without headers fails with exit 11
+    (dkms.autoinstall_without_headers). Nothing outside tmp_path is written."""
+    release = Path("/etc/os-release").read_text()
+    if not re.search(r"^ID=\"?(debian|ubuntu)\"?$", release, re.M):
+        pytest.skip("dkms picks updates/dkms on Debian and Ubuntu only")
+    dkms = str(_real_dkms())
+    source = tmp_path / "src/fake-1.0"
+    source.mkdir(parents=True)
+    (source / "Makefile").write_text("all:\n\ttrue\n")
+    (source / "dkms.conf").write_text(
+        'PACKAGE_NAME="fake"\nPACKAGE_VERSION="1.0"\nAUTOINSTALL=yes\n'
+        'MAKE[0]="printf x > nvidia.ko"\nCLEAN="true"\nSTRIP[0]=no\n'
+        'BUILT_MODULE_NAME[0]="nvidia"\nDEST_MODULE_NAME[0]="nvidia-current"\n'
+        'DEST_MODULE_LOCATION[0]="/kernel/drivers/video"\n'
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "depmod").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "depmod").chmod(0o755)
+    headers = tmp_path / "headers"
+    (headers / "include").mkdir(parents=True)
+    (headers / ".config").touch()
+    install = tmp_path / "install"
+    trees = ["--dkmstree", str(tmp_path / "var"), "--sourcetree", str(tmp_path / "src")]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", dkms, *args, *trees], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    (tmp_path / "var").mkdir()
+    assert run("add", "-m", "fake", "-v", "1.0").returncode == 0
+    kernel = "9.9.9-provisioner-test"
+    (install / kernel).mkdir(parents=True)
+    built = run(
+        "autoinstall", "-k", kernel, "--installtree", str(install), "--kernelsourcedir",
+        str(headers),
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    files = [p.relative_to(install / kernel).as_posix() for p in install.rglob("*.ko*")]
+    assert files == [f"{_record('dkms.module_dir')['expect']['dir']}/nvidia-current.ko"]
+    # a kernel without headers (the real /lib/modules/K/build is checked: K exists nowhere)
+    other = "9.9.8-provisioner-test-noheaders"
+    assert not Path(f"/lib/modules/{other}").exists()
+    (install / other).mkdir()
+    failed = run("autoinstall", "-k", other, "--installtree", str(install))
+    assert failed.returncode == _record("dkms.autoinstall_without_headers")["expect"]["real_exit"]
+    assert (
+        f"Your kernel headers for kernel {other} cannot be found" in failed.stderr + failed.stdout
+    )
