@@ -239,6 +239,17 @@ def _debian_module_name(record: dict[str, Any], tmp: Path) -> None:
         (where / name).write_text("version=535.261.03\n")
     found = sorted(Path(m["path"]).name for m in _next_boot(tmp, KERNEL)["modules"])
     assert found == sorted(expect["found"]), found
+    # GpuHostDouble on Debian's own packages answers the fact with Debian's names
+    debian = {"proprietary": "nvidia-kernel-dkms", "open": "nvidia-open-kernel-dkms"}
+    for flavour, package in debian.items():
+        host = double.GpuHostDouble(distro="debian12", gpus=("2684",), archive="debian")
+        host.packages[package] = {"version": "535.261.03-1", "held": False}
+        host.packages[f"linux-headers-{host.kernel}"] = {"version": "6.1.123-1", "held": False}
+        fact = next_boot.parse_fact_output(host.fact_next_boot())
+        (module,) = fact["modules"]
+        name = Path(module["path"]).name
+        assert name.split(".ko")[0] == expect["debian"][flavour], name
+        assert next_boot.problem(fact, "535.261.03") is None
 
 
 def _bounded_apt(parts: list[str], refresh: bool = False) -> list[str]:
