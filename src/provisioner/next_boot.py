@@ -13,12 +13,14 @@ The rule, kept simple on purpose (docs/monitoring.md, "A reboot that cannot bric
   (Debian/Ubuntu ``update-grub``, EL ``grubby --set-default`` through ``kernel-install``). A
   boot loader pinned by hand to an older entry is not followed. No image in ``/boot`` (a
   container, a host booting another way): the next kernel is unknown and nothing is decided;
-* **its NVIDIA module** is any ``nvidia.ko``, ``nvidia.ko.xz``/``.zst``/``.gz`` under
-  ``/lib/modules/<kernel>/``: DKMS installs it in ``updates/dkms/`` (Debian, Ubuntu), ``extra/``
-  (EL); precompiled packages in their own directory. Its version and signature come from
-  ``modinfo -F version`` / ``-F sig_id`` where ``modinfo`` (kmod) exists (kmod lists
+* **its NVIDIA module** is any file of :data:`MODULE_NAMES` (``nvidia.ko``, or Debian's own
+  packages' ``nvidia-current.ko`` / ``nvidia-current-open.ko``), plain or ``.xz``/``.zst``/``.gz``,
+  under ``/lib/modules/<kernel>/``: DKMS installs it in ``updates/dkms/`` (Debian, Ubuntu),
+  ``extra/`` (EL); precompiled packages in their own directory. Its version and signature
+  come from ``modinfo -F version`` / ``-F sig_id`` where ``modinfo`` (kmod) exists (kmod lists
   ``sig_id`` only for a module with an appended signature; ``signer`` can be empty for a
-  PKCS#7 signature when kmod was built without a crypto library);
+  PKCS#7 signature when kmod was built without a crypto library). Its **headers** are there
+  when ``/lib/modules/<kernel>/build/include`` exists, the test dkms itself makes;
 * it **fits** when one of them is the held driver's version (or its version cannot be read)
   and, with Secure Boot enforcing, is signed (``modinfo`` gives a ``sig_id``).
 
@@ -44,6 +46,13 @@ SECURE_BOOT_SCRIPT = (
     "elif [ ! -d /sys/firmware/efi ]; then echo 'efivar|no-efi'; fi; true"
 )
 
+# The file names (without .ko) of the NVIDIA kernel module: NVIDIA's packages keep the built
+# name nvidia; Debian's own nvidia-kernel-dkms and nvidia-open-kernel-dkms install it as
+# nvidia-current and nvidia-current-open (their dkms.conf DEST_MODULE_NAME[0]="$PACKAGE_NAME";
+# tests/conformance/gpu_stack/records.toml, debian.module_name). Not nvidia-current-modeset,
+# -drm, -uvm: those are the other modules of the same packages.
+MODULE_NAMES = ("nvidia", "nvidia-current", "nvidia-current-open")
+
 # The next kernel, its headers, and its NVIDIA modules: lines ``kernel|K``, ``headers|yes``,
 # ``modinfo|yes|no``, ``module|PATH|VERSION|SIG_ID``, then the Secure Boot lines. Exit status 0.
 FACT_SCRIPT = " ".join(
@@ -52,9 +61,11 @@ FACT_SCRIPT = " ".join(
         "k=$(ls -1 /boot 2>/dev/null | sed -n 's/^vmlinuz-//p' | sort -V | tail -n 1);",
         'echo "kernel|$k";',
         'if [ -n "$k" ]; then',
-        '[ -e "/lib/modules/$k/build" ] && echo "headers|yes";',
+        '[ -e "/lib/modules/$k/build/include" ] && echo "headers|yes";',
         'm=no; command -v modinfo >/dev/null 2>&1 && m=yes; echo "modinfo|$m";',
-        "find \"/lib/modules/$k/\" \\( -name nvidia.ko -o -name 'nvidia.ko.*' \\) 2>/dev/null",
+        'find "/lib/modules/$k/" \\(',
+        " -o ".join(f"-name {name}.ko -o -name '{name}.ko.*'" for name in MODULE_NAMES),
+        "\\) 2>/dev/null",
         "| sort | while read -r f; do v=; s=;",
         'if [ $m = yes ]; then v=$(modinfo -F version "$f" 2>/dev/null | head -n 1);',
         's=$(modinfo -F sig_id "$f" 2>/dev/null | head -n 1); fi;',

@@ -147,6 +147,12 @@ DEFAULT_DIRS = {
 }
 
 
+# The module file Debian's own driver packages install (nvidia-kernel-dkms, nvidia-open-kernel-dkms
+# 535.261.03-1: dkms.conf DEST_MODULE_NAME[0]="$PACKAGE_NAME"); NVIDIA's keep nvidia.ko.
+# tests/conformance/gpu_stack/records.toml, debian.module_name.
+DEBIAN_MODULE_NAMES = {"proprietary": "nvidia-current", "open": "nvidia-current-open"}
+
+
 class DoubleError(AssertionError):
     pass
 
@@ -746,16 +752,16 @@ class GpuHostDouble:
 
     def _probe(self, command: str) -> list[str]:
         """A state probe (``fact_cache.probe_command``): each part answered as that fact alone
-        would be, followed by the newline and the status line the shell prints."""
+        would be, followed by the newline and the status line the shell prints: an empty line
+        after every part, one that printed nothing or failed too (printf's leading newline;
+        tests/conformance/gpu_stack/records.toml, sh.probe_output)."""
         out: list[str] = []
         for part, index, mark in PROBE_PART.findall(command):
             try:
                 lines = self._fact(part)
             except DoubleError:
                 lines = None
-            out += [*(lines or []), f"{mark} {index} {0 if lines is not None else 1}"]
-            if lines:
-                out.insert(len(out) - 1, "")
+            out += [*(lines or []), "", f"{mark} {index} {0 if lines is not None else 1}"]
         return out
 
     @staticmethod
@@ -1101,12 +1107,13 @@ class GpuHostDouble:
         running = kernel == self.kernel
         headers = self._headers_installed() if running else self.next_kernel_headers
         out = [f"kernel|{kernel}", *(["headers|yes"] if headers else []), "modinfo|yes"]
-        version, _ = self.installed_driver()
+        version, flavour = self.installed_driver()
         built = (running and headers) or kernel in self.modules_built
         if version and built:
             where = "updates/dkms" if self.family == "apt" else "extra"
+            name = DEBIAN_MODULE_NAMES[flavour or ""] if self.archive == "debian" else "nvidia"
             signature = "PKCS#7" if self._module_signed() else ""
-            out.append(f"module|/lib/modules/{kernel}/{where}/nvidia.ko.xz|{version}|{signature}")
+            out.append(f"module|/lib/modules/{kernel}/{where}/{name}.ko.xz|{version}|{signature}")
         state = "enabled" if self.secure_boot else "disabled"
         return [*out, f"mokutil|SecureBoot {state}"]
 

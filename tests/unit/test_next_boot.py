@@ -50,7 +50,7 @@ def kernel(root: Path, release: str, headers: bool = False) -> Path:
     modules = root / "lib" / "modules" / release
     modules.mkdir(parents=True, exist_ok=True)
     if headers:
-        (modules / "build").mkdir()
+        (modules / "build" / "include").mkdir(parents=True)  # what dkms tests for
     return modules
 
 
@@ -81,6 +81,32 @@ def test_the_newest_kernel_image_is_the_next_boot_and_its_dkms_module_is_read(tm
         }
     ]
     assert next_boot.problem(fact, "580.126.09") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [
+        ("nvidia-current.ko", "nvidia-current-modeset.ko"),
+        ("nvidia-current-open.ko.xz", "nvidia-current-open-modeset.ko.xz"),
+    ],
+)
+def test_debians_own_driver_module_is_found_under_its_debian_name(tmp_path, name, other):
+    """Debian's nvidia-kernel-dkms / nvidia-open-kernel-dkms install the module as
+    nvidia-current(.ko) / nvidia-current-open (their dkms.conf; conformance record
+    debian.module_name): a host on Debian's own driver has its next kernel's module found,
+    while the packages' other modules are not taken for it."""
+    where = kernel(tmp_path, "6.1.0-29-amd64", headers=True) / "updates" / "dkms"
+    module(where, name, version="535.261.03")
+    module(where, other, version="535.261.03")
+    fact = next_boot.parse_fact_output(run_script(tmp_path))
+    assert [Path(m["path"]).name for m in fact["modules"]] == [name]
+    assert next_boot.problem(fact, "535.261.03") is None
+
+
+def test_a_build_directory_without_include_is_not_headers(tmp_path):
+    """dkms counts a kernel's headers as installed when /lib/modules/K/build/include exists."""
+    (kernel(tmp_path, "6.1.0-29-amd64") / "build").mkdir()
+    assert next_boot.parse_fact_output(run_script(tmp_path))["headers"] is False
 
 
 def test_a_kernel_update_without_headers_has_no_module(tmp_path):

@@ -606,13 +606,27 @@ def test_store_fact_reads_what_the_server_lists(registry, server):
 class SlowLink:
     """A forwarding proxy in front of the registry that sends blob bodies in 16 KiB chunks,
     ``delay`` seconds apart (a slow site link), passing Range requests on; it counts the body
-    bytes it sent."""
+    bytes it sent.
 
-    def __init__(self, upstream: str, delay: float = 0.02) -> None:
+    With ``hold_at``, a blob response stops once that many of its body bytes are sent and waits
+    for :meth:`release` (a link that stalls): the transfer is then certainly in the middle of the
+    blob when the test presses Ctrl-C, however loaded the machine is, instead of racing the
+    clock. Released, a held response goes on; one whose client is gone ends."""
+
+    def __init__(self, upstream: str, delay: float = 0.02, hold_at: int | None = None) -> None:
         link = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                with link.lock:
+                    link.in_flight += 1
+                try:
+                    self._forward()
+                finally:
+                    with link.lock:
+                        link.in_flight -= 1
+
+            def _forward(self) -> None:
                 request = urllib.request.Request(upstream + self.path)
                 for name in ("Accept", "Range"):
                     if self.headers.get(name):
@@ -626,26 +640,47 @@ class SlowLink:
                     if name.lower() not in ("transfer-encoding", "connection"):
                         self.send_header(name, value)
                 self.end_headers()
-                slow = "/blobs/" in self.path
                 try:
-                    while chunk := response.read(16384):
-                        self.wfile.write(chunk)
-                        link.sent += len(chunk)
-                        if slow:
-                            time.sleep(link.delay)
+                    link._send_body(response, self.wfile, slow="/blobs/" in self.path)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.delay, self.sent = delay, 0
+        self.delay, self.sent, self.hold_at = delay, 0, hold_at
+        self.lock, self.in_flight = threading.Lock(), 0
+        self.gate, self.holding = threading.Event(), threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def _send_body(self, response, out, slow: bool) -> None:
+        body = 0
+        while chunk := response.read(16384):
+            out.write(chunk)
+            self.sent += len(chunk)
+            body += len(chunk)
+            if slow and self.hold_at is not None and body >= self.hold_at:
+                self.holding.set()
+                # bounded: a test that never releases still ends (curl's stall bound, 60 s, is
+                # longer, so the held transfer is not abandoned by curl meanwhile)
+                self.gate.wait(timeout=45)
+            if slow:
+                time.sleep(self.delay)
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Let held responses go on, and wait (bounded) until every response in flight has
+        ended, so that no late byte of an interrupted transfer counts toward the next one."""
+        self.gate.set()
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.in_flight, "a response of the interrupted transfer is still sending"
+
     def stop(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -653,19 +688,23 @@ class SlowLink:
 def test_ctrl_c_stops_the_sync_and_its_curl_and_the_next_run_resumes(registry, server):
     """Ctrl-C (a real SIGINT to this process) in the middle of a blob: the sync stops within
     seconds, no curl keeps writing into the store, the bytes that arrived stay, and the next
-    sync fetches only the rest (a Range request; the proxy counts the bytes)."""
+    sync fetches only the rest (a Range request; the proxy counts the bytes). The link holds
+    the blob after its first quarter until the test has checked the interrupted state, so a
+    loaded machine cannot finish the blob before the signal lands."""
     size = 4 * 1024 * 1024
     digest = registry_double.push_model(
         registry.url, "site/big", "1b", seed="interrupt", size=size, chunk_size=None
     )
-    link = SlowLink(registry.url)
+    quarter = size // 4
+    link = SlowLink(registry.url, hold_at=quarter)
     try:
         manifest = Registry(link.url).manifest("site/big", "1b")
         weights = max(manifest.layers, key=lambda b: b.size)
+        assert weights.size == size
         part = server.models / ".provisioner-tmp" / weights.file_name
         data = _host_data(server, link.url, ["big:1b"])
-        quarter = weights.size // 4
-        # the "operator" presses Ctrl-C once a quarter of the blob has arrived
+        # the "operator" presses Ctrl-C once a quarter of the blob has arrived (the link holds
+        # the rest back until released below)
         operator = subprocess.Popen(
             [
                 "sh",
@@ -689,11 +728,14 @@ def test_ctrl_c_stops_the_sync_and_its_curl_and_the_next_run_resumes(registry, s
         while writers() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not writers()  # no orphaned helper or curl
+        assert link.holding.is_set()  # the signal landed while the blob was held mid-way
         kept = part.stat().st_size
         time.sleep(1)
         assert part.stat().st_size == kept and quarter <= kept < weights.size
         assert "big:1b" not in server.tags()
 
+        link.release()  # the held response's client is gone: it ends without another byte
+        assert part.stat().st_size == kept
         link.delay, link.sent = 0.0, 0
         again = _sync(("@local", data))
         assert again.exit_code == 0, again.to_json()
@@ -714,10 +756,11 @@ def test_provision_models_sync_stops_on_ctrl_c_even_when_started_with_it_ignored
     registry_double.push_model(
         registry.url, "site/big", "1b", seed="interrupt-cli", size=size, chunk_size=None
     )
-    link = SlowLink(registry.url)
+    link = SlowLink(registry.url, hold_at=size // 4)  # the blob waits after a quarter
     try:
         manifest = Registry(link.url).manifest("site/big", "1b")
         weights = max(manifest.layers, key=lambda b: b.size)
+        assert weights.size == size
         part = server.models / ".provisioner-tmp" / weights.file_name
         inventory = tmp_path / "inventory.py"
         inventory.write_text(
@@ -759,9 +802,12 @@ def test_provision_models_sync_stops_on_ctrl_c_even_when_started_with_it_ignored
         while writers() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not writers()
+        assert link.holding.is_set()
         kept = part.stat().st_size
         time.sleep(1)
         assert part.stat().st_size == kept < weights.size
         assert "big:1b" not in server.tags()
+        link.release()
+        assert part.stat().st_size == kept
     finally:
         link.stop()
