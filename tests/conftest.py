@@ -12,5 +12,19 @@ from __future__ import annotations
 
 import signal
 
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+import pytest
+
+
+def _take_ctrl_c_back() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_take_ctrl_c_back()
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_a_terminal_delivers_it():
+    """Also before each test: a test that leaves SIGINT ignored does not blind the next."""
+    _take_ctrl_c_back()
+    yield

@@ -142,7 +142,13 @@ def test_an_interrupted_helper_leaves_no_curl_writing_into_the_store(tmp_path, s
     Blobs.delay = 0.2
     store = tmp_path / "store"
     proc = subprocess.Popen(
-        _args(store, server), stdout=subprocess.PIPE, text=True, start_new_session=True
+        _args(store, server),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as sshd starts it on a host: no signal ignored (a shell cannot trap one it was
+        # started with ignored)
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (sig, signal.SIGPIPE)],
     )
     part = store / ".provisioner-tmp" / f"sha256-{DIGEST[7:]}"
     while not part.exists():
