@@ -288,11 +288,13 @@ def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key
     # not) run once: each reads that part's output
     commands: list[Any] = []
     part_of: dict[str, int] = {}
+    index: list[int] = []  # the part each of todo reads
     for _, _, command in todo:
         text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
         if text not in part_of:
             part_of[text] = len(commands)
             commands.append(command)
+        index.append(part_of[text])
     with _reading(host):
         ok, output = host.run_shell_command(
             probe_command(commands, nonce),
@@ -302,9 +304,8 @@ def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key
         )
     parts = split_output(output.stdout_lines, nonce) if ok else {}
     kept = 0
-    for key, fact, command in todo:
-        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
-        good, value = _process(fact, *parts.get(part_of[text], (1, [])))
+    for (key, fact, _), part in zip(todo, index, strict=True):
+        good, value = _process(fact, *parts.get(part, (1, [])))
         if good:
             values[key] = value
             kept += 1

@@ -300,7 +300,7 @@ def monitoring() -> None:
     family = _distro_family()
     exporter = exporters()[family]
     fact_cache.register(state_keys(cfg, exporter, family))
-    _install_exporter(cfg, exporter)
+    _install_exporter(cfg, exporter, family)
     _install_collector(cfg, exporter)
 
 
@@ -331,7 +331,7 @@ def state_keys(cfg: MonitoringSettings, exporter: Exporter, family: str) -> list
     return keys
 
 
-def _install_exporter(cfg: MonitoringSettings, exporter: Exporter) -> None:
+def _install_exporter(cfg: MonitoringSettings, exporter: Exporter, family: str) -> None:
     dropin = files.put(
         name="node_exporter: listen address and textfile directory",
         src=StringIO(render_dropin(cfg, exporter)),
@@ -343,7 +343,7 @@ def _install_exporter(cfg: MonitoringSettings, exporter: Exporter) -> None:
         name=f"Install {exporter.package}",
         packages=[exporter.package],
         no_recommends=True,
-        family=_distro_family(),
+        family=family,
     )
     files.directory(
         name="node_exporter's textfile directory", path=exporter.textfile_dir, mode="755"
