@@ -13,6 +13,7 @@ PACKAGES=(
   gnupg                   # signs that repository with a throwaway test key
   docker-registry         # CNCF Distribution: the lab's OCI model registry
   curl ca-certificates zstd
+  pciutils                # the real lspci the lspci test double is compared with
   prometheus              # promtool: `promtool check/test rules` of templates/monitoring/
   vagrant vagrant-libvirt # `vagrant validate` of the Vagrantfile (no VMs run here)
 )

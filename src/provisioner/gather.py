@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from provisioner.inventory import LoadedInventory
 
 
-def host_facts(host: Host) -> dict[str, Any]:
-    """Run the provisioner's facts on one connected host (also used inside operations)."""
+def host_facts(host: Host, cuda_version: bool = True) -> dict[str, Any]:
+    """Run the provisioner's facts on one connected host (also used inside operations);
+    without ``cuda_version`` nvidia-smi runs once and ``cuda_version`` is None."""
     from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
     from provisioner.facts.system import MemoryTotal, OsInfo
 
-    smi = host.get_fact(NvidiaSmi)
+    smi = host.get_fact(NvidiaSmi, cuda_version=cuda_version)
     pci = host.get_fact(NvidiaPciDevices)
     return shape(smi, pci, host.get_fact(OsInfo), host.get_fact(MemoryTotal))
 

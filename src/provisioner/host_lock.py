@@ -29,12 +29,18 @@ PATH_ENV = "PROVISIONER_HOST_LOCK_PATH"
 
 # The holder: takes the lock (bounded wait), says who holds it, and keeps it while the
 # process carrying the connection lives. Arguments: lock, wait_s, owner, watched pid, max_hold_s.
+# GNU tail --pid checks the process every 0.1 s in one sleeping process, so the lock is free
+# about 0.1 s after the run's connection ends (the next run, e.g. a verify right after an apply,
+# waited up to a second); timeout(1) bounds the hold. Without them (exit other than 0 or 124):
+# a loop that looks once a second.
 _HOLDER = (
     'exec 9>>"$1" || exit 1; '
     'flock -w "$2" 9 || exit 1; '
     'printf "%s\\n" "$3" > "$1.owner"; '
+    'timeout "$5" tail --pid="$4" -s 0.1 -f /dev/null 2>/dev/null; r=$?; '
+    'if [ "$r" -ne 0 ] && [ "$r" -ne 124 ]; then '
     "end=$(( $(date +%s) + $5 )); "
-    'while kill -0 "$4" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done; '
+    'while kill -0 "$4" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done; fi; '
     'rm -f "$1.owner"'
 )
 
@@ -77,8 +83,9 @@ def script(run_owner: str) -> str:
             f'sh -c {shlex.quote(_HOLDER)} provisioner-lock "$lock" {int(b["wait_s"])} '
             f'"$me" "$watch" {int(b["max_hold_s"])} </dev/null >/dev/null 2>&1 &',
             "child=$!",
-            'while kill -0 "$child" 2>/dev/null; do if mine; then echo held; exit 0; fi; '
-            "sleep 0.1; done",
+            # the holder takes a few ms: poll often at first (a run used to wait 0.1 s here)
+            'n=0; while kill -0 "$child" 2>/dev/null; do if mine; then echo held; exit 0; fi; '
+            'n=$((n + 1)); if [ "$n" -le 50 ]; then sleep 0.01; else sleep 0.1; fi; done',
             "if mine; then echo held; exit 0; fi",
             'echo "busy $(cat "$info" 2>/dev/null || echo \'a process that left no name\')"',
         ]

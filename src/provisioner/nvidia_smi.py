@@ -38,6 +38,9 @@ QUERY_FIELDS: tuple[str, ...] = (
     "compute_cap",
     "pci.bus_id",
     "mig.mode.current",
+    # valid from R3xx to R610 (where it is deprecated for kmd_version but still answers the
+    # version: tests/conformance/gpu_stack/records.toml); lets one run answer the driver
+    "driver_version",
 )
 QUERY_ARGS = f"--query-gpu={','.join(QUERY_FIELDS)} --format=csv,noheader,nounits"
 
@@ -62,32 +65,49 @@ NVIDIA_SMI_TIMEOUT_S = 60
 
 MAX_ERROR_CHARS = 2000
 
-# One sh script, always exit status 0 (pyinfra fails a host on a non-zero status).
-FACT_SCRIPT = " ".join(
-    (
-        "if ! command -v nvidia-smi >/dev/null 2>&1; then",
-        f"echo '{MARK_ABSENT}';",
-        "else",
-        "t='';",
-        f"if command -v timeout >/dev/null 2>&1; then t='timeout {NVIDIA_SMI_TIMEOUT_S}'; fi;",
-        f"out=$($t nvidia-smi {QUERY_ARGS} 2>&1); rc=$?;",
-        f'echo "{MARK_QUERY}$rc";',
-        'if [ -n "$out" ]; then printf \'%s\\n\' "$out"; fi;',
-        'if [ "$rc" -eq 0 ]; then',
-        "out=$($t nvidia-smi 2>&1); rc=$?;",
-        f'echo "{MARK_TABLE}$rc";',
-        'if [ -n "$out" ]; then printf \'%s\\n\' "$out"; fi;',
-        "fi;",
-        "fi;",
-        "true",
+
+def fact_script(cuda_version: bool = True) -> str:
+    """The NvidiaSmi fact's sh script, always exit status 0 (pyinfra fails a host on a non-zero
+    status): the query (GPUs and driver version), then, with ``cuda_version`` and when the
+    query worked, the default table for the newest CUDA version the driver supports (the one
+    value no ``--query-gpu`` field gives: a second nvidia-smi run, which costs as much as the
+    first)."""
+    table = (
+        (
+            'if [ "$rc" -eq 0 ]; then',
+            "out=$($t nvidia-smi 2>&1); rc=$?;",
+            f'echo "{MARK_TABLE}$rc";',
+            'if [ -n "$out" ]; then printf \'%s\\n\' "$out"; fi;',
+            "fi;",
+        )
+        if cuda_version
+        else ()
     )
-)
+    return " ".join(
+        (
+            "if ! command -v nvidia-smi >/dev/null 2>&1; then",
+            f"echo '{MARK_ABSENT}';",
+            "else",
+            "t='';",
+            f"if command -v timeout >/dev/null 2>&1; then t='timeout {NVIDIA_SMI_TIMEOUT_S}'; fi;",
+            f"out=$($t nvidia-smi {QUERY_ARGS} 2>&1); rc=$?;",
+            f'echo "{MARK_QUERY}$rc";',
+            'if [ -n "$out" ]; then printf \'%s\\n\' "$out"; fi;',
+            *table,
+            "fi;",
+            "true",
+        )
+    )
+
+
+FACT_SCRIPT = fact_script()
 
 _NA_VALUES = {"", "n/a", "[n/a]", "[not supported]", "not supported", "[unknown error]"}
 
 _DRIVER_RE = re.compile(r"\b(?:Driver|KMD)\s+Version\s*:\s*([0-9][0-9A-Za-z.\-]*)", re.I)
 _CUDA_RE = re.compile(r"\bCUDA\s+(?:UMD\s+)?Version\s*:\s*([0-9][0-9.]*)", re.I)
 _NVML_LIB_RE = re.compile(r"NVML library version:\s*([0-9][0-9.]*)", re.I)
+_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.\-]*$")
 _INT_RE = re.compile(r"^\s*(-?\d+)(?:\s*MiB)?\s*$")
 
 
@@ -165,7 +185,12 @@ def gpu_from_row(row: dict[str, str | None]) -> dict[str, Any] | None:
 
 def parse_gpus(text: str | Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """GPUs (sorted by index) and odd lines from the fact's query output."""
-    rows, odd = parse_query_csv(text)
+    return _gpus(*parse_query_csv(text))
+
+
+def _gpus(
+    rows: list[dict[str, str | None]], odd: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     gpus = []
     for row in rows:
         gpu = gpu_from_row(row)
@@ -283,14 +308,18 @@ def parse_fact_output(lines: Iterable[str]) -> dict[str, Any]:
     if failure is not None:
         return result(failure[0], error=failure[1])
 
-    gpus, odd = parse_gpus(query)
+    rows, odd = parse_query_csv(query)
+    gpus, odd = _gpus(rows, odd)
     if not gpus:
         if odd:
             return result(STATE_ERROR, error="unexpected nvidia-smi output: " + _message(odd))
         return result(STATE_NO_GPU)
 
     driver_version, cuda_version = parse_driver_info(table) if table_rc == 0 else (None, None)
-    return result(STATE_OK, gpus, driver_version, cuda_version)
+    queried = next(
+        (v for row in rows if _VERSION_RE.match(v := row.get("driver_version") or "")), None
+    )
+    return result(STATE_OK, gpus, queried or driver_version, cuda_version)
 
 
 # ---------------------------------------------------------------------------------------

@@ -120,10 +120,14 @@ def test_rtx4090_derived_csv_matches_its_xml() -> None:
     assert gpu_xml.findtext("mig_mode/current_mig") == "N/A"
     assert gpu["mig"] is None
     assert (root.findtext("driver_version"), root.findtext("cuda_version")) == ("535.86.05", "12.2")
+    rows, _ = nvidia_smi.parse_query_csv(sample("rtx4090_535_query-csv_DERIVED.txt"))
+    assert rows[0]["driver_version"] == root.findtext("driver_version")
 
 
 def test_values_with_units_and_na_spellings() -> None:
-    rows, _ = nvidia_smi.parse_query_csv("0, X, GPU-1, 81559 MiB, [N/A], N/A, [Not Supported]")
+    rows, _ = nvidia_smi.parse_query_csv(
+        "0, X, GPU-1, 81559 MiB, [N/A], N/A, [Not Supported], 590.48.01"
+    )
     gpu = nvidia_smi.gpu_from_row(rows[0])
     assert gpu is not None
     assert gpu["memory_total_mib"] == 81559
@@ -612,6 +616,34 @@ def test_lspci_double_formats(tmp_path: Path) -> None:
     assert _lspci(tmp_path, "-d", "8086:").splitlines() == [
         "00:02.0 VGA compatible controller: Intel Corporation Device 46a6 (rev 0c)",
     ]
+
+
+REAL_LSPCI = shutil.which("lspci", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+@pytest.mark.skipif(REAL_LSPCI is None, reason="pciutils is not installed on this machine")
+def test_the_lspci_double_prints_what_the_real_lspci_prints(tmp_path: Path) -> None:
+    """The machine's own PCI functions, as the real lspci lists them, given to the double: the
+    same lines for the NvidiaPciDevices fact's options and a vendor filter."""
+    assert REAL_LSPCI is not None
+    real = subprocess.run([REAL_LSPCI, "-n", "-D"], capture_output=True, text=True, check=True)
+    devices = []
+    for line in real.stdout.splitlines():
+        slot, cls, ids, *rev = line.split(" ", 3)
+        devices.append(f"{slot} {cls.rstrip(':')} {ids} {rev[0][5:-1] if rev else '-'}")
+    install_lspci_double(tmp_path / "bin", tmp_path / "data", devices)
+    env = {**os.environ, "LSPCI_DOUBLE_FILE": str(tmp_path / "data")}
+    vendor = devices[0].split()[2].split(":")[0]
+    for args in (
+        ["-n", "-D"],
+        ["-n", "-D", "-d", f"{vendor}:"],
+        ["-n", "-d", f"{vendor.upper()}:"],
+    ):
+        want = subprocess.run([REAL_LSPCI, *args], capture_output=True, text=True, check=True)
+        got = subprocess.run(
+            ["sh", str(tmp_path / "bin" / "lspci"), *args], env=env, capture_output=True, text=True
+        )
+        assert got.stdout == want.stdout, args
 
 
 def test_pci_fact_round_trip_with_the_lspci_double(tmp_path: Path) -> None:

@@ -763,7 +763,9 @@ def test_local_connector_never_reboots(monkeypatch):
     facts = {
         "nvidia.GpuStackPackages": packages,
         "nvidia.NvidiaKernelModule": {"version": None, "nouveau_loaded": False},
-        "gpu.NvidiaSmi": {"state": "no-driver", "gpus": [], "driver_version": None},
+        "gpu.NvidiaSmi": {
+            "cuda_version=False": {"state": "no-driver", "gpus": [], "driver_version": None}
+        },
         "files.File": {"path=/var/lib/provisioner/reboot-required": None},
         "files.Directory": {
             "path=/var/lib/provisioner": {"mode": 755},

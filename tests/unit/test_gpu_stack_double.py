@@ -37,7 +37,7 @@ import pytest
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine
 
-from provisioner import fact_cache, gpu_stack, next_boot, nvidia_smi
+from provisioner import fact_batch, fact_cache, gpu_stack, next_boot, nvidia_smi
 from provisioner.facts.gpu import NvidiaPciDevices
 from provisioner.facts.nvidia import (
     KERNEL_HOLD_RECORD,
@@ -60,8 +60,9 @@ SERVED_FINGERPRINTS = {
 EL_KEY_SHA256_STRIPPED = "d0664fbbdb8c32356d45de36c5984617217b2d0bef41b93ccecd326ba3b80c87"
 
 # one part of a state probe, as fact_cache.probe_command writes it: "( CMD ); printf ... MARK"
+# (the first after the "o=$( " that gathers the output)
 PROBE_PART = re.compile(
-    r"\( (.*?) \); printf '\\n%s (\d+) %s\\n' '("
+    r"(?:o=\$\( )?\( (.*?) \); printf '\\n%s (\d+) %s\\n' '("
     + re.escape(fact_cache.PROBE_MARK)
     + r" [0-9a-f]+)' \"\$\?\";",
     re.S,
@@ -663,7 +664,7 @@ class GpuHostDouble:
             ]
         return out
 
-    def fact_smi(self) -> list[str]:
+    def fact_smi(self, table: bool = True) -> list[str]:
         if "nvidia-driver" not in self.packages:
             return [nvidia_smi.MARK_ABSENT]
         version = self.nvml_version()
@@ -682,7 +683,10 @@ class GpuHostDouble:
         rows = []
         for i, device in enumerate(self.gpus):
             name, mem, cc = GPU_CATALOGUE[device]
-            rows.append(f"{i}, {name}, GPU-{i:08d}, {mem}, {cc}, 00000000:{i + 1:02x}:00.0, [N/A]")
+            bus = f"00000000:{i + 1:02x}:00.0"
+            rows.append(f"{i}, {name}, GPU-{i:08d}, {mem}, {cc}, {bus}, [N/A], {version}")
+        if not table:
+            return [f"{nvidia_smi.MARK_QUERY}0", *rows]
         return [
             f"{nvidia_smi.MARK_QUERY}0",
             *rows,
@@ -764,6 +768,11 @@ class GpuHostDouble:
             out += [*(lines or []), "", f"{mark} {index} {0 if lines is not None else 1}"]
         return out
 
+    def _sha1(self, path: str) -> list[str]:
+        if path in self.files:
+            return [f"{hashlib.sha1(self.files[path]['content'].encode()).hexdigest()}  {path}"]
+        return []
+
     @staticmethod
     def _passwd_line(user: str) -> str:
         return f"{user}:x:{999 if user != 'root' else 0}:0::/home/{user}:/bin/sh|{user}|{user}||"
@@ -793,8 +802,10 @@ class GpuHostDouble:
             if self.nvswitch:
                 lines.append(f"0000:80:00.0 0680: 10de:{self.nvswitch} (rev a1)")
             return lines
-        if command == nvidia_smi.FACT_SCRIPT:
+        if command == nvidia_smi.fact_script(cuda_version=True):
             return self.fact_smi()
+        if command == nvidia_smi.fact_script(cuda_version=False):
+            return self.fact_smi(table=False)
         if command == GpuStackPackages().command():
             return self.fact_packages()
         if command == NvidiaKernelModule().command():
@@ -814,15 +825,22 @@ class GpuHostDouble:
                         f"gpg|fpr:::::::::{self.files[path]['fingerprint'].upper()}:",
                     ]
             return out
+        match = re.match(
+            r"(?:command -v sha1sum \S+ 2>&1 \|\| exit 1; )?set --; for p in (.*?); do if test -e",
+            command,
+        )
+        if match:  # fact_batch: one stat, or one sha1sum, of many paths
+            paths = shlex.split(match.group(1))
+            if "sha1sum" in command:
+                return [line for path in paths for line in self._sha1(path)]
+            sep = fact_batch.SEPARATOR
+            return [f"{path}{sep}{line}" for path in paths for line in self.stat(path)]
         match = re.match(r"! \(test -e (\S+) \|\| test -L \S+ \) \|\|", command)
         if match:
             return self.stat(shlex.split(match.group(1))[0])
         match = re.match(r"test -e (\S+) && \( sha1sum ", command)
         if match:
-            path = shlex.split(match.group(1))[0]
-            if path in self.files:
-                return [f"{hashlib.sha1(self.files[path]['content'].encode()).hexdigest()}  {path}"]
-            return []
+            return self._sha1(shlex.split(match.group(1))[0])
         match = re.match(r"test -e (\S+) && \( (md5sum|sha256sum) ", command)
         if match:
             path = shlex.split(match.group(1))[0]
@@ -853,15 +871,22 @@ class GpuHostDouble:
             user = match[1].strip("'")
             return [self._passwd_line(user)] if user in self.users else []
         match = re.search(
-            r"systemctl show --all --property Id --property (SubState|UnitFileState) (\S+)", command
+            r"systemctl show --all --property Id ((?:--property (?:SubState|UnitFileState) )+)"
+            r"(\S+)",
+            command,
         )
-        if match:
+        if match:  # one property, or both (fact_batch.widened), in the order asked
             unit = match.group(2).strip("')")
-            if match.group(1) == "SubState":
-                state = "running" if unit in self.services_running else "dead"
-                return [f"Id={unit}", f"SubState={state}"]
-            state = "enabled" if unit in self.services_enabled else "disabled"
-            return [f"Id={unit}", f"UnitFileState={state}"]
+            lines = [f"Id={unit}"]
+            for prop in match.group(1).split()[1::2]:
+                if prop == "SubState":
+                    lines.append(
+                        f"SubState={'running' if unit in self.services_running else 'dead'}"
+                    )
+                else:
+                    state = "enabled" if unit in self.services_enabled else "disabled"
+                    lines.append(f"UnitFileState={state}")
+            return lines
         # TorchVersion: the venv's torch METADATA, else the interpreter's importlib.metadata
         match = re.match(r"p=(\S+); v=\$\(sed -n 's/\^Version: .*importlib\.metadata", command)
         if match:

@@ -71,6 +71,16 @@ def test_a_second_run_is_told_who_holds_the_host_and_gets_it_after(lock_file):
     third.wait(timeout=10)
 
 
+def test_the_holder_waits_on_the_runs_connection_in_one_sleeping_process(lock_file):
+    """GNU tail --pid under timeout: the lock is let go within 0.1 s of the connection's end,
+    and nothing is started every second while a run holds it."""
+    run = _controller("run eeee", hold=3)
+    assert run.stdout.readline().strip() == "held"
+    out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert f"tail --pid={run.pid} -s 0.1 -f /dev/null" in out.splitlines()
+    run.wait(timeout=10)
+
+
 def test_the_same_run_taking_the_lock_again_is_told_it_holds_it(lock_file):
     script = host_lock.script("run dddd")
     holder = _controller("run dddd", hold=2)

@@ -10,7 +10,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from provisioner import fact_cache, gpu_stack, settings
 from provisioner.facts import gpu_state
-from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
+from provisioner.facts.gpu import ONE_RUN, NvidiaPciDevices, NvidiaSmi
 from provisioner.facts.nvidia import (
     GpuStackPackages,
     MokEnrolled,
@@ -39,7 +39,7 @@ def gather_facts() -> dict[str, Any]:
         "os": host.get_fact(OsInfo),
         "kernel": host.get_fact(KernelRelease),
         "pci": host.get_fact(NvidiaPciDevices),
-        "smi": host.get_fact(NvidiaSmi),
+        "smi": host.get_fact(NvidiaSmi, **ONE_RUN),
         "packages": host.get_fact(GpuStackPackages),
         "module": host.get_fact(NvidiaKernelModule),
         "secure_boot": host.get_fact(SecureBoot),

@@ -28,7 +28,8 @@ def planned_models(target: Any) -> list[str]:
     from provisioner.gather import host_facts
     from provisioner.planner import plan_host
 
-    plan = plan_host(target.name, host_facts(target), settings.host_settings(target.data))
+    facts = host_facts(target, cuda_version=False)  # the plan needs no CUDA version
+    plan = plan_host(target.name, facts, settings.host_settings(target.data))
     return [entry["tag"] for entry in plan.get("models", [])]
 
 

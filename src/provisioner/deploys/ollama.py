@@ -452,12 +452,11 @@ def install_ollama() -> None:
         ollama.refuse(name="Check the Ollama release", reason=unlocked)
         return
     _log_release(cfg, release)
-    _register_state(cfg, os_info)
-
     packages = ["curl", "ca-certificates", "tar", "gzip"]
     if release.format == "zst":
         packages.append("zstd")
     packages += _exposure_packages(cfg)
+    _register_state(cfg, os_info, packages)
     # the proxy brings nginx: removing the proxy stops it again (no default site on :80 left)
     nginx_is_new = cfg.proxy and not web_server.installed()
     exposure.only(
@@ -548,7 +547,7 @@ def install_ollama() -> None:
     )
 
 
-def _register_state(cfg: OllamaSettings, os_info: dict[str, Any]) -> None:
+def _register_state(cfg: OllamaSettings, os_info: dict[str, Any], packages: list[str]) -> None:
     """Register what the operations below will read, to be read in one remote command
     (``facts/ollama_state.py``)."""
     family = ""
@@ -558,6 +557,7 @@ def _register_state(cfg: OllamaSettings, os_info: dict[str, Any]) -> None:
     fact_cache.register(
         ollama_state.operation_keys(
             family=family,
+            packages=packages,
             user=USER,
             home=HOME,
             models_dir=cfg.models_dir,

@@ -14,7 +14,11 @@ from pyinfra.api import FactBase
 
 from provisioner import nvidia_smi
 
-__all__ = ["NvidiaSmi", "NvidiaPciDevices"]
+__all__ = ["NvidiaSmi", "NvidiaPciDevices", "ONE_RUN"]
+
+# NvidiaSmi's arguments where the CUDA version is not needed (the deploys, the model plan):
+# one nvidia-smi run instead of two
+ONE_RUN: dict[str, Any] = {"cuda_version": False}
 
 
 class NvidiaSmi(FactBase[dict[str, Any]]):
@@ -47,14 +51,19 @@ class NvidiaSmi(FactBase[dict[str, Any]]):
     library (exit status 18, e.g. after a driver upgrade without a reboot); ``error``
     keeps the message with the NVML library version. ``no-gpu``: the driver works but
     sees no GPU. ``error``: anything else, with the message kept.
+
+    ``cuda_version=False`` runs nvidia-smi once instead of twice (``cuda_version`` is then
+    None): the query answers the GPUs and the driver version, and only the default table has
+    the CUDA version. On a real host each run loads NVML and queries every GPU; the deploys,
+    which never use the CUDA version, read it so (``ONE_RUN``).
     """
 
     @staticmethod
     def default() -> dict[str, Any]:
         return nvidia_smi.result(nvidia_smi.STATE_ERROR, error="no output from the fact command")
 
-    def command(self) -> str:
-        return nvidia_smi.FACT_SCRIPT
+    def command(self, cuda_version: bool = True) -> str:
+        return nvidia_smi.fact_script(cuda_version)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         try:

@@ -21,7 +21,7 @@ from pyinfra.facts.files import Directory, File, Sha1File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from provisioner import gpu_stack
-from provisioner.facts.gpu import NvidiaPciDevices, NvidiaSmi
+from provisioner.facts.gpu import ONE_RUN, NvidiaPciDevices, NvidiaSmi
 from provisioner.facts.nvidia import (
     AptSourcesFor,
     GpuStackPackages,
@@ -39,7 +39,7 @@ PLAN_FACTS: list[Key] = [
     (OsInfo, {}),
     (KernelRelease, {}),
     (NvidiaPciDevices, {}),
-    (NvidiaSmi, {}),
+    (NvidiaSmi, ONE_RUN),
     (GpuStackPackages, {}),
     (NvidiaKernelModule, {}),
     (SecureBoot, {}),

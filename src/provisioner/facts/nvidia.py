@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from typing import Any
 
 from pyinfra.api import FactBase
@@ -20,6 +21,7 @@ __all__ = [
     "AptSourcesFor",
     "GpuStackPackages",
     "KernelPackages",
+    "NamedPackages",
     "NvidiaKernelModule",
     "RepoDriverBranches",
     "RepoKey",
@@ -136,6 +138,27 @@ def _package_query(names: str) -> str:
         f"if [ -r {DNF_MODULE_FILE} ]; then sed 's/^/module|/' {DNF_MODULE_FILE}; fi; "
         "fi; true"
     )
+
+
+class NamedPackages(GpuStackPackages):
+    """
+    Returns which of the packages ``names`` are installed (dpkg's state ``i``, or in the rpm
+    database) and held, in GpuStackPackages' shape: one ``dpkg-query``/``rpm -q`` of those
+    names, where pyinfra's ``DebPackages``/``RpmPackages`` list every package of the host
+    (``dpkg -l``: thousands of lines on a server, parsed on the controller on every run).
+
+    .. code:: python
+
+        {"manager": "dpkg", "packages": [{"name": "curl", ...}], "locks": [], "stream": None}
+    """
+
+    def command(self, names: list[str]) -> str:  # type: ignore[override]
+        return _package_query(" ".join(shlex.quote(name) for name in names))
+
+
+def package_names(packages: Iterable[str]) -> list[str]:
+    """The ``names`` argument ``system.packages`` reads ``NamedPackages`` with (a probe key)."""
+    return sorted(set(packages))
 
 
 KERNEL_HOLD_RECORD = "/var/lib/provisioner/kernel-hold"

@@ -15,18 +15,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyinfra.api import FactBase
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory, File, Sha1File
 from pyinfra.facts.server import Groups, Os, Which
 
 from provisioner.facts.exposure import InstalledFiles, PresentPaths
+from provisioner.facts.nvidia import NamedPackages, package_names
 from provisioner.facts.ollama import OllamaInstall, OllamaModels, PathChain
 from provisioner.facts.system import MemoryTotal, UserAccount
 
 Key = tuple[type[FactBase], dict[str, Any]]
-
-# pyinfra 3.10 server.packages: the package managers it looks for, in its order
-PACKAGE_MANAGERS = ("zypper", "apk", "apt")
 
 
 def plan_keys(models_dir: str) -> list[Key]:
@@ -38,6 +35,7 @@ def plan_keys(models_dir: str) -> list[Key]:
 def operation_keys(
     *,
     family: str,
+    packages: Sequence[str],
     user: str,
     home: str,
     models_dir: str,
@@ -48,9 +46,9 @@ def operation_keys(
     removable: Sequence[Sequence[str]],
 ) -> list[Key]:
     """Every fact the Ollama install reads on a host of package ``family`` (apt, dnf)."""
-    keys: list[Key] = [(Which, {"command": m}) for m in PACKAGE_MANAGERS]
-    if family == "apt":
-        keys.append((DebPackages, {}))
+    keys: list[Key] = [(Which, {"command": m}) for m in ("apt", "dnf")]  # system.packages
+    if family in ("apt", "dnf"):
+        keys.append((NamedPackages, {"names": package_names(packages)}))
     keys += [
         (Os, {}),
         (UserAccount, {"user": user}),

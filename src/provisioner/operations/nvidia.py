@@ -30,7 +30,7 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, systemd
 
 from provisioner import bounds, fact_cache, gpu_stack, next_boot, rendering, run_events
-from provisioner.facts.gpu import NvidiaSmi
+from provisioner.facts.gpu import ONE_RUN, NvidiaSmi
 from provisioner.facts.nvidia import (
     KERNEL_HOLD_RECORD,
     AptSourcesFor,
@@ -101,7 +101,7 @@ def _module_state(
     reboot inside the running operation, where the probe's values are the old boot's)."""
     installed = gpu_stack.installed_driver(target, fact_cache.get_fact(GpuStackPackages))
     read = fact_cache.fresh if anew else fact_cache.get_fact
-    return installed, read(NvidiaKernelModule), read(NvidiaSmi)
+    return installed, read(NvidiaKernelModule), read(NvidiaSmi, **ONE_RUN)
 
 
 # --- repository ------------------------------------------------------------------------------

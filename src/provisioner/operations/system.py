@@ -13,7 +13,8 @@ from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass
 from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, server, systemd
 
-from provisioner import bounds, host_lock
+from provisioner import bounds, fact_cache, host_lock
+from provisioner.facts.nvidia import NamedPackages, package_names
 from provisioner.facts.system import BootId, HostLock, UserAccount
 
 
@@ -54,7 +55,9 @@ def packages(packages: list[str], no_recommends: bool = False, family: str | Non
     ``server.packages`` does, but with apt's and dnf's bound options of ``data/bounds.toml``
     (``[packages.options.<family>]``: connection timeouts, retries of a transient download
     error, a bounded wait for the package manager's lock). A missing package still fails at
-    once: only downloads are retried, a bounded number of times.
+    once: only downloads are retried, a bounded number of times. On apt and dnf, packages
+    named without a version are looked up by name first (``NamedPackages``): when all are
+    installed, nothing more is read (pyinfra's operation lists every package of the host).
 
     + packages: the packages
     + no_recommends: apt only, leave recommended packages out
@@ -69,6 +72,12 @@ def packages(packages: list[str], no_recommends: bool = False, family: str | Non
     """
     if family is None:
         family = next((f for f in ("apt", "dnf") if host.get_fact(Which, command=f)), "")
+    if family in ("apt", "dnf") and all(_plain(name) for name in packages):
+        have = fact_cache.get_fact(NamedPackages, names=package_names(packages))
+        installed = {package["name"] for package in have["packages"]}
+        if have["manager"] and installed >= set(packages):
+            host.noop(f"packages are installed: {', '.join(packages)}")
+            return
     if family == "apt":
         yield from apt.packages._inner(
             packages=packages,
@@ -81,6 +90,12 @@ def packages(packages: list[str], no_recommends: bool = False, family: str | Non
         )
     else:  # another package manager: pyinfra's own choice, without bounds of ours
         yield from server.packages._inner(packages=packages)
+
+
+def _plain(name: str) -> bool:
+    """A package name without a version, release or architecture: the only kind the check
+    before pyinfra's operation answers (``curl``, not ``curl=8.0`` or ``curl:amd64``)."""
+    return bool(name) and not any(c in name for c in "=<>:* ")
 
 
 def account_matches(

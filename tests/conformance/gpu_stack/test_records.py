@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import bounds, fact_cache, lock, next_boot
+from provisioner import bounds, fact_cache, lock, next_boot, nvidia_smi
 from provisioner.lock import Item, Lock
 
 HERE = Path(__file__).resolve().parent
@@ -328,6 +328,34 @@ def _torch_reference(url: str, sha256: str) -> str:
     reference = lock.torch_wheel(Lock([item]), "gpu1", index, "2.5.1+cu124")
     assert reference is not None
     return reference
+
+
+@check("nvidia_smi.driver_version_field")
+def _driver_version_field(record: dict[str, Any], tmp: Path) -> None:
+    from tests.doubles.nvidia_smi import install_nvidia_smi_double
+
+    expect = record["expect"]
+    assert expect["field"] in nvidia_smi.QUERY_FIELDS
+    gpu = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559,
+           "compute_cap": "9.0", "pci_bus_id": "00000000:00:09.0", "mig": "Disabled",
+           "uuid": "GPU-00000000-0000-0000-0000-000000000000"}  # fmt: skip
+    for release, header in (("r590", "classic"), ("r610", "r610")):
+        version = expect[release]
+        where = tmp / release
+        install_nvidia_smi_double(where / "bin", where / "conf", [gpu], version, header=header)
+        env = {**os.environ, "PATH": f"{where / 'bin'}:/usr/bin:/bin"}
+        env["NVIDIA_SMI_DOUBLE_DIR"] = str(where / "conf")
+        for script, cuda in ((nvidia_smi.fact_script(False), None), (nvidia_smi.FACT_SCRIPT, "")):
+            out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+            fact = nvidia_smi.parse_fact_output(out.stdout.splitlines())
+            assert fact["driver_version"] == version, (release, out.stdout)
+            assert (fact["cuda_version"] is None) == (cuda is None), fact
+    host = double.GpuHostDouble(distro="debian12", gpus=("2330",))
+    host.packages["nvidia-driver"] = {"version": "535.261.03-1", "held": False}
+    host.module = "535.261.03"
+    fact = nvidia_smi.parse_fact_output(host.fact_smi(table=False))
+    assert fact["state"] == "ok" and fact["driver_version"] == "535.261.03", fact
+    assert fact["cuda_version"] is None
 
 
 @check("pip.direct_reference")
