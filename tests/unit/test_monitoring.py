@@ -271,9 +271,11 @@ def test_exporter_data_covers_every_package_family():
 
 def test_the_state_keys_are_what_its_operations_read():
     """Monitoring's files, directories, units and packages are registered for the execution's
-    one probe; the allowlist's only when it listens beyond loopback; dpkg's list only on apt."""
-    from pyinfra.facts.deb import DebPackages
+    one probe; the allowlist's only when it listens beyond loopback; the exporter's package
+    by name (``system.packages``), on apt and dnf alike."""
     from pyinfra.facts.files import Directory, Sha1File
+
+    from provisioner.facts.nvidia import NamedPackages
 
     local, _ = monitoring.settings_from(_resolved())
     wide, _ = monitoring.settings_from(
@@ -287,9 +289,9 @@ def test_the_state_keys_are_what_its_operations_read():
     assert monitoring.COLLECTOR in paths and f"{monitoring.LIB_DIR}/next_boot.py" in paths
     assert (Sha1File, {"path": monitoring.CONFIG}) in keys
     assert (Directory, {"path": apt.textfile_dir}) in keys
-    assert (DebPackages, {}) in keys
+    assert (NamedPackages, {"names": [apt.package]}) in keys
     assert monitoring.FIREWALL_RULES not in paths
     wide_paths = {kwargs.get("path") for _, kwargs in monitoring.state_keys(wide, apt, "apt")}
     assert monitoring.FIREWALL_RULES in wide_paths
-    dnf = monitoring.state_keys(local, monitoring.exporters()["dnf"], "dnf")
-    assert (DebPackages, {}) not in dnf
+    el = monitoring.exporters()["dnf"]
+    assert (NamedPackages, {"names": [el.package]}) in monitoring.state_keys(local, el, "dnf")
