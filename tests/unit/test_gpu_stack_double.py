@@ -866,10 +866,14 @@ class GpuHostDouble:
             return [f"{u}:x:{999 if u != 'root' else 0}:" for u in sorted(self.users)]
         if command.startswith("for i in `cat /etc/passwd"):
             return [self._passwd_line(u) for u in sorted(self.users)]
-        match = re.match(r"e=\$\(awk -F: -v n=(\S+) '\$1 == n", command)
-        if match:  # UserAccount: one user's line, as pyinfra's Users writes it, or nothing
+        match = re.match(r"e=; while IFS= read -r l; do case \"\$l\" in (\S+):\*\)", command)
+        if match:  # UserAccount: one user's passwd line and what `id USER` prints, or nothing
             user = match[1].strip("'")
-            return [self._passwd_line(user)] if user in self.users else []
+            if user not in self.users:
+                return []
+            uid = 999 if user != "root" else 0
+            ids = f"uid={uid}({user}) gid={uid}({user}) groups={uid}({user})"
+            return [f"{user}:x:{uid}:0::/home/{user}:/bin/sh|{ids}"]
         match = re.search(
             r"systemctl show --all --property Id ((?:--property (?:SubState|UnitFileState) )+)"
             r"(\S+)",

@@ -186,6 +186,23 @@ class HostLock(FactBase[dict[str, Any]]):
         return {"held": False, "error": rest or f"unexpected answer: {text[:200]}"}
 
 
+_ID_NAMED = re.compile(r"(\d+)(?:\(([^)]*)\))?")
+
+
+def _users_line(line: str) -> str:
+    """``PASSWD|uid=.. gid=N(group) groups=N(a),M(b)`` (``LC_ALL=C id USER``) as pyinfra's
+    ``Users`` command writes a user: ``PASSWD|group|groups||``, names as ``id -gn``/``-Gn``
+    print them (the number where a group has no name)."""
+    entry, _, ids = line.rpartition("|")
+    fields = dict(part.split("=", 1) for part in ids.split() if "=" in part)
+
+    def names(value: str) -> list[str]:
+        return [m.group(2) or m.group(1) for m in _ID_NAMED.finditer(value)]
+
+    group = next(iter(names(fields.get("gid", ""))), "")
+    return f"{entry}|{group}|{' '.join(names(fields.get('groups', '')))}||"
+
+
 class UserAccount(FactBase[dict[str, Any] | None]):
     """
     One local user, as pyinfra's ``Users`` fact describes each user (``/etc/passwd``, its
@@ -202,16 +219,21 @@ class UserAccount(FactBase[dict[str, Any] | None]):
     """
 
     def command(self, user: str) -> str:
+        # the passwd line by the shell's own read, the groups by one id(1): one process
+        if ":" in user:  # no passwd name has one (the first field ends at it)
+            return "true"
         name = shlex.quote(user)
         return (
-            f"e=$(awk -F: -v n={name} '$1 == n {{print; exit}}' /etc/passwd); "
-            f'[ -z "$e" ] || echo "$e|$(id -gn {name})|$(id -Gn {name})||"'
+            f'e=; while IFS= read -r l; do case "$l" in {name}:*) e=$l; break ;; esac; '
+            "done < /etc/passwd; "
+            f'[ -z "$e" ] || echo "$e|$(LC_ALL=C id {name})"'
         )
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
         from pyinfra.facts.server import Users
 
-        users = Users().process([line for line in output if line.strip()])
+        lines = [_users_line(line) for line in output if line.strip()]
+        users = Users().process(lines)
         account = next(iter(users.values()), None)
         if account is not None:
             account["password"] = None
