@@ -8,6 +8,8 @@ back, reads exactly as the part run alone); the GPU stack runs for real against 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from test_gpu_stack_deploy import DISTROS, REBOOT, TOOLKIT, apply, failed
@@ -55,6 +57,27 @@ def doubles(monkeypatch):
     return install_doubles(monkeypatch)
 
 
+@contextmanager
+def removed_after_probe(host: GpuHostDouble, path: str, probes: int) -> Iterator[None]:
+    """``path`` disappears from ``host`` once its ``probes``-th state probe has answered."""
+    real_run = host.run
+    seen = []
+
+    def run(command):
+        result = real_run(command)
+        if fact_cache.PROBE_MARK in command:
+            seen.append(command)
+            if len(seen) == probes:
+                host.files.pop(path)
+        return result
+
+    host.run = run
+    try:
+        yield
+    finally:
+        host.run = real_run
+
+
 def commands_of(state) -> list[str]:
     return [c for host in state.inventory for c in host.connector.executed_commands]
 
@@ -92,20 +115,9 @@ def test_as_provision_apply_plans_a_change_after_planning_is_seen(doubles):
     host = GpuHostDouble(distro="debian12", gpus=("2684",))
     apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
     profile = "/etc/profile.d/cuda.sh"
-    real_run = host.run
-    probes = []
-
-    def run(command):
-        result = real_run(command)
-        if fact_cache.PROBE_MARK in command:
-            probes.append(command)
-            if len(probes) == 1:  # the planning probe (the only one) has answered
-                host.files.pop(profile)
-        return result
-
-    host.run = run
-    state = apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
-    host.run = real_run
+    # the planning probe (the only one) has answered
+    with removed_after_probe(host, profile, probes=1):
+        state = apply(doubles, {"a": host}, {"a": TOOLKIT}, check_for_changes=False)
     assert not failed(state)
     assert "upload /etc/profile.d/cuda.sh" in host.changes
     assert profile in host.files
@@ -150,19 +162,9 @@ def test_a_change_between_planning_and_executing_is_seen(doubles):
     profile = "/etc/profile.d/cuda.sh"
     assert profile in host.files
 
-    real_run = host.run
-    probes = []
-
-    def run(command):
-        result = real_run(command)
-        if fact_cache.PROBE_MARK in command:
-            probes.append(command)
-            if len(probes) == 2:  # the planning probe of the operations' state has answered
-                host.files.pop(profile)
-        return result
-
-    host.run = run
-    state = apply(doubles, {"a": host}, {"a": TOOLKIT})
+    # the planning probe of the operations' state has answered
+    with removed_after_probe(host, profile, probes=2):
+        state = apply(doubles, {"a": host}, {"a": TOOLKIT})
     assert not failed(state)
     assert profile in host.files
     assert "upload /etc/profile.d/cuda.sh" in host.changes

@@ -33,7 +33,7 @@ from pyinfra.operations import files, server
 from provisioner import addresses, fact_cache, gpu_stack, rendering, settings
 from provisioner import lock as fleet_lock
 from provisioner.facts.gpu_state import put_keys, service_keys
-from provisioner.facts.nvidia import NamedPackages, package_names
+from provisioner.facts.nvidia import PACKAGE_FAMILIES, NamedPackages, package_names
 from provisioner.facts.system import OsInfo
 from provisioner.operations import system
 
@@ -326,7 +326,7 @@ def state_keys(cfg: MonitoringSettings, exporter: Exporter, family: str) -> list
     keys += [key for unit in services for key in service_keys(unit)]
     keys += [(Directory, {"path": p}) for p in (exporter.textfile_dir, LIB_DIR, "/etc/provisioner")]
     keys.append((Sha1File, {"path": CONFIG}))
-    if family in ("apt", "dnf"):  # system.packages
+    if family in PACKAGE_FAMILIES:  # system.packages
         keys.append((NamedPackages, {"names": package_names([exporter.package])}))
     return keys
 

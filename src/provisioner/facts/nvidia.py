@@ -156,6 +156,11 @@ class NamedPackages(GpuStackPackages):
         return _package_query(" ".join(shlex.quote(name) for name in names))
 
 
+# the package families system.packages answers with NamedPackages, in the order it looks for
+# their package manager (``Which``)
+PACKAGE_FAMILIES = ("apt", "dnf")
+
+
 def package_names(packages: Iterable[str]) -> list[str]:
     """The ``names`` argument ``system.packages`` reads ``NamedPackages`` with (a probe key)."""
     return sorted(set(packages))

@@ -35,14 +35,7 @@ MANIFEST_ROOTS = ("manifests",)
 
 # output line keys -> the fact's keys (systemctl show's ActiveState is what is-active prints,
 # UnitFileState what is-enabled prints)
-_KEYS = {
-    "bin": "bin",
-    "applied": "applied",
-    "active": "active",
-    "enabled": "enabled",
-    "ActiveState": "active",
-    "UnitFileState": "enabled",
-}
+_KEYS = {"bin": "bin", "applied": "applied", "ActiveState": "active", "UnitFileState": "enabled"}
 
 
 class OllamaInstall(FactBase[dict[str, Any]]):

@@ -19,7 +19,7 @@ from pyinfra.facts.files import Directory, File, Sha1File
 from pyinfra.facts.server import Groups, Os, Which
 
 from provisioner.facts.exposure import InstalledFiles, PresentPaths
-from provisioner.facts.nvidia import NamedPackages, package_names
+from provisioner.facts.nvidia import PACKAGE_FAMILIES, NamedPackages, package_names
 from provisioner.facts.ollama import OllamaInstall, OllamaModels, PathChain
 from provisioner.facts.system import MemoryTotal, UserAccount
 
@@ -46,8 +46,8 @@ def operation_keys(
     removable: Sequence[Sequence[str]],
 ) -> list[Key]:
     """Every fact the Ollama install reads on a host of package ``family`` (apt, dnf)."""
-    keys: list[Key] = [(Which, {"command": m}) for m in ("apt", "dnf")]  # system.packages
-    if family in ("apt", "dnf"):
+    keys: list[Key] = [(Which, {"command": m}) for m in PACKAGE_FAMILIES]  # system.packages
+    if family in PACKAGE_FAMILIES:
         keys.append((NamedPackages, {"names": package_names(packages)}))
     keys += [
         (Os, {}),

@@ -14,7 +14,7 @@ from pyinfra.facts.server import Which
 from pyinfra.operations import apt, dnf, files, server, systemd
 
 from provisioner import bounds, fact_cache, host_lock
-from provisioner.facts.nvidia import NamedPackages, package_names
+from provisioner.facts.nvidia import PACKAGE_FAMILIES, NamedPackages, package_names
 from provisioner.facts.system import BootId, HostLock, UserAccount
 
 
@@ -71,8 +71,8 @@ def packages(packages: list[str], no_recommends: bool = False, family: str | Non
         system.packages(name="Install Ollama's tools", packages=["curl", "zstd"])
     """
     if family is None:
-        family = next((f for f in ("apt", "dnf") if host.get_fact(Which, command=f)), "")
-    if family in ("apt", "dnf") and all(_plain(name) for name in packages):
+        family = next((f for f in PACKAGE_FAMILIES if host.get_fact(Which, command=f)), "")
+    if family in PACKAGE_FAMILIES and all(_plain(name) for name in packages):
         have = fact_cache.get_fact(NamedPackages, names=package_names(packages))
         installed = {package["name"] for package in have["packages"]}
         if have["manager"] and installed >= set(packages):
