@@ -358,6 +358,30 @@ def _driver_version_field(record: dict[str, Any], tmp: Path) -> None:
     assert fact["cuda_version"] is None
 
 
+@check("lspci.numeric_listing")
+def _lspci_numeric_listing(record: dict[str, Any], tmp: Path) -> None:
+    from tests.doubles.nvidia_smi import install_lspci_double
+
+    real_lspci = shutil.which("lspci", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if real_lspci is None:
+        pytest.skip("pciutils is not installed on this machine")
+    real = subprocess.run([real_lspci, "-n", "-D"], capture_output=True, text=True, check=True)
+    devices = []  # the double's data: the machine's own functions, as the real lspci lists them
+    for line in real.stdout.splitlines():
+        slot, cls, ids, *rev = line.split(" ", 3)
+        devices.append(f"{slot} {cls.rstrip(':')} {ids} {rev[0][5:-1] if rev else '-'}")
+    install_lspci_double(tmp / "bin", tmp / "data", devices)
+    env = {**os.environ, "LSPCI_DOUBLE_FILE": str(tmp / "data")}
+    vendor = devices[0].split()[2].split(":")[0]
+    for args in record["expect"]["args"]:
+        args = [a.replace("VENDOR", vendor).replace("UPPER", vendor.upper()) for a in args]
+        want = subprocess.run([real_lspci, *args], capture_output=True, text=True, check=True)
+        got = subprocess.run(
+            ["sh", str(tmp / "bin" / "lspci"), *args], env=env, capture_output=True, text=True
+        )
+        assert got.stdout == want.stdout, args
+
+
 @check("pip.direct_reference")
 def _direct_reference(record: dict[str, Any], tmp: Path) -> None:
     from pip._internal.models.link import Link
