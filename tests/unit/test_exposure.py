@@ -316,3 +316,18 @@ def test_the_facts_read_files_and_paths_in_one_command(tmp_path):
     present = PresentPaths()
     out = subprocess.run(["sh", "-c", present.command(paths)], capture_output=True, text=True)
     assert present.process(out.stdout.splitlines()) == [str(unit), str(tmp_path)]
+
+
+def test_installed_files_pairs_each_file_s_owner_with_its_sum():
+    """``stat`` and ``sha256sum`` lines of the same files: a file is reported only with both,
+    mode, owner and group in that order."""
+    from provisioner.facts.exposure import InstalledFiles
+
+    sha = "ab" * 32
+    output = [
+        "stat 640 ollama adm /etc/a.conf",
+        "stat 644 root root /etc/only-stat",
+        f"{sha}  /etc/a.conf",
+        f"{'cd' * 32}  /etc/only-sum",
+    ]
+    assert InstalledFiles().process(output) == {"/etc/a.conf": ("640", "ollama", "adm", sha)}

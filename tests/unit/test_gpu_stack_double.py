@@ -892,7 +892,7 @@ class GpuHostDouble:
                     lines.append(f"UnitFileState={state}")
             return lines
         # TorchVersion: the venv's torch METADATA, else the interpreter's importlib.metadata
-        match = re.match(r"p=(\S+); v=\$\(sed -n 's/\^Version: .*importlib\.metadata", command)
+        match = re.match(r"p=(\S+); v=\$\(sed -n '/\^Version: .*importlib\.metadata", command)
         if match:
             venv = shlex.split(match.group(1))[0].rsplit("/bin/python", 1)[0]
             return [self.torch[venv]] if venv in self.torch else []

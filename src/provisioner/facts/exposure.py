@@ -31,20 +31,26 @@ class InstalledFiles(FactBase[dict[str, tuple[str, str, str, str]]]):
         return {}
 
     def command(self, paths: Sequence[str]) -> str:
+        # one stat and one sha256sum for all the files (a process costs a host about 1 ms)
         quoted = " ".join(shlex.quote(path) for path in paths)
         return (
-            f'for p in {quoted}; do [ -f "$p" ] || continue; '
-            'printf "%s %s\\n" "$(stat -c "%a %U %G" "$p")" "$(sha256sum "$p")"; done; true'
+            f'set --; for p in {quoted}; do if [ -f "$p" ]; then set -- "$@" "$p"; fi; done; '
+            '[ $# -eq 0 ] || { stat -c "stat %a %U %G %n" -- "$@" && sha256sum -- "$@"; }; true'
         )
 
     def process(self, output: list[str]) -> dict[str, tuple[str, str, str, str]]:
-        found = {}
+        owners: dict[str, tuple[str, str, str]] = {}
+        sums: dict[str, str] = {}
         for line in output:
-            parts = line.split(None, 4)
-            if len(parts) == 5:
-                mode, user, group, sha256, path = parts
-                found[path] = (mode, user, group, sha256)
-        return found
+            if line.startswith("stat "):
+                parts = line.split(" ", 4)
+                if len(parts) == 5:
+                    owners[parts[4]] = (parts[1], parts[2], parts[3])
+                continue
+            sha256, sep, path = line.partition("  ")
+            if sep and len(sha256) == 64:
+                sums[path] = sha256
+        return {path: (*owners[path], sha256) for path, sha256 in sums.items() if path in owners}
 
 
 class PresentPaths(FactBase[list[str]]):

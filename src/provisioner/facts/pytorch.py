@@ -29,7 +29,7 @@ class TorchVersion(FactBase[str | None]):
         metadata = '"${p%/bin/*}"/lib/python3*/site-packages/torch-*.dist-info/METADATA'
         return (
             f"p={quoted}; "
-            f"v=$(sed -n 's/^Version: *//p' {metadata} 2>/dev/null | head -n 1); "
+            f"v=$(sed -n '/^Version: */{{s///p;q;}}' {metadata} 2>/dev/null); "
             f'if [ -n "$v" ]; then echo "$v"; '
             f"elif [ -x {quoted} ]; then {quoted} -c {shlex.quote(_SCRIPT)} 2>/dev/null; fi; true"
         )

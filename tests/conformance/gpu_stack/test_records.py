@@ -330,6 +330,30 @@ def _torch_reference(url: str, sha256: str) -> str:
     return reference
 
 
+@check("head.verbose_headers")
+def _head_verbose_headers(record: dict[str, Any], tmp: Path) -> None:
+    from provisioner.facts.ollama import split_head_output
+
+    names = record["expect"]["names"]
+    contents = [b'{"a":1}', b'{\n  "b": 2\n}\n']
+    for name, content in zip(names, contents, strict=True):
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(content)
+    (tmp / "empty").write_bytes(b"")
+    files = [*names, "empty"]
+    real = subprocess.run(
+        ["head", "-v", "-c", "1048576", "--", *files], cwd=tmp, capture_output=True, check=True
+    ).stdout
+    assert split_head_output(real) == list(zip(files, [*contents, b""], strict=True))
+    version = subprocess.run(["head", "--version"], capture_output=True, text=True).stdout
+    if re.search(r"\b9\.(1[2-9]|[2-9]\d)\b|\b1\d\.\d", version.splitlines()[0]):
+        return  # a head that quotes: the run above was the quoted form
+    # coreutils 9.12's form of the same files: the name with ':' in single quotes
+    quoted = real.replace(f"==> {names[1]} <==".encode(), f"==> '{names[1]}' <==".encode())
+    assert quoted != real
+    assert split_head_output(quoted) == list(zip(files, [*contents, b""], strict=True))
+
+
 @check("nvidia_smi.driver_version_field")
 def _driver_version_field(record: dict[str, Any], tmp: Path) -> None:
     from tests.doubles.nvidia_smi import install_nvidia_smi_double
