@@ -64,6 +64,10 @@ _pyinfra_get_fact = pyinfra_host.get_fact
 # per host: fact reads in progress, and commands or uploads run outside them (see _install)
 _READING: WeakKeyDictionary[Host, int] = WeakKeyDictionary()
 _EXECUTED: WeakKeyDictionary[Host, int] = WeakKeyDictionary()
+# per run: each key's fact instance, its command and the command's text, built once for every
+# host and probe of the run (a fact's command depends on its arguments only; pyinfra's File
+# builds its own with shlex, 120 facts a probe)
+_PREPARED: WeakKeyDictionary[State, dict[Any, tuple[FactBase, Any, str]]] = WeakKeyDictionary()
 
 
 @contextmanager
@@ -277,21 +281,25 @@ def probe(keys: Iterable[Key]) -> int:
 def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key]) -> int:
     """Read the keys of ``keys`` that ``values`` lacks, in one command, into ``values``."""
     todo = []
+    prepared = _PREPARED.setdefault(state, {})
     for key, (cls, kwargs) in keys.items():
         if key in values or key in values[_TRIED]:
             continue
         values[_TRIED].add(key)
-        fact = cls()
-        command = _part_command(fact, kwargs)
+        if key not in prepared:
+            fact = cls()
+            command = _part_command(fact, kwargs)
+            prepared[key] = (fact, command, _text(command) if command is not None else "")
+        fact, command, text = prepared[key]
         if command is not None:
-            todo.append((key, fact, kwargs, command))
+            todo.append((key, fact, kwargs, command, text))
     if not todo:
         return 0
     nonce = secrets.token_hex(6)
     _, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, type(todo[0][1]), None, {})
     executor = {k: v for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS}
     parts = _Parts()
-    index = [parts.add(fact, kwargs, command) for _, fact, kwargs, command in todo]
+    index = [parts.add(fact, kwargs, command, text) for _, fact, kwargs, command, text in todo]
     with _reading(host):
         ok, output = host.run_shell_command(
             probe_command(parts.commands(), nonce),
@@ -301,12 +309,16 @@ def _fetch(state: State, host: Host, values: dict[Any, Any], keys: dict[Any, Key
         )
     outputs = parts.outputs(split_output(output.stdout_lines, nonce) if ok else {})
     kept = 0
-    for (key, fact, _, _), where in zip(todo, index, strict=True):
+    for (key, fact, *_), where in zip(todo, index, strict=True):
         good, value = _process(fact, *outputs.get(where, (1, [])))
         if good:
             values[key] = value
             kept += 1
     return kept
+
+
+def _text(command: Any) -> str:
+    return command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
 
 
 class _Parts:
@@ -319,9 +331,12 @@ class _Parts:
         self._by_text: dict[str, int] = {}
         self._batches: dict[int, tuple[fact_batch.Batch, list[str]]] = {}
 
-    def add(self, fact: FactBase, kwargs: dict[str, Any], command: Any) -> tuple[int, str | None]:
-        """Where this fact's output will be: (part, None) or (batch part, path)."""
-        text = command.get_raw_value() if hasattr(command, "get_raw_value") else str(command)
+    def add(
+        self, fact: FactBase, kwargs: dict[str, Any], command: Any, text: str | None = None
+    ) -> tuple[int, str | None]:
+        """Where this fact's output will be: (part, None) or (batch part, path); ``text`` is
+        the command's text (``_text``), when the caller has it."""
+        text = _text(command) if text is None else text
         batch = fact_batch.batch_for(fact, kwargs, text)
         if batch is None:
             wide = fact_batch.widened(fact, text)
