@@ -215,3 +215,35 @@ def test_a_read_after_a_command_of_the_same_operation_sees_the_host_anew(doubles
     folder = "/etc/systemd/system/nvidia-persistenced.service.d"
     assert host.changes.count(f"mkdir -p {folder}") == 1
     assert host.changes.count(f"upload {folder}/provisioner.conf") == 1
+
+
+def test_changes_so_far_counts_what_pyinfra_says_changed():
+    """The count read from ``OperationMeta``'s fields is what its methods say: complete and
+    changed operations only; a meta without those fields is asked through its methods."""
+    from types import SimpleNamespace
+
+    from pyinfra.api.operation import OperationMeta
+    from pyinfra.connectors.util import CommandOutput
+
+    def meta(success, commands):
+        m = OperationMeta("hash", None)
+        if success is not None:
+            m.set_complete(success, commands, CommandOutput([]))
+        return m
+
+    metas = [
+        meta(None, None),  # not run yet
+        meta(True, ["apt-get install -y x"]),  # changed
+        meta(True, []),  # no change
+        meta(False, ["false"]),  # failed
+        meta(True, ["touch /x", "chmod 644 /x"]),  # changed
+    ]
+    plain = SimpleNamespace(is_complete=lambda: True, did_change=lambda: True)  # other fields
+    host = object()
+    state = SimpleNamespace(
+        ops={host: {i: SimpleNamespace(operation_meta=m) for i, m in enumerate([*metas, plain])}}
+    )
+    public = sum(m.is_complete() and m.did_change() for m in metas)
+    assert public == 2
+    assert fact_cache.changes_so_far(state, host) == public + 1
+    assert fact_cache.changes_so_far(state, object()) == 0
