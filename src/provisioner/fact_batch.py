@@ -61,7 +61,7 @@ class Batch:
         raise NotImplementedError
 
 
-def _existing(paths: Sequence[str], test: str) -> str:
+def existing(paths: Sequence[str], test: str) -> str:
     """Shell that sets ``"$@"`` to those of ``paths`` that pass ``test``."""
     quoted = " ".join(shlex.quote(p) for p in paths)
     return f'set --; for p in {quoted}; do if {test}; then set -- "$@" "$p"; fi; done; '
@@ -77,7 +77,7 @@ class StatBatch(Batch):
         return f"stat -c '{STAT_FORMAT}' {quoted} 2> /dev/null"
 
     def command(self, paths: Sequence[str]) -> str:
-        return _existing(paths, 'test -e "$p" || test -L "$p"') + (
+        return existing(paths, 'test -e "$p" || test -L "$p"') + (
             f"[ $# -eq 0 ] || stat -c '%n{SEPARATOR}{STAT_FORMAT}' -- \"$@\""
         )
 
@@ -103,7 +103,7 @@ class Sha1Batch(Batch):
     def command(self, paths: Sequence[str]) -> str:
         return (
             "command -v sha1sum >/dev/null 2>&1 || exit 1; "
-            + _existing(paths, 'test -e "$p"')
+            + existing(paths, 'test -e "$p"')
             + '[ $# -eq 0 ] || sha1sum -- "$@" 2>/dev/null; true'
         )
 

@@ -68,6 +68,7 @@ _EXECUTED: WeakKeyDictionary[Host, int] = WeakKeyDictionary()
 # host and probe of the run (a fact's command depends on its arguments only; pyinfra's File
 # builds its own with shlex, 120 facts a probe)
 _PREPARED: WeakKeyDictionary[State, dict[Any, tuple[FactBase, Any, str]]] = WeakKeyDictionary()
+_NO_FIELD = object()  # changes_so_far: an OperationMeta without pyinfra 3.10's fields
 
 
 @contextmanager
@@ -103,9 +104,6 @@ def changes_so_far(state: State, host: Host) -> int:
         elif success and meta._commands:
             count += 1
     return count
-
-
-_NO_FIELD = object()
 
 
 def _freeze(value: Any) -> Any:

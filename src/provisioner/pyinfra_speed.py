@@ -35,6 +35,7 @@ from pyinfra.context import ContextObject
 
 # the modules themselves (``pyinfra.api`` exports a function named ``operation``)
 arguments = importlib.import_module("pyinfra.api.arguments")
+deploy = importlib.import_module("pyinfra.api.deploy")
 facts = importlib.import_module("pyinfra.api.facts")
 operation = importlib.import_module("pyinfra.api.operation")
 util = importlib.import_module("pyinfra.api.util")
@@ -42,7 +43,6 @@ util = importlib.import_module("pyinfra.api.util")
 _original_order = util.get_operation_order_from_stack
 _original_arguments = arguments.all_global_arguments
 _original_pop = arguments.pop_global_arguments
-deploy = importlib.import_module("pyinfra.api.deploy")
 
 
 def _filename(frame: Any) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from pyinfra.api import FactBase
 
+from provisioner.fact_batch import existing
+
 __all__ = ["InstalledFiles", "PresentPaths"]
 
 
@@ -32,9 +34,7 @@ class InstalledFiles(FactBase[dict[str, tuple[str, str, str, str]]]):
 
     def command(self, paths: Sequence[str]) -> str:
         # one stat and one sha256sum for all the files (a process costs a host about 1 ms)
-        quoted = " ".join(shlex.quote(path) for path in paths)
-        return (
-            f'set --; for p in {quoted}; do if [ -f "$p" ]; then set -- "$@" "$p"; fi; done; '
+        return existing(paths, '[ -f "$p" ]') + (
             '[ $# -eq 0 ] || { stat -c "stat %a %U %G %n" -- "$@" && sha256sum -- "$@"; }; true'
         )
 

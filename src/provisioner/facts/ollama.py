@@ -142,7 +142,7 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
 
     def process(self, output: list[str]) -> dict[str, dict[str, Any]]:
         blobs: dict[str, int] = {}
-        manifests: list[tuple[str, bytes | None]] = []
+        manifests: list[tuple[str, bytes]] = []
         for line in output:
             kind, _, rest = line.strip().partition(" ")
             if kind == "blob":
@@ -150,12 +150,11 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
                 if name.startswith("sha256-") and len(name) == 71 and size.isdigit():
                     blobs[name.replace("-", ":", 1)] = int(size)
             elif kind == "manifests":
-                root, _, encoded = rest.partition(" ")
+                encoded = rest.partition(" ")[2]  # after the root folder listed
                 try:
-                    files = split_head_output(base64.b64decode(encoded, validate=True))
+                    manifests += split_head_output(base64.b64decode(encoded, validate=True))
                 except (binascii.Error, ValueError):
                     continue  # not read: as if the store had no manifest there
-                manifests += [(p, data) for p, data in files if p.split("/", 1)[0] == root]
         models: dict[str, dict[str, Any]] = {}
         order = {root: i for i, root in enumerate(MANIFEST_ROOTS)}
         manifests.sort(key=lambda item: (order.get(item[0].split("/", 1)[0], 9), item[0]))
@@ -170,7 +169,7 @@ class OllamaModels(FactBase[dict[str, dict[str, Any]]]):
             if name.canonical in models:
                 continue
             try:
-                manifest = parse_manifest(data or b"")
+                manifest = parse_manifest(data)
             except (ManifestError, ValueError) as exc:
                 models[name.canonical] = {"path": path, "error": str(exc), "complete": False}
                 continue
@@ -193,7 +192,7 @@ _HEAD_HEADER_END = b" <==\n"
 def split_head_output(data: bytes) -> list[tuple[str, bytes]]:
     """The files of ``head -v FILE...``: GNU coreutils' and BusyBox's ``head`` write
     ``==> NAME <==`` and a newline before each file, and one more newline before every header
-    but the first (tests/conformance/ollama/records.toml, store.head_headers). Split at the
+    but the first (tests/conformance/gpu_stack/records.toml, head.verbose_headers). Split at the
     next ``\\n==> ``, which a JSON manifest cannot hold (a raw newline is not allowed inside a
     JSON string, and ``=`` not outside one): a file that is not JSON may be cut wrong, and
     is reported as a manifest that does not parse either way. Raises ValueError when ``data``
